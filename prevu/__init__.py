@@ -1,0 +1,3 @@
+"""prevu: self-hosted preview environments for pull requests, on Twisted."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The control app: webhooks, login, API and dashboard (Klein)."""

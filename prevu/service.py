@@ -1,0 +1,101 @@
+"""
+The composition root: `build_service` wires config, reactor and adapters.
+
+Everything prevu runs hangs off the MultiService returned here; the twistd
+plugin only parses options and calls `build_service`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
+
+from prevu.config import Config
+from prevu.control.app import ControlApp
+from prevu.proxy.server import ProxyFactory, ProxySettings
+from prevu.routing import Route, RouteRegistry, Upstream
+
+
+class ThreadPoolService(Service):
+    """Starts and stops prevu's own thread pool (Docker, ACME and other blocking calls)."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.pool.stop()
+
+
+def static_routes(config: Config) -> list[Route]:
+    """The `[[routes]]` of the config as routes."""
+    return [
+        Route(host=r.host, upstream=Upstream.from_url(r.upstream), access=r.access)
+        for r in config.routes
+    ]
+
+
+def control_upstream(description: str) -> Upstream | None:
+    """The address the proxy uses to reach the control app, if it listens on TCP."""
+    parts = description.split(":")
+    if parts[0] not in ("tcp", "tcp6") or len(parts) < 2:
+        return None
+    interface = "127.0.0.1" if parts[0] == "tcp" else "::1"
+    port = None
+    for part in parts[1:]:
+        if part.startswith("interface="):
+            interface = part.split("=", 1)[1] or interface
+        elif part.startswith("port="):
+            port = int(part.split("=", 1)[1])
+        elif part.isdigit() and port is None:
+            port = int(part)
+    if port is None:
+        return None
+    if interface in ("0.0.0.0", ""):
+        interface = "127.0.0.1"
+    elif interface == "::":
+        interface = "::1"
+    return Upstream(interface, port)
+
+
+def control_routes(config: Config) -> list[Route]:
+    """The proxy route that serves the control app under the host of `public_url`."""
+    upstream = control_upstream(config.server.control)
+    host = urlsplit(config.server.public_url).hostname
+    if upstream is None or not host:
+        return []
+    return [Route(host=host.lower(), upstream=upstream, access="public")]
+
+
+def build_service(config: Config, reactor: Any) -> MultiService:
+    """Wire every part of prevu for `config` on `reactor`."""
+    top = MultiService()
+    pool = ThreadPool(minthreads=1, maxthreads=8, name="prevu")
+    ThreadPoolService(pool).setServiceParent(top)
+
+    routes = RouteRegistry()
+    routes.replace("control", control_routes(config))
+    routes.replace("static", static_routes(config))
+
+    control = ControlApp(config=config)
+    control_site = Site(control.resource())
+    control_site.displayTracebacks = False
+    StreamServerEndpointService(
+        serverFromString(reactor, config.server.control), control_site
+    ).setServiceParent(top)
+
+    proxy = ProxyFactory(reactor=reactor, routes=routes, settings=ProxySettings.from_config(config))
+    StreamServerEndpointService(
+        serverFromString(reactor, config.server.http), proxy
+    ).setServiceParent(top)
+    return top

@@ -1,0 +1,49 @@
+"""twistd's entry point: options and `makeService`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from prevu.config import Config, default_config, load_config
+from prevu.errors import ConfigError
+
+DEFAULT_CONFIG = "prevu.toml"
+
+
+class Options(usage.Options):
+    """`twistd prevu` options."""
+
+    synopsis = "[--config PATH]"
+    longdesc = (
+        "Run prevu: pull-request preview environments behind a routing proxy. "
+        "Without --config, ./prevu.toml is read if present, else the embedded defaults apply "
+        "(proxy on 127.0.0.1:8000, control app on 127.0.0.1:8001, previews under *.localhost)."
+    )
+    optParameters = [
+        ["config", "c", None, "Path of the server config file (TOML)."],
+    ]
+
+    config_value: Config
+
+    def postOptions(self) -> None:
+        path = self["config"]
+        if path is None and os.path.exists(DEFAULT_CONFIG):
+            path = DEFAULT_CONFIG
+        try:
+            self.config_value = load_config(path) if path else default_config()
+        except ConfigError as error:
+            raise usage.UsageError(f"bad config: {error}") from None
+
+
+def makeService(options: Options) -> IService:
+    """Build prevu's service tree on the global reactor."""
+    from twisted.internet import reactor
+
+    from prevu.service import build_service
+
+    reactor_: Any = reactor
+    return build_service(options.config_value, reactor_)
