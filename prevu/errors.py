@@ -92,3 +92,8 @@ class CertificateError(PrevuError):
 
     def __str__(self) -> str:
         return f"certificate for {self.host}: {self.reason}"
+
+
+@frozen(auto_exc=True)
+class DockerUnavailable(DockerError):
+    """The Docker engine cannot be reached at all (down or restarting): retry later."""
