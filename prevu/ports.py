@@ -329,7 +329,7 @@ LogWatcher = Callable[[LogLine], None]
 class Store(Protocol):
     """Previews and their log lines. Synchronous; reactor thread only."""
 
-    def list(self) -> list[PreviewRecord]:
+    def list_previews(self) -> list[PreviewRecord]:
         """Every preview, oldest first."""
         ...
 
