@@ -233,6 +233,13 @@ class Docker(Protocol):
 
         Raises DockerError("build", reason) when the build fails or exceeds
         `request.timeout` (the lines up to the failure have been fed to `on_log`).
+
+        Cancellation (added for the orchestrator, which cancels a build that a
+        newer commit supersedes): cancelling the Deferred that wraps this
+        coroutine (`Deferred.fromCoroutine(docker.build(...)).cancel()`)
+        aborts the build soon, e.g. by closing the build stream from the
+        worker thread between two output chunks, and fails with
+        CancelledError; the image is then not tagged, or removed.
         """
         ...
 
