@@ -1,0 +1,1 @@
+"""Reusable test helpers (git repositories, a git HTTP server, Docker fixtures, timeouts)."""
