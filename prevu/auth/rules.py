@@ -1,0 +1,208 @@
+"""
+The rules of reviewer access that are not cryptography: where `next` may
+point, which cookies are set with which attributes, who the client is, and
+whether a request wants HTML. Pure functions over values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from attrs import frozen
+
+from prevu.config import Config
+
+SESSION_COOKIE = "prevu_session"
+CSRF_COOKIE = "prevu_csrf"
+HANDOFF_PARAM = "prevu_auth"
+SHARE_PARAM = "prevu_share"
+BYPASS_HEADER = b"x-prevu-bypass"
+USER_HEADER = b"x-prevu-user"
+SHARE_USER = "~share"
+BYPASS_USER = "~bypass"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@frozen
+class AuthSettings:
+    """What the login pages and the gate need to know about the deployment."""
+
+    public_url: str
+    domain: str
+    session_ttl: float = 12 * 3600.0
+    trusted_proxies: tuple[Network, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Config) -> AuthSettings:
+        return cls(
+            public_url=config.server.public_url.rstrip("/"),
+            domain=config.server.domain.lower().strip("."),
+            session_ttl=config.auth.session_ttl,
+            trusted_proxies=config.server.trusted_proxies,
+        )
+
+    @property
+    def control_host(self) -> str:
+        """The host name of `public_url`."""
+        return (urlsplit(self.public_url).hostname or "").lower()
+
+    @property
+    def secure(self) -> bool:
+        """Cookies get `Secure` when the control app is reached over HTTPS."""
+        return self.public_url.startswith("https://")
+
+    @property
+    def cookie_domain(self) -> str | None:
+        """
+        The `Domain` attribute of the session cookie, or None for host-only.
+
+        Browsers refuse a `Domain` that is a single label (Chromium drops
+        `Domain=localhost` and `Domain=.localhost` set from
+        `prevu.localhost`, checked with Chromium 13x), so for such domains the
+        cookie is host-only and each preview host gets its own cookie through
+        a login handoff (see docs/auth.md).
+        """
+        return self.domain if "." in self.domain else None
+
+    def under_domain(self, host: str) -> bool:
+        """Whether `host` is a host under `.<domain>`."""
+        return host.endswith("." + self.domain) and len(host) > len(self.domain) + 1
+
+    def covered_by_cookie(self, host: str) -> bool:
+        """Whether the domain-wide session cookie reaches `host`."""
+        domain = self.cookie_domain
+        return domain is not None and (host == domain or host.endswith("." + domain))
+
+    def login_url(self, next_url: str | None = None) -> str:
+        """The login page, with `next` when given."""
+        if next_url is None:
+            return f"{self.public_url}/login"
+        return f"{self.public_url}/login?next={quote(next_url, safe='')}"
+
+    def home(self) -> str:
+        return f"{self.public_url}/"
+
+
+def safe_next(settings: AuthSettings, value: str | None) -> str | None:
+    """
+    `value` if it is a safe place to send a reviewer after login, else None.
+
+    Allowed: http(s) URLs on the control host or on a host under
+    `.<domain>` (any port), and paths on the control host (``/x``, not
+    ``//x``). Refused: other schemes and hosts, user info, backslashes and
+    control characters (which browsers "fix" into other hosts).
+    """
+    if not value or len(value) > 4096:
+        return None
+    if any(ord(c) < 0x21 or ord(c) == 0x7F or c == "\\" for c in value):
+        return None
+    if value.startswith("/"):
+        if value.startswith("//"):
+            return None
+        return settings.public_url + value
+    try:
+        parts = urlsplit(value)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - the property validates the port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not host or "@" in parts.netloc:
+        return None
+    if host == settings.control_host or settings.under_domain(host):
+        return value
+    return None
+
+
+def parse_cookies(headers: Iterable[bytes]) -> list[tuple[str, str]]:
+    """All name=value pairs of the `Cookie` header lines, in order, duplicates kept."""
+    pairs: list[tuple[str, str]] = []
+    for header in headers:
+        for item in header.decode("latin-1").split(";"):
+            name, equals, value = item.strip().partition("=")
+            if equals and name:
+                pairs.append((name.strip(), value.strip().strip('"')))
+    return pairs
+
+
+def cookie_values(headers: Iterable[bytes], name: str) -> list[str]:
+    """Every value sent for cookie `name` (a host-only and a domain cookie may both come)."""
+    return [value for key, value in parse_cookies(headers) if key == name]
+
+
+def set_cookie(
+    name: str,
+    value: str,
+    *,
+    max_age: float | None,
+    secure: bool,
+    domain: str | None = None,
+    path: str = "/",
+) -> bytes:
+    """A `Set-Cookie` header value: always HttpOnly and SameSite=Lax."""
+    parts = [f"{name}={value}", f"Path={path}"]
+    if domain:
+        parts.append(f"Domain={domain}")
+    if max_age is not None:
+        parts.append(f"Max-Age={max(0, int(max_age))}")
+    parts.append("HttpOnly")
+    if secure:
+        parts.append("Secure")
+    parts.append("SameSite=Lax")
+    return "; ".join(parts).encode("latin-1")
+
+
+def accepts_html(accept: bytes | None) -> bool:
+    """Whether a request's Accept header asks for an HTML page (a browser)."""
+    if not accept:
+        return False
+    return b"text/html" in accept.lower()
+
+
+def client_address(peer: str, forwarded_for: Sequence[bytes], trusted: Sequence[Network]) -> str:
+    """
+    The address to throttle: the peer, or when the peer is a proxy we trust
+    (loopback, where prevu's own proxy connects from, or `trusted_proxies`),
+    the last address that proxy put in X-Forwarded-For.
+    """
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if not (address.is_loopback or any(address in network for network in trusted)):
+        return peer
+    entries = [e.strip() for line in forwarded_for for e in line.decode("latin-1").split(",")]
+    for entry in reversed([e for e in entries if e]):
+        try:
+            candidate = ipaddress.ip_address(entry)
+        except ValueError:
+            return peer
+        if not any(candidate in network for network in trusted):
+            return str(candidate)
+    return peer
+
+
+def split_param(target: str, name: str) -> tuple[str | None, str]:
+    """The value of query parameter `name` in a request target, and the target without it."""
+    parts = urlsplit(target)
+    if not parts.query:
+        return None, target
+    found: str | None = None
+    kept: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == name and found is None:
+            found = value
+        elif key != name:
+            kept.append((key, value))
+    if found is None:
+        return None, target
+    return found, urlunsplit(("", "", parts.path or "/", urlencode(kept), parts.fragment))
+
+
+def add_param(url: str, name: str, value: str) -> str:
+    """`url` with one more query parameter."""
+    parts = urlsplit(url)
+    query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), (name, value)])
+    return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", query, parts.fragment))

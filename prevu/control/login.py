@@ -1,0 +1,572 @@
+"""
+The reviewer login on the control host: `/login`, `/logout`, `/auth/verify`,
+GitHub OAuth, and share links through the API.
+
+`LoginPages` is a plain object; `prevu/control/app.py` routes to it with
+one-line delegations. Pages are small HTML with inline CSS and no external
+assets, forms carry a CSRF token bound to the `prevu_csrf` pre-session cookie.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from html import escape
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from attrs import define, field
+from treq.client import HTTPClient
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.client import Agent
+from twisted.web.server import Request
+from werkzeug.exceptions import NotFound
+
+from prevu.auth.authority import Authority
+from prevu.auth.gate import AuthGate
+from prevu.auth.github import GithubOAuth, decide
+from prevu.auth.limiter import LoginLimiter
+from prevu.auth.passwords import Users
+from prevu.auth.rules import (
+    CSRF_COOKIE,
+    HANDOFF_PARAM,
+    SESSION_COOKIE,
+    USER_HEADER,
+    AuthSettings,
+    add_param,
+    client_address,
+    cookie_values,
+    safe_next,
+    set_cookie,
+)
+from prevu.auth.tokens import (
+    Session,
+    Share,
+    check_csrf,
+    encode_csrf,
+    encode_handoff,
+    encode_session,
+    encode_share,
+    new_nonce,
+)
+from prevu.auth.users_file import UsersFile
+from prevu.config import Config
+from prevu.errors import AuthError
+from prevu.proxy.hooks import Allow, RequestHead
+from prevu.routing import Route, RouteRegistry, normalize_host
+from prevu.units import parse_duration
+
+T = TypeVar("T")
+log = Logger()
+
+DEFAULT_SHARE = 24 * 3600.0
+MAX_SHARE = 30 * 86400.0
+OAUTH_STATE = "oauth-state"
+
+
+class UsersSource(Protocol):
+    """Where the password users come from (the users file)."""
+
+    def current(self) -> Users:
+        """The users now."""
+
+
+async def run_inline(call: Callable[[], T]) -> T:
+    """Run a blocking call right here (tests); the service runs them on prevu's pool."""
+    return call()
+
+
+def _no_routes(host: str) -> Route | None:
+    return None
+
+
+def _no_previews(name: str) -> str | None:
+    return None
+
+
+@define
+class LoginPages:
+    """Everything behind the login, logout, verify, OAuth and share URLs."""
+
+    authority: Authority
+    clock: Any
+    users: UsersSource
+    limiter: LoginLimiter = field(factory=LoginLimiter)
+    run_blocking: Callable[[Callable[[], bool]], Awaitable[bool]] = run_inline
+    github: GithubOAuth | None = None
+    route_lookup: Callable[[str], Route | None] = _no_routes
+    preview_host: Callable[[str], str | None] = _no_previews
+    candidate_repos: tuple[str, ...] = ()
+    api_token: str | None = None
+
+    @property
+    def settings(self) -> AuthSettings:
+        return self.authority.settings
+
+    def now(self) -> float:
+        return float(self.clock.seconds())
+
+    # --- GET /login ----------------------------------------------------------
+
+    def show(self, request: Request) -> bytes:
+        """The login form, or where to go when already logged in."""
+        next_url = safe_next(self.settings, _arg(request, "next"))
+        session = self.authority.session(_cookies(request, SESSION_COOKIE), self.now())
+        if session is not None:
+            if next_url is not None and self._allowed_at(session, next_url):
+                return self._redirect(request, self._destination(session, next_url), 303)
+            refused = next_url is not None
+            return self._signed_in(request, session, next_url, refused)
+        return self._form(request, next_url)
+
+    # --- POST /login ---------------------------------------------------------
+
+    async def submit(self, request: Request) -> bytes:
+        """Check the CSRF token, the throttle, then the password."""
+        next_url = safe_next(self.settings, _arg(request, "next"))
+        now = self.now()
+        if not self._csrf_ok(request, now):
+            return self._form(request, next_url, "Your form expired. Please try again.", 403)
+        username = _arg(request, "username").strip()
+        password = _arg(request, "password")
+        address = self._client(request)
+        wait = self.limiter.retry_after(username, address, now)
+        if wait is not None:
+            _set(request, b"retry-after", str(max(1, int(wait + 0.999))).encode())
+            log.warn("login throttled for {user} from {address}", user=username, address=address)
+            message = "Too many failed attempts. Please wait and try again later."
+            return self._form(request, next_url, message, 429, username)
+        users = self.users.current()
+        ok = await self.run_blocking(lambda: users.check(username, password))
+        if not ok:
+            self.limiter.failed(username, address, self.now())
+            log.info("login failed for {user} from {address}", user=username, address=address)
+            message = "Wrong user name or password."
+            return self._form(request, next_url, message, 401, username)
+        self.limiter.succeeded(username)
+        log.info("login by {user} from {address}", user=username, address=address)
+        session = self.authority.new_session(username, self.now())
+        return self._logged_in(request, session, next_url)
+
+    # --- POST /logout --------------------------------------------------------
+
+    def logout(self, request: Request) -> bytes:
+        """End the session everywhere this prevu checks it, and clear the cookies."""
+        now = self.now()
+        if not self._csrf_ok(request, now):
+            return self._form(request, None, "Your form expired. Please try again.", 403)
+        for session in self.authority.sessions(_cookies(request, SESSION_COOKIE), now):
+            self.authority.revoke(session, now)
+            log.info("logout by {user}", user=session.user)
+        for cookie in self._session_cookies("", max_age=0):
+            request.responseHeaders.addRawHeader(b"set-cookie", cookie)
+        return self._redirect(request, self.settings.login_url(), 303)
+
+    # --- GET /auth/verify ------------------------------------------------------
+
+    def verify(self, request: Request) -> bytes:
+        """Forward auth: 200 with X-Prevu-User, or the gate's 302/401."""
+        headers = request.requestHeaders
+        host_header = _header(request, b"x-forwarded-host") or _header(request, b"host") or ""
+        host = normalize_host(host_header.split(",")[0])
+        scheme = (_header(request, b"x-forwarded-proto") or "http").split(",")[0].strip()
+        target = _header(request, b"x-forwarded-uri") or "/"
+        if not target.startswith("/"):
+            target = "/" + target
+        head = RequestHead(
+            method=(_header(request, b"x-forwarded-method") or "GET").encode(),
+            target=target.encode("latin-1", "replace"),
+            host=host_header.split(",")[0].strip(),
+            scheme=scheme if scheme in ("http", "https") else "http",
+            client=self._client(request),
+            headers=[
+                (name.lower(), value)
+                for name, values in headers.getAllRawHeaders()
+                for value in values
+            ],
+        )
+        route = self.route_lookup(host)
+        repo = route.repo if route is not None else None
+        gate = AuthGate(self.authority, self.clock)
+        decision = gate.decide(head, repo, route.host if route is not None else host)
+        _set(request, b"cache-control", b"no-store")
+        if isinstance(decision, Allow):
+            request.setResponseCode(200)
+            if decision.user:
+                _set(request, USER_HEADER, decision.user.encode())
+            return b""
+        request.setResponseCode(decision.status)
+        for name, value in decision.headers:
+            request.responseHeaders.addRawHeader(name, value)
+        return decision.body
+
+    # --- GitHub OAuth -----------------------------------------------------------
+
+    def github_start(self, request: Request) -> bytes:
+        """Send the browser to GitHub with a state bound to this browser and `next`."""
+        if self.github is None:
+            return self._page(request, "Not available", "<p>GitHub login is not set up.</p>", 404)
+        next_url = safe_next(self.settings, _arg(request, "next")) or ""
+        nonce = self._nonce(request)
+        state = self.authority.signer.sign(
+            OAUTH_STATE, {"n": nonce, "next": next_url, "e": int(self.now() + 600)}
+        )
+        return self._redirect(request, self.github.authorize_url(state), 302)
+
+    async def github_callback(self, request: Request) -> bytes:
+        """Check the state, exchange the code, ask GitHub who this is, and decide."""
+        if self.github is None:
+            return self._page(request, "Not available", "<p>GitHub login is not set up.</p>", 404)
+        now = self.now()
+        state = self.authority.signer.unsign(OAUTH_STATE, _arg(request, "state"), now)
+        nonces = _cookies(request, CSRF_COOKIE)
+        if state is None or not any(
+            hmac.compare_digest(str(state.get("n")), nonce) for nonce in nonces
+        ):
+            return self._form(request, None, "GitHub login expired. Please try again.", 403)
+        next_url = safe_next(self.settings, str(state.get("next") or ""))
+        code = _arg(request, "code")
+        if not code:
+            reason = _arg(request, "error") or "no code"
+            return self._form(request, next_url, f"GitHub login was not completed ({reason}).", 403)
+        candidates = list(self.candidate_repos)
+        next_repo = self._repo_at(next_url)
+        if next_repo:
+            candidates.insert(0, next_repo)
+        try:
+            token = await self.github.exchange(code)
+            identity = await self.github.identity(token, candidates)
+        except AuthError as error:
+            log.error("GitHub login failed: {error}", error=str(error))
+            return self._form(request, next_url, "GitHub login failed. Please try again.", 502)
+        verdict = decide(self.github.config, identity)
+        if not verdict.allowed:
+            log.info(
+                "GitHub user {user} refused: {reason}", user=identity.login, reason=verdict.reason
+            )
+            message = f"The GitHub account {identity.login} has no access to these previews."
+            return self._form(request, next_url, message, 403)
+        log.info(
+            "login by GitHub user {user}: {reason}", user=identity.login, reason=verdict.reason
+        )
+        session = self.authority.new_session(identity.login, self.now(), verdict.repos)
+        return self._logged_in(request, session, next_url)
+
+    # --- POST /api/previews/{id}/share ------------------------------------------
+
+    def share(self, request: Request, preview: str) -> bytes:
+        """A share link for one preview (bearer api_token), as JSON."""
+        if not self._bearer_ok(request):
+            _set(request, b"www-authenticate", b'Bearer realm="prevu"')
+            return _json(request, {"error": "a valid api_token is required"}, 401)
+        try:
+            duration = self._share_duration(request)
+        except ValueError as error:
+            return _json(request, {"error": str(error)}, 400)
+        host = self.preview_host(preview)
+        if host is None:
+            return _json(request, {"error": f"no preview {preview}"}, 404)
+        link = self.share_link(host, duration)
+        return _json(request, link, 201)
+
+    def share_link(self, host: str, duration: float) -> dict[str, Any]:
+        """A signed URL that opens `host` for `duration` seconds."""
+        expires = self.now() + duration
+        token = encode_share(self.authority.signer, Share(host=host, expires=expires))
+        url = share_url(self.settings.public_url, host, token)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+        log.info("share link for {host} until {expires}", host=host, expires=stamp)
+        return {"url": url, "host": host, "expires_at": stamp}
+
+    def _share_duration(self, request: Request) -> float:
+        text = _arg(request, "for")
+        content_type = _header(request, b"content-type") or ""
+        if not text and content_type.startswith("application/json"):
+            try:
+                body = json.loads((request.content.read() if request.content else b"") or b"{}")
+            except ValueError:
+                raise ValueError("the body is not JSON") from None
+            if isinstance(body, dict) and body.get("for") is not None:
+                text = str(body["for"])
+        duration = parse_duration(text) if text else DEFAULT_SHARE
+        if not 0 < duration <= MAX_SHARE:
+            raise ValueError("a share link lasts more than 0s and at most 30d")
+        return duration
+
+    def _bearer_ok(self, request: Request) -> bool:
+        given = _header(request, b"authorization") or ""
+        if self.api_token is None or not given.lower().startswith("bearer "):
+            return False
+        return hmac.compare_digest(given[7:].strip().encode(), self.api_token.encode())
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _client(self, request: Request) -> str:
+        address = request.getClientAddress()  # type: ignore[no-untyped-call]  # unannotated
+        peer = str(getattr(address, "host", "") or "")
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+        return client_address(peer, forwarded, self.settings.trusted_proxies)
+
+    def _nonce(self, request: Request) -> str:
+        """This browser's pre-session nonce, set as a cookie when missing."""
+        for value in _cookies(request, CSRF_COOKIE):
+            if 16 <= len(value) <= 64 and value.replace("-", "").replace("_", "").isalnum():
+                return value
+        nonce = new_nonce()
+        cookie = set_cookie(CSRF_COOKIE, nonce, max_age=None, secure=self.settings.secure)
+        request.responseHeaders.addRawHeader(b"set-cookie", cookie)
+        return nonce
+
+    def _csrf_ok(self, request: Request, now: float) -> bool:
+        token = _arg(request, "csrf")
+        return any(
+            check_csrf(self.authority.signer, token, nonce, now)
+            for nonce in _cookies(request, CSRF_COOKIE)
+        )
+
+    def _repo_at(self, url: str | None) -> str | None:
+        if not url:
+            return None
+        route = self.route_lookup((urlsplit(url).hostname or "").lower())
+        return route.repo if route is not None else None
+
+    def _allowed_at(self, session: Session, url: str) -> bool:
+        host = (urlsplit(url).hostname or "").lower()
+        if host == self.settings.control_host:
+            return True
+        route = self.route_lookup(host)
+        return session.allows_repo(route.repo if route is not None else None) or (
+            route is not None and route.access == "public"
+        )
+
+    def _destination(self, session: Session, next_url: str | None) -> str:
+        """Where to go after login: `next`, with a handoff when the cookie does not reach it."""
+        if next_url is None:
+            return self.settings.home()
+        host = (urlsplit(next_url).hostname or "").lower()
+        if host == self.settings.control_host or self.settings.covered_by_cookie(host):
+            return next_url
+        token = encode_handoff(self.authority.signer, session, host, self.now())
+        return add_param(next_url, HANDOFF_PARAM, token)
+
+    def _session_cookies(self, value: str, max_age: float) -> list[bytes]:
+        secure = self.settings.secure
+        cookies = [set_cookie(SESSION_COOKIE, value, max_age=max_age, secure=secure)]
+        domain = self.settings.cookie_domain
+        if domain is not None and self.settings.covered_by_cookie(self.settings.control_host):
+            domain_cookie = set_cookie(
+                SESSION_COOKIE, value, max_age=max_age, secure=secure, domain=domain
+            )
+            # One cookie for the whole domain; on logout clear the host-only one too.
+            cookies = [domain_cookie] if max_age > 0 else [*cookies, domain_cookie]
+        return cookies
+
+    def _logged_in(self, request: Request, session: Session, next_url: str | None) -> bytes:
+        value = encode_session(self.authority.signer, session)
+        for cookie in self._session_cookies(value, session.expires - self.now()):
+            request.responseHeaders.addRawHeader(b"set-cookie", cookie)
+        if next_url is not None and not self._allowed_at(session, next_url):
+            return self._signed_in(request, session, next_url, True)
+        return self._redirect(request, self._destination(session, next_url), 303)
+
+    def _redirect(self, request: Request, location: str, code: int) -> bytes:
+        request.setResponseCode(code)
+        _set(request, b"location", location.encode("utf-8"))
+        _set(request, b"cache-control", b"no-store")
+        _set(request, b"content-type", b"text/html; charset=utf-8")
+        return f'<!doctype html><a href="{escape(location)}">Continue</a>\n'.encode()
+
+    def _form(
+        self,
+        request: Request,
+        next_url: str | None,
+        message: str = "",
+        code: int = 200,
+        username: str = "",
+    ) -> bytes:
+        nonce = self._nonce(request)
+        csrf = encode_csrf(self.authority.signer, nonce, self.now())
+        alert = f'<p class="error" role="alert">{escape(message)}</p>' if message else ""
+        hidden = _hidden(csrf, next_url)
+        password_form = ""
+        if len(self.users.current()) or self.github is None:
+            password_form = f"""
+<form method="post" action="/login">
+  {hidden}
+  <label for="username">User name</label>
+  <input id="username" name="username" autocomplete="username" required autofocus
+         value="{escape(username)}">
+  <label for="password">Password</label>
+  <input id="password" name="password" type="password" autocomplete="current-password" required>
+  <button type="submit">Log in</button>
+</form>"""
+        github = ""
+        if self.github is not None:
+            href = "/login/github" + ("?next=" + _quote(next_url) if next_url else "")
+            github = f'<p><a class="button" href="{escape(href)}">Log in with GitHub</a></p>'
+        body = f"{alert}{password_form}{github}"
+        return self._page(request, "Log in to prevu", body, code)
+
+    def _signed_in(
+        self, request: Request, session: Session, next_url: str | None, refused: bool
+    ) -> bytes:
+        nonce = self._nonce(request)
+        csrf = encode_csrf(self.authority.signer, nonce, self.now())
+        note = ""
+        if refused:
+            note = (
+                '<p class="error" role="alert">This account has no access to that preview. '
+                "Log out and log in with another account.</p>"
+            )
+        github = ""
+        if refused and self.github is not None and next_url is not None:
+            href = "/login/github?next=" + _quote(next_url)
+            github = f'<p><a class="button" href="{escape(href)}">Log in with GitHub again</a></p>'
+        body = f"""{note}
+<p>You are logged in as <strong>{escape(session.user)}</strong>.</p>
+<form method="post" action="/logout">
+  <input type="hidden" name="csrf" value="{escape(csrf)}">
+  <button type="submit">Log out</button>
+</form>{github}"""
+        return self._page(request, "Logged in to prevu", body, 403 if refused else 200)
+
+    def _page(self, request: Request, title: str, body: str, code: int) -> bytes:
+        request.setResponseCode(code)
+        _set(request, b"content-type", b"text/html; charset=utf-8")
+        _set(request, b"cache-control", b"no-store")
+        _set(
+            request,
+            b"content-security-policy",
+            b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+            b"frame-ancestors 'none'; base-uri 'none'",
+        )
+        _set(request, b"referrer-policy", b"same-origin")
+        _set(request, b"x-content-type-options", b"nosniff")
+        return PAGE.format(title=escape(title), body=body).encode("utf-8")
+
+
+def require(pages: LoginPages | None) -> LoginPages:
+    """The login pages, or 404 when the control app runs without them."""
+    if pages is None:
+        raise NotFound()
+    return pages
+
+
+def share_url(public_url: str, host: str, token: str) -> str:
+    """The URL of a share link: the preview host, with public_url's scheme and port."""
+    parts = urlsplit(public_url)
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return add_param(urlunsplit((parts.scheme, netloc, "/", "", "")), "prevu_share", token)
+
+
+def _quote(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+def _hidden(csrf: str, next_url: str | None) -> str:
+    fields = f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+    if next_url:
+        fields += f'\n  <input type="hidden" name="next" value="{escape(next_url)}">'
+    return fields
+
+
+def _arg(request: Request, name: str) -> str:
+    values = request.args.get(name.encode()) or []
+    return str(values[0].decode("utf-8", "replace")) if values else ""
+
+
+def _set(request: Request, name: bytes, value: bytes) -> None:
+    request.responseHeaders.setRawHeaders(name, [value])
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _cookies(request: Request, name: str) -> list[str]:
+    return cookie_values(request.requestHeaders.getRawHeaders(b"cookie", []), name)
+
+
+def _json(request: Request, body: Any, code: int) -> bytes:
+    request.setResponseCode(code)
+    _set(request, b"content-type", b"application/json")
+    _set(request, b"cache-control", b"no-store")
+    return json.dumps(body).encode() + b"\n"
+
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<title>{title}</title>
+<style>
+  body {{ font-family: system-ui, sans-serif; background: #f4f5f7; color: #1d2330; margin: 0; }}
+  main {{ max-width: 22rem; margin: 12vh auto; background: #fff; padding: 2rem;
+         border-radius: .5rem; box-shadow: 0 1px 4px rgba(0,0,0,.15); }}
+  h1 {{ font-size: 1.4rem; margin-top: 0; }}
+  label {{ display: block; margin: 1rem 0 .3rem; font-weight: 600; }}
+  input {{ width: 100%; box-sizing: border-box; padding: .55rem; font-size: 1rem;
+          border: 1px solid #6b7280; border-radius: .3rem; }}
+  button, .button {{ display: inline-block; margin-top: 1.2rem; padding: .6rem 1.2rem;
+          font-size: 1rem; border: 0; border-radius: .3rem; background: #1f4fd1; color: #fff;
+          text-decoration: none; cursor: pointer; }}
+  button:focus, input:focus, .button:focus {{ outline: 3px solid #f59e0b; outline-offset: 2px; }}
+  .error {{ color: #a40e26; background: #fde8ec; padding: .6rem; border-radius: .3rem; }}
+</style>
+</head>
+<body>
+<main>
+<h1>{title}</h1>
+{body}
+</main>
+</body>
+</html>
+"""
+
+
+def build_login(
+    config: Config, reactor: Any, authority: Authority, routes: RouteRegistry, pool: ThreadPool
+) -> LoginPages:
+    """The login pages for `config`: users file, GitHub client, scrypt on prevu's pool."""
+    if config.auth.cookie_secret is None:
+        log.warn("[auth] cookie_secret is not set: sessions end when prevu restarts")
+
+    async def on_pool(call: Callable[[], bool]) -> bool:
+        result: bool = await deferToThreadPool(reactor, pool, call)
+        return result
+
+    def preview_host(name: str) -> str | None:
+        wanted = name.lower()
+        for route in routes.table.exact.values():
+            if route.preview == name or route.host == wanted:
+                return str(route.host)
+        return None
+
+    github = None
+    agent: Any = Agent(reactor)  # type: ignore[no-untyped-call]  # Twisted leaves it unannotated
+    if config.auth.github is not None:
+        github = GithubOAuth(
+            config=config.auth.github,
+            http=HTTPClient(agent),
+            redirect_uri=f"{authority.settings.public_url}/login/github/callback",
+        )
+    return LoginPages(
+        authority=authority,
+        clock=reactor,
+        users=UsersFile(config.auth.users_file),
+        run_blocking=on_pool,
+        github=github,
+        route_lookup=routes.lookup,
+        preview_host=preview_host,
+        candidate_repos=tuple(repo.name for repo in config.repos),
+        api_token=config.server.api_token,
+    )
