@@ -1,16 +1,50 @@
-"""Client side of the proxy (placeholder while the real one is written)."""
+"""
+The client side of the proxy: accepts connections, parses requests, routes.
+
+`ClientConnection` parses requests with llhttp (through httptools), which
+refuses smuggling shapes such as Content-Length with Transfer-Encoding or
+duplicate Content-Length. Requests are answered strictly in order: a
+pipelined request waits (with reading paused) until the one before it has
+been answered. Each request is routed by `Host`, checked by the access gate
+when its route is private, rewritten (hop-by-hop headers out, forwarded
+headers in, prevu's session cookie removed) and handed to an `Exchange`.
+
+Timeouts are enforced by one sweep per second over all connections rather
+than a timer per request, which keeps the per-request cost down.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+from collections import deque
 from typing import Any
 
-from attrs import field, frozen
-from twisted.internet.protocol import Factory
+import httptools
+from attrs import frozen
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from prevu.config import Config
-from prevu.proxy.hooks import AccessGate, Interceptor, NoWaker, OpenGate, Waker
-from prevu.routing import RouteRegistry
+from prevu.proxy.exchange import Exchange
+from prevu.proxy.hooks import AccessGate, Allow, Interceptor, NoWaker, OpenGate, RequestHead, Waker
+from prevu.proxy.http import (
+    HOP_BY_HOP,
+    REQUEST_OWN,
+    connection_tokens,
+    page,
+    simple_response,
+    strip_session_cookie,
+    waiting_page,
+)
+from prevu.proxy.upstream import UpstreamConnection, UpstreamPool
+from prevu.routing import Route, RouteRegistry, normalize_host
+
+log = Logger()
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @frozen
@@ -18,16 +52,21 @@ class ProxySettings:
     """Everything the proxy needs from the config."""
 
     scheme: str = "http"
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
     max_body: int = 1 << 30
     connect_timeout: float = 5.0
     response_timeout: float = 60.0
     idle_timeout: float = 120.0
+    head_timeout: float = 30.0
     max_head: int = 64 * 1024
     max_target: int = 8 * 1024
+    max_connections: int = 10_000
+    max_connections_per_client: int = 512
+    retry_after: int = 5
 
     @classmethod
     def from_config(cls, config: Config, scheme: str = "http") -> ProxySettings:
+        """Settings for the proxy endpoint that serves `scheme`."""
         server = config.server
         return cls(
             scheme=scheme,
@@ -36,16 +75,633 @@ class ProxySettings:
             connect_timeout=server.timeouts.connect,
             response_timeout=server.timeouts.response,
             idle_timeout=server.timeouts.idle,
+            head_timeout=min(30.0, server.timeouts.idle),
         )
 
 
-@frozen
-class ProxyFactory(Factory):
-    """Builds one client connection protocol per accepted connection."""
+class ClientConnection(Protocol):
+    """One client's connection to the proxy."""
 
-    reactor: Any
-    routes: RouteRegistry
-    settings: ProxySettings = ProxySettings()
-    gate: AccessGate = field(factory=OpenGate)
-    interceptors: tuple[Interceptor, ...] = ()
-    waker: Waker = field(factory=NoWaker)
+    factory: ProxyFactory
+
+    def __init__(self, factory: ProxyFactory, client_ip: str) -> None:
+        self.factory = factory
+        self.client_ip = client_ip
+        self.parser = httptools.HttpRequestParser(self)
+        self.current: Exchange | None = None  # being answered
+        self.receiving: Exchange | None = None  # request body being read
+        self.pending: deque[Exchange | _LocalReply] = deque()
+        self.tunnel: UpstreamConnection | None = None
+        self.upgrading: Exchange | None = None
+        self.closed = False
+        self.paused = False
+        self.deadline = 0.0
+        self.deadline_kind = ""
+        self.in_head = False
+        self.head_bytes = 0
+        self.head_raw = 0
+        self.trailers: list[tuple[bytes, bytes]] = []
+        self._reset_head()
+
+    def _reset_head(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.hosts: list[bytes] = []
+        self.cookies: list[bytes] = []
+        self.connection_values: list[bytes] = []
+        self.forwarded_for: bytes | None = None
+        self.forwarded_proto: bytes | None = None
+        self.forwarded_host: bytes | None = None
+        self.transfer_encoding: bytes | None = None
+        self.content_length: bytes | None = None
+        self.expect: bytes | None = None
+        self.upgrade_header: bytes | None = None
+        self.bypass: list[bytes] = []
+
+    # --- Protocol -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        no_delay = getattr(transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
+        self.set_deadline("idle")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.upgrading is not None:
+            self.upgrading.tunnel_data(data)
+            return
+        if self.closed:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            exchange = self.upgrading
+            rest = data[upgrade.args[0] :]
+            if exchange is None:
+                # Refused before reaching an upstream; the parser cannot go on.
+                self._finish_with_close()
+            elif rest:
+                exchange.tunnel_data(rest)
+            return
+        except httptools.HttpParserCallbackError as error:
+            cause = error.__context__
+            if isinstance(cause, _Refused):
+                self._refuse(cause.status, cause.title, cause.message)
+                return
+            raise
+        except httptools.HttpParserError as error:
+            self._refuse(400, "Bad Request", f"The request could not be parsed: {error}")
+            return
+        if self.in_head:
+            # A header line still being received is not counted by on_header yet.
+            self.head_raw += len(data)
+            if self.head_raw > 2 * self.factory.settings.max_head:
+                self._refuse(
+                    431, "Request Header Fields Too Large", "The request head is too large."
+                )
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.closed = True
+        self.factory.forget(self)
+        for exchange in (self.current, self.receiving, self.upgrading):
+            if exchange is not None and not exchange.finished:
+                exchange.abort()
+        if self.tunnel is not None:
+            tunnel, self.tunnel = self.tunnel, None
+            tunnel.abort()
+        self.pending.clear()
+
+    # --- httptools callbacks (request parser) ---------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_bytes = 0
+        self.head_raw = 0
+        if self.current is None:
+            self.set_deadline("head")
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.factory.settings.max_target:
+            raise _Refused(414, "URI Too Long", "The request target is too long.")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            self.trailers.append((name, value))
+            return
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > self.factory.settings.max_head:
+            raise _Refused(431, "Request Header Fields Too Large", "The request head is too large.")
+        lower = name.lower()
+        if lower in REQUEST_OWN or lower in HOP_BY_HOP:
+            if lower == b"host":
+                self.hosts.append(value)
+            elif lower == b"cookie":
+                self.cookies.append(value)
+            elif lower == b"connection":
+                self.connection_values.append(value)
+            elif lower == b"transfer-encoding":
+                self.transfer_encoding = value
+            elif lower == b"content-length":
+                self.content_length = value
+            elif lower == b"x-forwarded-for":
+                self.forwarded_for = value
+            elif lower == b"x-forwarded-proto":
+                self.forwarded_proto = value
+            elif lower == b"x-forwarded-host":
+                self.forwarded_host = value
+            elif lower == b"expect":
+                self.expect = value
+            elif lower == b"upgrade":
+                self.upgrade_header = value
+            elif lower == b"x-prevu-bypass":
+                self.bypass.append(value)
+            return
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        item = self._exchange_for_head()
+        self._reset_head()
+        if isinstance(item, Exchange):
+            self.receiving = item
+            if item.upgrade:
+                self.upgrading = item
+        if self.current is None and not self.pending:
+            self._begin(item)
+        else:
+            self.pending.append(item)
+            self._pause()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.receiving
+        if exchange is not None:
+            exchange.request_body(body)
+            if self.current is exchange:
+                self.set_deadline("body")
+
+    def on_message_complete(self) -> None:
+        exchange = self.receiving
+        self.receiving = None
+        trailers, self.trailers = self.trailers, []
+        if exchange is not None and not exchange.finished:
+            exchange.request_complete(trailers)
+
+    # --- request handling ---------------------------------------------------
+
+    def _exchange_for_head(self) -> Exchange | _LocalReply:
+        """Turn a parsed head into an Exchange, or into the bytes of a local reply."""
+        settings = self.factory.settings
+        parser = self.parser
+        method: bytes = parser.get_method()
+        version = parser.get_http_version()
+        http11 = version == "1.1"
+        keep_alive = bool(parser.should_keep_alive())
+        head_only = method == b"HEAD"
+
+        if version not in ("1.1", "1.0"):
+            return self._local(505, "HTTP Version Not Supported", "Use HTTP/1.1.", "", head_only)
+        if method == b"CONNECT":
+            return self._local(
+                405, "Method Not Allowed", "CONNECT is not supported.", "", head_only
+            )
+        target = self.url
+        if target[:1] != b"/":
+            target, host_from_target = _origin_form(target)
+            if host_from_target is None:
+                return self._local(400, "Bad Request", "Invalid request target.", "", head_only)
+            self.hosts = [host_from_target]
+        if len(self.hosts) != 1:
+            return self._local(
+                400, "Bad Request", "The request needs exactly one Host header.", "", head_only
+            )
+        raw_host = self.hosts[0]
+        host = normalize_host(raw_host.decode("latin-1"))
+        chunked = False
+        if self.transfer_encoding is not None:
+            if self.transfer_encoding.strip().lower() != b"chunked":
+                return self._local(
+                    501,
+                    "Not Implemented",
+                    "Only the chunked transfer coding is supported.",
+                    host,
+                    head_only,
+                )
+            chunked = True
+        content_length = int(self.content_length) if self.content_length is not None else None
+        if content_length is not None and content_length > settings.max_body:
+            return self._local(
+                413, "Content Too Large", "The request body is too large.", host, head_only
+            )
+
+        head = (
+            RequestHead(method, target, host, settings.scheme, self.client_ip, self.headers)
+            if self.factory.interceptors
+            else None
+        )
+        for interceptor in self.factory.interceptors:
+            reply = interceptor.intercept(head)  # type: ignore[arg-type]
+            if reply is not None:
+                return _LocalReply(
+                    simple_response(
+                        reply.status,
+                        reply.body,
+                        reply.headers,
+                        close=not keep_alive,
+                        head_only=head_only,
+                    ),
+                    close=not keep_alive,
+                )
+
+        route = self.factory.routes.table.lookup(host)
+        if route is None:
+            return self._local(
+                404, "Not Found", "No preview or route is served at this address.", host, head_only
+            )
+        user: bytes | None = None
+        if route.access == "private":
+            head = head or RequestHead(
+                method, target, host, settings.scheme, self.client_ip, self._headers_for_gate()
+            )
+            decision = self.factory.gate.check(route, head)
+            if not isinstance(decision, Allow):
+                return _LocalReply(
+                    simple_response(
+                        decision.status,
+                        decision.body,
+                        decision.headers,
+                        close=not keep_alive,
+                        head_only=head_only,
+                    ),
+                    close=not keep_alive,
+                )
+            if decision.user is not None:
+                user = decision.user.encode("utf-8")
+        if route.state != "ready" or route.upstream is None:
+            return self._not_ready(route, host, head_only)
+
+        upgrade = self.upgrade_header is not None and b"upgrade" in connection_tokens(
+            self.connection_values
+        )
+        request_head = self._forward_head(
+            method, target, raw_host, upgrade, user, content_length, chunked
+        )
+        self.factory.seen(route)
+        return Exchange(
+            self,
+            method,
+            request_head,
+            route.upstream,
+            host,
+            chunked=chunked,
+            content_length=content_length,
+            keep_alive=keep_alive,
+            client_http11=http11,
+            upgrade=upgrade,
+        )
+
+    def _headers_for_gate(self) -> list[tuple[bytes, bytes]]:
+        """The headers the gate sees: the forwarded ones plus cookies and the bypass token."""
+        return (
+            self.headers
+            + [(b"cookie", c) for c in self.cookies]
+            + [(b"x-prevu-bypass", v) for v in self.bypass]
+        )
+
+    def _forward_head(
+        self,
+        method: bytes,
+        target: bytes,
+        raw_host: bytes,
+        upgrade: bool,
+        user: bytes | None,
+        content_length: int | None,
+        chunked: bool,
+    ) -> bytes:
+        settings = self.factory.settings
+        parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", raw_host, b"\r\n"]
+        headers = self.headers
+        if self.connection_values:
+            listed = connection_tokens(self.connection_values)
+            listed -= {b"close", b"keep-alive", b"upgrade"}
+            if listed:
+                headers = [(n, v) for n, v in headers if n.lower() not in listed]
+        for name, value in headers:
+            parts += [name, b": ", value, b"\r\n"]
+        for value in self.cookies:
+            kept = strip_session_cookie(value)
+            if kept:
+                parts += [b"Cookie: ", kept, b"\r\n"]
+        if content_length is not None:
+            parts += [b"Content-Length: %d\r\n" % content_length]
+        elif chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if self.expect is not None:
+            parts += [b"Expect: ", self.expect, b"\r\n"]
+        if upgrade:
+            parts += [b"Connection: Upgrade\r\nUpgrade: ", self.upgrade_header or b"", b"\r\n"]
+        client = self.client_ip.encode()
+        trusted = self.forwarded_for is not None and self.factory.trusts(self.client_ip)
+        if trusted:
+            parts += [b"X-Forwarded-For: ", self.forwarded_for or b"", b", ", client, b"\r\n"]
+            proto = self.forwarded_proto or settings.scheme.encode()
+            forwarded_host = self.forwarded_host or raw_host
+        else:
+            parts += [b"X-Forwarded-For: ", client, b"\r\n"]
+            proto = settings.scheme.encode()
+            forwarded_host = raw_host
+        parts += [b"X-Forwarded-Proto: ", proto, b"\r\nX-Forwarded-Host: ", forwarded_host, b"\r\n"]
+        if user is not None:
+            parts += [b"X-Prevu-User: ", user, b"\r\n"]
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _local(
+        self, status: int, title: str, message: str, host: str, head_only: bool
+    ) -> _LocalReply:
+        close = status != 404 or not self.parser.should_keep_alive()
+        data = simple_response(
+            status, page(status, title, message, host), close=close, head_only=head_only
+        )
+        return _LocalReply(data, close)
+
+    def _not_ready(self, route: Route, host: str, head_only: bool) -> _LocalReply:
+        retry = self.factory.settings.retry_after
+        if route.state == "sleeping":
+            self.factory.waker.wake(route)
+            message = "This preview was asleep and is waking up. This page refreshes by itself."
+        else:
+            message = "This preview is being built. This page refreshes by itself."
+        close = not self.parser.should_keep_alive()
+        data = simple_response(
+            503,
+            waiting_page(host, message, retry),
+            [(b"Retry-After", b"%d" % retry)],
+            close=close,
+            head_only=head_only,
+        )
+        return _LocalReply(data, close)
+
+    def _begin(self, item: Exchange | _LocalReply) -> None:
+        if isinstance(item, Exchange):
+            self.current = item
+            item.start()
+            return
+        self.current = None
+        if item.data:
+            self.transport.write(item.data)  # type: ignore[union-attr]
+        if item.close:
+            self.close_after_write()
+        else:
+            self._next()
+
+    # --- called by exchanges -------------------------------------------------
+
+    def exchange_finished(self, exchange: Exchange, keep_alive: bool) -> None:
+        """The response to `exchange` has been written."""
+        if exchange is not self.current:
+            return
+        self.current = None
+        if self.closed:
+            return
+        if not keep_alive or exchange is self.upgrading:
+            self.close_after_write()
+            return
+        self._next()
+
+    def _next(self) -> None:
+        if self.pending:
+            self._begin(self.pending.popleft())
+            if not self.pending and self.current is None:
+                self._resume()
+            return
+        self._resume()
+        self.set_deadline("head" if self.in_head else "idle")
+
+    def body_too_large(self, exchange: Exchange) -> None:
+        """The request body went over `max_body`."""
+        self.receiving = None
+        if exchange is self.current:
+            exchange.fail(413, "Content Too Large", "The request body is too large.")
+            exchange.abort()
+        self.close_after_write()
+
+    def _finish_with_close(self) -> None:
+        if self.current is None and not self.pending:
+            self.close_after_write()
+        else:
+            self.pending.append(_LocalReply(b"", close=True))
+            self._pause()
+
+    def start_tunnel(self, exchange: Exchange, connection: UpstreamConnection) -> None:
+        """Switch to splicing raw bytes both ways (after a 101 response)."""
+        self.tunnel = connection
+        self.upgrading = None
+        self.current = None
+        self.deadline = 0.0
+        client: Any = self.transport
+        upstream: Any = connection.transport
+        # Each side slows the other down when it cannot keep up.
+        if exchange.producing_to_client:
+            exchange.producing_to_client = False
+            client.unregisterProducer()
+        client.registerProducer(upstream, True)
+        upstream.registerProducer(client, True)
+
+    def close(self) -> None:
+        """Drop the connection now (mid-response failures)."""
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def close_after_write(self) -> None:
+        """Close once what was written has been sent."""
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.loseConnection()
+
+    # --- flow control and deadlines -------------------------------------------
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        """Read again after the upstream's backpressure let go (unless pipelining holds us)."""
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def _resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def set_deadline(self, kind: str) -> None:
+        settings = self.factory.settings
+        if kind == "idle":
+            timeout = settings.idle_timeout
+        elif kind == "head":
+            timeout = settings.head_timeout
+        elif kind == "response":
+            timeout = settings.response_timeout
+        else:
+            timeout = settings.idle_timeout
+        self.deadline_kind = kind
+        self.deadline = self.factory.reactor.seconds() + timeout
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the sweep: act on an expired deadline."""
+        if not self.deadline or now < self.deadline or self.closed:
+            return
+        self.deadline = 0.0
+        exchange = self.current
+        if exchange is not None and self.deadline_kind in ("response", "body"):
+            exchange.timed_out()
+            return
+        if self.in_head and self.current is None:
+            self._refuse(408, "Request Timeout", "The request head took too long.")
+            return
+        self.close()
+
+    def _refuse(self, status: int, title: str, message: str) -> None:
+        """Answer a request that cannot be parsed or accepted, then close."""
+        if self.current is not None:
+            # An answer is in progress; the broken request follows it by closing.
+            self.pending.clear()
+            self.pending.append(
+                _LocalReply(simple_response(status, page(status, title, message), close=True), True)
+            )
+            self._pause()
+            return
+        self.transport.write(  # type: ignore[union-attr]
+            simple_response(status, page(status, title, message), close=True)
+        )
+        self.close_after_write()
+
+
+@frozen
+class _LocalReply:
+    """A response prevu writes itself, in its turn among pipelined requests."""
+
+    data: bytes
+    close: bool
+
+
+class _Refused(Exception):
+    """Raised inside the parser to refuse a request with a status."""
+
+    def __init__(self, status: int, title: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.title = title
+        self.message = message
+
+
+def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:
+    """Split an absolute-form target (http://host/path) into path and host."""
+    lower = target[:8].lower()
+    for prefix in (b"http://", b"https://"):
+        if lower.startswith(prefix):
+            rest = target[len(prefix) :]
+            slash = rest.find(b"/")
+            if slash == -1:
+                return b"/", rest or None
+            return rest[slash:], rest[:slash] or None
+    if target == b"*":
+        return target, None
+    return target, None
+
+
+class ProxyFactory(Factory):
+    """Builds one ClientConnection per accepted connection; holds the shared state."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        routes: RouteRegistry,
+        settings: ProxySettings | None = None,
+        gate: AccessGate | None = None,
+        interceptors: tuple[Interceptor, ...] = (),
+        waker: Waker | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.routes = routes
+        self.settings = settings or ProxySettings()
+        self.gate = gate or OpenGate()
+        self.interceptors = interceptors
+        self.waker = waker or NoWaker()
+        self.pool = UpstreamPool(
+            reactor,
+            self.settings.connect_timeout,
+            idle_timeout=min(60.0, self.settings.idle_timeout),
+        )
+        self.connections: set[ClientConnection] = set()
+        self.per_client: dict[str, int] = {}
+        self.last_seen: dict[str, float] = {}
+        self.requests = 0
+        self._sweeper: LoopingCall | None = None
+
+    def buildProtocol(self, addr: Any) -> ClientConnection | None:  # type: ignore[override]
+        client_ip = getattr(addr, "host", "") or "unix"
+        settings = self.settings
+        count = self.per_client.get(client_ip, 0)
+        if len(self.connections) >= settings.max_connections or (
+            count >= settings.max_connections_per_client
+        ):
+            log.warn("connection limit reached; refusing {client}", client=client_ip)
+            return None
+        self.per_client[client_ip] = count + 1
+        connection = ClientConnection(self, client_ip)
+        self.connections.add(connection)
+        return connection
+
+    def forget(self, connection: ClientConnection) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            count = self.per_client.get(connection.client_ip, 1) - 1
+            if count > 0:
+                self.per_client[connection.client_ip] = count
+            else:
+                self.per_client.pop(connection.client_ip, None)
+
+    def trusts(self, client_ip: str) -> bool:
+        """Whether `client_ip` is a trusted proxy whose X-Forwarded-For is extended."""
+        if not self.settings.trusted_proxies:
+            return False
+        try:
+            address = ipaddress.ip_address(client_ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.settings.trusted_proxies)
+
+    def seen(self, route: Route) -> None:
+        """Note activity on a preview (for sleep_after and ttl)."""
+        self.requests += 1
+        if route.preview is not None:
+            self.last_seen[route.preview] = self.reactor.seconds()
+
+    def sweep(self) -> None:
+        """Enforce deadlines on every connection and close stale pooled ones."""
+        now = self.reactor.seconds()
+        for connection in list(self.connections):
+            connection.check_deadline(now)
+        self.pool.sweep(now)
+
+    def doStart(self) -> None:
+        super().doStart()
+        if self._sweeper is None:
+            self._sweeper = LoopingCall(self.sweep)
+            self._sweeper.clock = self.reactor
+            self._sweeper.start(1.0, now=False)
+
+    def doStop(self) -> None:
+        super().doStop()
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+        self.pool.close_all()

@@ -1,0 +1,449 @@
+"""
+One request and its response, relayed between a client and an upstream.
+
+An `Exchange` is created by the client connection when a request head has
+been parsed. It forwards the head and streams the body to an upstream
+connection from the pool, then relays the response back: 1xx interim
+responses, the head with hop-by-hop headers removed, the body re-framed for
+the client (Content-Length kept, chunked re-chunked, close-delimited turned
+into chunked for HTTP/1.1 clients), and trailers. Backpressure goes both
+ways through Twisted's producer/consumer interfaces. No Deferreds and no log
+events on the happy path: this is the proxy's hot path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from prevu.proxy.http import (
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    chunk,
+    connection_tokens,
+    page,
+    reason,
+    simple_response,
+)
+from prevu.proxy.upstream import HeadResponseDone, UpstreamConnection
+from prevu.routing import Upstream
+
+if TYPE_CHECKING:
+    from prevu.proxy.server import ClientConnection
+
+log = Logger()
+
+# Methods that may be sent again on a fresh connection when a pooled one
+# turns out to be closed before any response byte arrived (RFC 9110 §9.2.2).
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+# Response headers the proxy frames itself.
+_RESPONSE_OWN = HOP_BY_HOP | {b"content-length", b"trailer"}
+
+
+class Exchange:
+    """A request forwarded upstream and its response relayed back."""
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        method: bytes,
+        head: bytes,
+        upstream: Upstream,
+        host: str,
+        *,
+        chunked: bool,
+        content_length: int | None,
+        keep_alive: bool,
+        client_http11: bool,
+        upgrade: bool,
+    ) -> None:
+        self.client = client
+        self.method = method
+        self.head = head
+        self.upstream_address = upstream
+        self.host = host
+        self.chunked = chunked
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+        self.client_http11 = client_http11
+        self.upgrade = upgrade
+        self.head_only = method == b"HEAD"
+
+        self.connection: UpstreamConnection | None = None
+        self.ready = False
+        self.backlog: list[bytes] = []  # request bytes waiting for the upstream connection
+        self.received = 0
+        self.request_done = False
+        self.sent_any_body = False
+        self.retried = False
+
+        self.status = 0
+        self.reason = b""
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.response_close = False
+        self.response_length: int | None = None
+        self.response_chunked = False
+        self.trailers: list[tuple[bytes, bytes]] = []
+        self.in_trailers = False
+        self.started = False  # response head sent to the client
+        self.framing = b""  # b"length", b"chunked", b"close" or b"none"
+        self.until_close = False  # the upstream delimits the body by closing
+        self.complete = False
+        self.reusable = False
+        self.finished = False
+        self.out: list[bytes] = []
+        self.producing_to_client = False
+
+    # --- request side (called by the client connection) ---------------------
+
+    def start(self) -> None:
+        """Get an upstream connection and send the head (and any buffered body)."""
+        self.client.set_deadline("response")
+        self.connection = self.client.factory.pool.acquire(self.upstream_address.key, self)
+        if self.connection.connected_:
+            self.upstream_ready(self.connection)
+
+    def upstream_ready(self, connection: UpstreamConnection) -> None:
+        """The upstream connection is open: write what we have."""
+        self.ready = True
+        if self.backlog:
+            self.backlog.insert(0, self.head)
+            connection.write(b"".join(self.backlog))
+            self.backlog = []
+        else:
+            connection.write(self.head)
+        if not self.request_done:
+            # Stream the rest of the body with backpressure toward the upstream.
+            connection.transport.registerProducer(self.client.transport, True)  # type: ignore[union-attr]
+
+    def request_body(self, data: bytes) -> None:
+        """A piece of the request body from the client."""
+        self.received += len(data)
+        if self.received > self.client.factory.settings.max_body:
+            self.client.body_too_large(self)
+            return
+        framed = chunk(data) if self.chunked else data
+        self.sent_any_body = True
+        if self.ready and self.connection is not None:
+            self.connection.write(framed)
+        else:
+            self.backlog.append(framed)
+
+    def request_complete(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """The client's request ended (with trailers for a chunked body)."""
+        self.request_done = True
+        if self.chunked:
+            if trailers:
+                tail = b"0\r\n" + b"".join(b"%s: %s\r\n" % t for t in trailers) + b"\r\n"
+            else:
+                tail = LAST_CHUNK
+            self._to_upstream(tail)
+        if self.ready and self.connection is not None and self.connection.transport is not None:
+            self.connection.transport.unregisterProducer()  # type: ignore[attr-defined]
+            self.client.resume_reading()
+
+    def tunnel_data(self, data: bytes) -> None:
+        """Bytes the client sent after an Upgrade request head."""
+        if self.connection is not None and self.connection.tunnel:
+            self.connection.write(data)
+        else:
+            self._to_upstream(data)
+
+    def _to_upstream(self, data: bytes) -> None:
+        if self.ready and self.connection is not None:
+            self.connection.write(data)
+        else:
+            self.backlog.append(data)
+
+    # --- response side (called by the upstream connection's parser) ---------
+
+    def on_response_status(self, status: int, text: bytes) -> None:
+        if self.complete:
+            # A second response on the same read: the upstream is out of step.
+            self.reusable = False
+            return
+        self.status = status
+        self.reason = text or reason(status)
+        self.response_headers = []
+        self.response_close = False
+        self.response_length = None
+        self.response_chunked = False
+
+    def on_response_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
+        if self.in_trailers:
+            self.trailers.append((name, value))
+            return
+        lower = name.lower()
+        if lower in _RESPONSE_OWN:
+            if lower == b"content-length":
+                self.response_length = int(value)
+            elif lower == b"transfer-encoding":
+                self.response_chunked = b"chunked" in value.lower()
+            elif lower == b"connection":
+                tokens = connection_tokens([value])
+                if b"close" in tokens:
+                    self.response_close = True
+                if tokens - {b"close", b"keep-alive", b"upgrade"}:
+                    self.response_headers.append((b"\x00connection", value))
+            elif lower == b"upgrade" and self.upgrade:
+                self.response_headers.append((name, value))
+            return
+        self.response_headers.append((name, value))
+
+    def on_response_headers_complete(self, parser: Any) -> None:
+        if self.complete:
+            return
+        status = self.status
+        headers = _drop_connection_listed(self.response_headers)
+        if status < 200 and status != 101:
+            # Interim response (100 Continue, 103 Early Hints): pass it on, wait for more.
+            if self.client_http11:
+                self.out.append(_head(status, self.reason, headers))
+            self.client.set_deadline("response")
+            return
+        self.client.set_deadline("body")
+        if status == 101:
+            self.out.append(_head(101, self.reason, headers + [(b"Connection", b"Upgrade")]))
+            return
+        if self.upgrade:
+            # The upstream refused the upgrade: the client's stream is in an unknown state.
+            self.keep_alive = False
+        no_body = self.head_only or status in (204, 304)
+        self.until_close = (
+            not no_body and self.response_length is None and not self.response_chunked
+        )
+        if no_body:
+            self.framing = b"none"
+            if self.response_length is not None:
+                headers.append((b"Content-Length", b"%d" % self.response_length))
+        elif self.response_length is not None and not self.response_chunked:
+            self.framing = b"length"
+            headers.append((b"Content-Length", b"%d" % self.response_length))
+        elif self.client_http11:
+            self.framing = b"chunked"
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        else:
+            self.framing = b"close"
+            self.keep_alive = False
+        if not self.keep_alive or (not self.request_done and not self.upgrade):
+            headers.append((b"Connection", b"close"))
+            self.keep_alive = False
+        elif not self.client_http11:
+            headers.append((b"Connection", b"keep-alive"))
+        self.out.append(_head(status, self.reason, headers))
+        self.started = True
+        self.in_trailers = self.response_chunked
+        if self.head_only:
+            self.on_response_complete(not self.response_close)
+            raise HeadResponseDone()
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.complete or not data:
+            return
+        if self.framing == b"chunked":
+            self.out.append(chunk(data))
+        elif self.framing != b"none":
+            self.out.append(data)
+
+    def on_response_complete(self, upstream_keep_alive: bool) -> None:
+        if self.complete:
+            return
+        if self.status < 200:
+            if self.status != 101:  # interim: the final response follows
+                self.status = 0
+            return
+        if self.framing == b"chunked":
+            if self.trailers:
+                self.out.append(
+                    b"0\r\n" + b"".join(b"%s: %s\r\n" % t for t in self.trailers) + b"\r\n"
+                )
+            else:
+                self.out.append(LAST_CHUNK)
+        self.complete = True
+        self.reusable = (
+            upstream_keep_alive
+            and not self.response_close
+            and self.request_done
+            and not self.upgrade
+        )
+
+    def flush_to_client(self) -> None:
+        """Write what the parser produced; finish the exchange if the response ended."""
+        out = self.out
+        if out:
+            self.out = []
+            transport = self.client.transport
+            if len(out) == 1:
+                transport.write(out[0])  # type: ignore[union-attr]
+            else:
+                transport.write(b"".join(out))  # type: ignore[union-attr]
+            if not self.producing_to_client and not self.complete and self.connection:
+                # Let a slow client slow the upstream down (backpressure).
+                self.producing_to_client = True
+                transport.registerProducer(self.connection.transport, True)  # type: ignore[union-attr]
+        if self.complete:
+            self._finish_response()
+        elif self.status:
+            self.client.set_deadline("body")
+
+    def response_complete(self, reusable: bool) -> None:
+        """A HEAD response ended (the parser was reset)."""
+        self.reusable = self.reusable and reusable
+        self.flush_to_client()
+
+    def _finish_response(self) -> None:
+        connection = self.connection
+        self.connection = None
+        self._stop_producing()
+        if connection is not None:
+            if self.reusable and connection.connected_:
+                connection.transport.resumeProducing()  # type: ignore[union-attr]
+                self.client.factory.pool.release(connection, self.client.factory.reactor.seconds())
+            else:
+                connection.abort()
+        self.finished = True
+        self.client.exchange_finished(self, self.keep_alive)
+
+    def _stop_producing(self) -> None:
+        if self.producing_to_client:
+            self.producing_to_client = False
+            transport = self.client.transport
+            if transport is not None:
+                transport.unregisterProducer()  # type: ignore[attr-defined]
+
+    # --- upgrades -------------------------------------------------------------
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        """The upstream answered 101: splice the two connections."""
+        connection = self.connection
+        if connection is None:
+            return
+        self.flush_to_client()
+        connection.tunnel = True
+        backlog, self.backlog = self.backlog, []
+        self.client.start_tunnel(self, connection)
+        if rest:
+            self.client.transport.write(rest)  # type: ignore[union-attr]
+        for data in backlog:
+            connection.write(data)
+
+    # --- failures -------------------------------------------------------------
+
+    def upstream_connect_failed(self, timed_out: bool, reason_: Failure) -> None:
+        self.connection = None
+        if timed_out:
+            self.fail(504, "Gateway Timeout", "The preview did not accept a connection in time.")
+        elif reason_.check(ConnectionRefusedError):
+            self.fail(502, "Bad Gateway", "The preview refused the connection.")
+        else:
+            self.fail(502, "Bad Gateway", "The preview could not be reached.")
+
+    def upstream_invalid(self, why: str) -> None:
+        log.warn(
+            "bad response from {upstream} for {host}: {why}",
+            upstream=self.upstream_address,
+            host=self.host,
+            why=why,
+        )
+        connection = self.connection
+        self.connection = None
+        if connection is not None:
+            connection.abort()
+        self.fail(502, "Bad Gateway", "The preview sent an invalid response.")
+
+    def upstream_lost(self, connection: UpstreamConnection, why: Failure) -> None:
+        """The upstream connection closed while this exchange used it."""
+        if self.finished or connection is not self.connection:
+            return
+        self.connection = None
+        if connection.tunnel:
+            self.client.close()
+            return
+        if self.started and self.until_close:
+            # A close-delimited response ends here.
+            self.on_response_complete(False)
+            self.flush_to_client()
+            return
+        if (
+            not self.status
+            and connection.reused
+            and not self.retried
+            and (
+                self.method in IDEMPOTENT
+                and not self.sent_any_body
+                and self.content_length in (None, 0)
+                and not self.chunked
+            )
+        ):
+            # A stale pooled connection: send the request again on a fresh one.
+            self.retried = True
+            self.ready = False
+            self.start()
+            return
+        if self.started:
+            # Mid-body: the client cannot be told; cut its connection too.
+            self.client.close()
+            return
+        if why.check(ConnectionDone) is None:
+            self.fail(502, "Bad Gateway", "The preview closed the connection.")
+        else:
+            self.fail(502, "Bad Gateway", "The preview closed the connection without answering.")
+
+    def timed_out(self) -> None:
+        """The response (or its next byte) did not come in time."""
+        connection = self.connection
+        self.connection = None
+        if connection is not None:
+            connection.abort()
+        if self.started:
+            self.client.close()
+        else:
+            self.fail(504, "Gateway Timeout", "The preview did not answer in time.")
+
+    def fail(self, status: int, title: str, message: str) -> None:
+        """Answer the client with an error page instead of the upstream's response."""
+        if self.finished:
+            return
+        if self.started:
+            # Part of the response is out: the client can only learn of it by a cut.
+            self.abort()
+            self.client.close()
+            return
+        self._stop_producing()
+        self.finished = True
+        body = page(status, title, message, self.host)
+        self.client.transport.write(  # type: ignore[union-attr]
+            simple_response(status, body, close=True, head_only=self.head_only)
+        )
+        self.client.exchange_finished(self, False)
+
+    def abort(self) -> None:
+        """The client went away: cancel the upstream request."""
+        self.finished = True
+        connection = self.connection
+        self.connection = None
+        if connection is not None:
+            connection.abort()
+
+
+def _head(status: int, text: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, text)]
+    for name, value in headers:
+        parts.append(b"%s: %s\r\n" % (name, value))
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _drop_connection_listed(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Remove the headers a response's Connection header names (marked with a NUL name)."""
+    marked = [v for n, v in headers if n == b"\x00connection"]
+    if not marked:
+        return list(headers)
+    names = connection_tokens(marked)
+    return [(n, v) for n, v in headers if n != b"\x00connection" and n.lower() not in names]
