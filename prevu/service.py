@@ -16,8 +16,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
+from prevu.auth.authority import Authority
+from prevu.auth.gate import AuthGate
 from prevu.config import Config
 from prevu.control.app import ControlApp
+from prevu.control.login import build_login
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
 
@@ -87,14 +90,21 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     routes.replace("control", control_routes(config))
     routes.replace("static", static_routes(config))
 
-    control = ControlApp(config=config)
+    authority = Authority.from_config(config)
+    login = build_login(config, reactor, authority, routes, pool)
+    control = ControlApp(config=config, login=login)
     control_site = Site(control.resource())
     control_site.displayTracebacks = False
     StreamServerEndpointService(
         serverFromString(reactor, config.server.control), control_site
     ).setServiceParent(top)
 
-    proxy = ProxyFactory(reactor=reactor, routes=routes, settings=ProxySettings.from_config(config))
+    proxy = ProxyFactory(
+        reactor=reactor,
+        routes=routes,
+        settings=ProxySettings.from_config(config),
+        gate=AuthGate(authority, reactor),
+    )
     StreamServerEndpointService(
         serverFromString(reactor, config.server.http), proxy
     ).setServiceParent(top)

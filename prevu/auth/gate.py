@@ -26,6 +26,7 @@ from prevu.auth.rules import (
     SHARE_USER,
     accepts_html,
     cookie_values,
+    request_origin,
     set_cookie,
     split_param,
 )
@@ -80,6 +81,12 @@ class AuthGate:
         if bypass and check_bypass(signer, bypass.decode("latin-1"), repo, route_host):
             return Allow(user=BYPASS_USER)
 
+        raw_host = head.header(b"host")
+        origin = request_origin(
+            head.scheme,
+            raw_host.decode("latin-1").strip() if raw_host else head.host,
+            self.authority.settings.public_url,
+        )
         target = head.target.decode("latin-1")
         handoff, target = split_param(target, HANDOFF_PARAM)
         if handoff is not None:
@@ -92,7 +99,7 @@ class AuthGate:
                     secure=secure,
                 )
                 log.info("login handoff for {user} to {host}", user=session.user, host=host)
-                return redirect(f"{head.scheme}://{head.host}{target}", cookie)
+                return redirect(f"{origin}{target}", cookie)
         share_token, target = split_param(target, SHARE_PARAM)
         if share_token is not None:
             share = decode_share(signer, share_token, host, now)
@@ -102,7 +109,7 @@ class AuthGate:
                 cookie = set_cookie(
                     SESSION_COOKIE, share_token, max_age=share.expires - now, secure=secure
                 )
-                return redirect(f"{head.scheme}://{head.host}{target}", cookie)
+                return redirect(f"{origin}{target}", cookie)
 
         values = cookie_values((v for k, v in head.headers if k == b"cookie"), SESSION_COOKIE)
         for session in self.authority.sessions(values, now):
@@ -111,7 +118,7 @@ class AuthGate:
         for value in values:
             if decode_share(signer, value, host, now) is not None:
                 return Allow(user=SHARE_USER)
-        return self.refuse(head, f"{head.scheme}://{head.host}{target}")
+        return self.refuse(head, f"{origin}{target}")
 
     def refuse(self, head: RequestHead, url: str) -> Reply:
         """302 to the login page for browsers, 401 for everyone else."""

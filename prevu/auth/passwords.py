@@ -103,8 +103,8 @@ def verify_password(password: str, encoded: str) -> bool:
     return PasswordHash.parse(encoded).matches(password)
 
 
-def _dummy_hash() -> PasswordHash:
-    return PasswordHash.parse(hash_password(secrets.token_urlsafe(16)))
+def _dummy_hash(n: int = DEFAULT_N) -> PasswordHash:
+    return PasswordHash.parse(hash_password(secrets.token_urlsafe(16), n=n))
 
 
 @frozen
@@ -157,4 +157,6 @@ def parse_users(text: str, path: str = "<users>") -> Users:
         except ValueError as error:
             reason = f"{error}; make one with `prevu hash-password`"
             raise ConfigError(path, where, reason) from None
-    return Users(hashes=hashes)
+    # The dummy costs what the users' hashes cost, so timing cannot tell them apart.
+    cost = max((h.n for h in hashes.values()), default=DEFAULT_N)
+    return Users(hashes=hashes, dummy=_dummy_hash(cost))

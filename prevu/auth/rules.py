@@ -184,6 +184,25 @@ def client_address(peer: str, forwarded_for: Sequence[bytes], trusted: Sequence[
     return peer
 
 
+def request_origin(scheme: str, host: str, public_url: str) -> str:
+    """
+    ``scheme://host[:port]`` of a request. When the proxy hands over a host
+    without its port, the port of `public_url` is assumed for the same scheme
+    (previews and the control host share the proxy's listening port).
+    """
+    bare = host.rsplit("]", 1)[-1]
+    if ":" in bare:
+        return f"{scheme}://{host}"
+    try:
+        parts = urlsplit(public_url)
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme == scheme and port:
+        return f"{scheme}://{host}:{port}"
+    return f"{scheme}://{host}"
+
+
 def split_param(target: str, name: str) -> tuple[str | None, str]:
     """The value of query parameter `name` in a request target, and the target without it."""
     parts = urlsplit(target)

@@ -15,6 +15,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from prevu.config import Config
+from prevu.control.login import LoginPages, require
 from prevu.errors import WebhookError
 
 
@@ -31,6 +32,7 @@ class ControlApp:
     """The Klein application served on the `control` endpoint."""
 
     config: Config
+    login: LoginPages | None = None
 
     app = Klein()
 
@@ -44,6 +46,34 @@ class ControlApp:
     def healthz(self, request: IRequest) -> bytes:
         """Liveness: answers while the reactor runs."""
         return json_response(request, {"status": "ok"})
+
+    @app.route("/login", methods=["GET", "HEAD"])
+    def login_page(self, request: Any) -> Any:
+        return require(self.login).show(request)
+
+    @app.route("/login", methods=["POST"])
+    def login_submit(self, request: Any) -> Any:
+        return require(self.login).submit(request)
+
+    @app.route("/logout", methods=["POST"])
+    def logout(self, request: Any) -> Any:
+        return require(self.login).logout(request)
+
+    @app.route("/auth/verify", methods=["GET", "HEAD"])
+    def auth_verify(self, request: Any) -> Any:
+        return require(self.login).verify(request)
+
+    @app.route("/login/github", methods=["GET"])
+    def login_github(self, request: Any) -> Any:
+        return require(self.login).github_start(request)
+
+    @app.route("/login/github/callback", methods=["GET"])
+    def login_github_callback(self, request: Any) -> Any:
+        return require(self.login).github_callback(request)
+
+    @app.route("/api/previews/<preview>/share", methods=["POST"])
+    def share_preview(self, request: Any, preview: str) -> Any:
+        return require(self.login).share(request, preview)
 
     # --- errors -------------------------------------------------------------
 

@@ -187,7 +187,9 @@ class LoginPages:
                 (name.lower(), value)
                 for name, values in headers.getAllRawHeaders()
                 for value in values
-            ],
+                if name.lower() != b"host"
+            ]
+            + [(b"host", host_header.split(",")[0].strip().encode("latin-1", "replace"))],
         )
         route = self.route_lookup(host)
         repo = route.repo if route is not None else None
