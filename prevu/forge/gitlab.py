@@ -1,0 +1,110 @@
+"""
+GitLab webhooks: token check and parsing.
+
+Pure core. GitLab sends the configured secret as `X-Gitlab-Token`; it is
+compared in constant time. Merge Request Hooks become pull request events,
+Note Hooks with `/preview approve` become approve commands (which the policy
+turns down until membership can be checked through the GitLab API).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from prevu.errors import WebhookError
+from prevu.forge.events import (
+    ApproveCommand,
+    ForgeEvent,
+    Ignored,
+    Ping,
+    PullRequest,
+    PullRequestAction,
+    PullRequestEvent,
+    parse_command,
+)
+from prevu.forge.github import load_json
+
+MERGE_REQUEST_ACTIONS: Mapping[str, PullRequestAction] = {
+    "open": "open",
+    "reopen": "open",
+    "update": "push",
+    "close": "close",
+    "merge": "close",
+}
+
+
+def verify_token(expected: str, header: str | None) -> bool:
+    """True when `header` equals the configured token, compared in constant time."""
+    if header is None:
+        return False
+    return hmac.compare_digest(expected.encode(), header.encode("utf-8", "replace"))
+
+
+def parse(event: str, delivery: str, body: bytes) -> ForgeEvent:
+    """A verified GitLab delivery as a typed event; WebhookError(400) when malformed."""
+    data = load_json(body)
+    try:
+        if event == "Merge Request Hook":
+            return _merge_request_event(delivery, data)
+        if event == "Note Hook":
+            return _note(delivery, data)
+        if event in ("System Hook", "Test Hook"):
+            return Ping(delivery, "gitlab")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        reason = f"missing field {error.args[0]!r}" if isinstance(error, KeyError) else str(error)
+        raise WebhookError(400, f"malformed {event} payload: {reason}") from None
+    return Ignored(delivery, "gitlab", f"event {event!r} is not used")
+
+
+def _merge_request_event(delivery: str, data: Mapping[str, Any]) -> ForgeEvent:
+    attributes = data["object_attributes"]
+    raw_action = str(attributes.get("action") or "")
+    action = MERGE_REQUEST_ACTIONS.get(raw_action)
+    if action is None:
+        return Ignored(delivery, "gitlab", f"merge request action {raw_action!r} is not used")
+    return PullRequestEvent(delivery, action, merge_request(data), raw_action)
+
+
+def merge_request(data: Mapping[str, Any]) -> PullRequest:
+    """The PullRequest of a Merge Request Hook (SPEC §4: clone the project's MR ref)."""
+    attributes = data["object_attributes"]
+    project = data["project"]
+    number = int(attributes["iid"])
+    labels = data.get("labels") or attributes.get("labels") or ()
+    return PullRequest(
+        forge="gitlab",
+        repo=str(project["path_with_namespace"]),
+        number=number,
+        sha=str(attributes["last_commit"]["id"]).lower(),
+        branch=str(attributes["source_branch"]),
+        clone_url=str(project["git_http_url"]),
+        ref=f"refs/merge-requests/{number}/head",
+        fork=int(attributes["source_project_id"]) != int(attributes["target_project_id"]),
+        labels=tuple(str(label["title"]) for label in labels),
+        title=str(attributes.get("title") or ""),
+        author=str((data.get("user") or {}).get("username") or ""),
+        open=attributes.get("state", "opened") in ("opened", "reopened"),
+    )
+
+
+def _note(delivery: str, data: Mapping[str, Any]) -> ForgeEvent:
+    attributes = data["object_attributes"]
+    if attributes.get("noteable_type") != "MergeRequest":
+        return Ignored(delivery, "gitlab", "note is not on a merge request")
+    command = parse_command(str(attributes.get("note") or ""))
+    if command is None:
+        return Ignored(delivery, "gitlab", "note has no /preview command")
+    if command != "approve":
+        return Ignored(delivery, "gitlab", f"unknown command /preview {command}")
+    return ApproveCommand(
+        delivery=delivery,
+        forge="gitlab",
+        repo=str(data["project"]["path_with_namespace"]),
+        number=int(data["merge_request"]["iid"]),
+        commenter=str((data.get("user") or {}).get("username") or ""),
+        # GitLab does not say how the author relates to the project; without
+        # an API call it cannot be trusted (see prevu.forge.policy).
+        association="UNKNOWN",
+    )

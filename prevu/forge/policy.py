@@ -1,0 +1,125 @@
+"""
+What a forge event asks of prevu, given the `[[repos]]` settings.
+
+Pure core: `decide` maps a typed event plus the server config to one
+decision (deploy, destroy, deny, approve or skip). The webhook handler
+answers from it and the orchestrator carries it out.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from attrs import frozen
+
+from prevu.config import Config, RepoConfig
+from prevu.forge.events import ApproveCommand, PullRequest, PullRequestEvent
+
+PREVIEW_LABEL = "preview"
+Gate = Literal["open", "approve"]
+
+
+@frozen
+class Deploy:
+    """Deploy the head of `pull_request`; `revive` may bring back a closed preview."""
+
+    pull_request: PullRequest
+    settings: RepoConfig
+    gate: Gate = "open"
+    revive: bool = False
+
+
+@frozen
+class Destroy:
+    """Tear the pull request's preview down."""
+
+    pull_request: PullRequest
+    reason: str
+
+
+@frozen
+class Deny:
+    """The pull request may not have a preview; its status says why."""
+
+    pull_request: PullRequest
+    settings: RepoConfig
+    reason: str
+
+
+@frozen
+class Approve:
+    """A trusted commenter approved the fork pull request's current head."""
+
+    forge: str
+    repo: str
+    number: int
+    by: str
+
+
+@frozen
+class Skip:
+    """Nothing to do (answered 200 with the reason)."""
+
+    reason: str
+
+
+Decision = Deploy | Destroy | Deny | Approve | Skip
+
+
+def repo_settings(config: Config, repo: str) -> RepoConfig | None:
+    """The `[[repos]]` entry for `repo` (defaults without a list); None when filtered out."""
+    if not config.repos:
+        return RepoConfig(name=repo)
+    return config.repo(repo)
+
+
+def decide(config: Config, event: PullRequestEvent | ApproveCommand) -> Decision:
+    """The decision for one verified event."""
+    repo = event.repo
+    settings = repo_settings(config, repo)
+    if settings is None:
+        return Skip(f"repository {repo} is not listed in [[repos]]")
+    if isinstance(event, ApproveCommand):
+        return _approve(event, settings)
+    return _pull_request(event, settings)
+
+
+def _approve(event: ApproveCommand, settings: RepoConfig) -> Decision:
+    if settings.forks != "approve":
+        return Skip(f"forks = {settings.forks!r} for {event.repo}: nothing to approve")
+    if not event.trusted:
+        return Skip(
+            f"{event.commenter} ({event.association}) may not approve previews; "
+            "an OWNER, MEMBER or COLLABORATOR must"
+        )
+    return Approve(event.forge, event.repo, event.number, event.commenter)
+
+
+def _pull_request(event: PullRequestEvent, settings: RepoConfig) -> Decision:
+    pr = event.pull_request
+    if event.action == "close":
+        merged = event.raw_action == "merge"
+        return Destroy(pr, "merge request merged" if merged else "pull request closed")
+    if not pr.open:
+        return Skip(f"pull request {pr.number} is already closed")
+    labelled = PREVIEW_LABEL in {label.lower() for label in pr.labels}
+    if settings.trigger == "label":
+        if event.action == "labels" and not labelled:
+            return Destroy(pr, f"label {PREVIEW_LABEL!r} removed")
+        if not labelled:
+            return Skip(f'trigger = "label" and pull request {pr.number} is not labelled')
+    elif event.action == "labels":
+        return Skip('labels only matter with trigger = "label"')
+    revive = event.action in ("open", "labels")
+    if not pr.fork or settings.forks == "allow":
+        return Deploy(pr, settings, "open", revive)
+    if settings.forks == "deny":
+        return Deny(pr, settings, 'fork pull requests get no preview (forks = "deny")')
+    if pr.forge == "gitlab":
+        return Deny(
+            pr,
+            settings,
+            'forks = "approve" needs the GitLab API to check membership, '
+            'which prevu does not call yet: treated as "deny"',
+        )
+    return Deploy(pr, settings, "approve", revive)

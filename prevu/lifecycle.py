@@ -1,0 +1,694 @@
+"""
+The preview lifecycle: a state machine over frozen states.
+
+Pure core, no I/O and no clock. `transition(state, event)` returns the new
+state and the *effects* (as data) that the orchestrator must carry out:
+build an image, start a container, switch the route, tear everything down.
+The results of those effects come back as events (`Built`, `Started`, ...).
+
+The rules that make previews trustworthy live here, so that they can be
+tested for every (state, event) pair:
+
+- At most one job (build, start, teardown, suspend, resume) is in flight per
+  preview: this *is* the per-preview serialized queue. A newer commit
+  replaces the `target` (coalescing: queued commits that were never started
+  are simply forgotten) and cancels a build in flight; when a job ends, the
+  machine starts the next one only for the *current* target.
+- Results of a superseded job are discarded, never routed.
+- Once closed, nothing is created: a build or start that completes after the
+  close only leads to a teardown. Teardown removes the route first.
+- The route switches only to a started (healthy) container, and the old
+  container is discarded after the switch (zero downtime).
+- A fork pull request under `forks = "approve"` waits in `awaiting`; an
+  approval pins the SHA it saw, and a later push waits again.
+
+The status reported to users (`queued`, `building`, `starting`, `running`,
+`sleeping`, `failed`, `stopped`) is derived from the state, never stored
+separately, so it cannot disagree with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from attrs import evolve, field, frozen, validators
+
+from prevu.ports import PreviewStatus
+
+SHA = r"^[0-9a-f]{40}([0-9a-f]{24})?$"
+Gate = Literal["open", "approve"]
+JobKind = Literal["build", "start", "teardown", "suspend", "resume"]
+
+
+# --- values ------------------------------------------------------------------
+
+
+@frozen
+class Revision:
+    """
+    A commit to deploy. `serial` grows with every accepted deploy request,
+    so that a redeploy of the same SHA is a new revision.
+    """
+
+    sha: str = field(validator=validators.matches_re(SHA))
+    branch: str = ""
+    serial: int = field(default=0, validator=validators.ge(0))
+
+    @property
+    def short(self) -> str:
+        return self.sha[:12]
+
+
+@frozen
+class Deployment:
+    """A started, healthy container and where it is reached."""
+
+    revision: Revision
+    container: str
+    image: str
+    address: str
+    port: int = field(validator=[validators.ge(1), validators.le(65535)])
+
+
+@frozen
+class Job:
+    """The one job in flight; `started` is False while a build waits for a build slot."""
+
+    kind: JobKind
+    revision: Revision | None = None
+    image: str | None = None
+    started: bool = False
+
+
+@frozen
+class Preview:
+    """The lifecycle state of one preview."""
+
+    closed: bool = False
+    target: Revision | None = None
+    serving: Deployment | None = None
+    job: Job | None = None
+    awaiting: Revision | None = None
+    approved: str | None = None
+    failed: Revision | None = None
+    error: str | None = None
+    note: str | None = None
+    asleep: bool = False
+    clean: bool = True
+
+    @property
+    def status(self) -> PreviewStatus:
+        """The public status (SPEC §4), derived from the state."""
+        if self.closed:
+            return "stopped"
+        if self.job is not None:
+            kind = self.job.kind
+            if kind == "build":
+                return "building" if self.job.started else "queued"
+            if kind in ("start", "resume"):
+                return "starting"
+            if kind == "suspend":
+                return "sleeping"
+            return "stopped"
+        if self.awaiting is not None:
+            return "queued"
+        if self.failed is not None and self.failed == self.target:
+            return "failed"
+        if self.serving is not None:
+            return "sleeping" if self.asleep else "running"
+        return "queued" if self.target is not None else "stopped"
+
+    @property
+    def detail(self) -> str | None:
+        """A human explanation of the status, when there is more to say than the status."""
+        if self.awaiting is not None and not self.closed:
+            return (
+                f"waiting for approval of {self.awaiting.short}: a maintainer comments "
+                "/preview approve"
+            )
+        if self.status == "failed":
+            return self.error
+        return self.note
+
+    @property
+    def sha(self) -> str | None:
+        """The commit this preview is about: the wanted one, else the one serving."""
+        if self.awaiting is not None:
+            return self.awaiting.sha
+        if self.target is not None:
+            return self.target.sha
+        return self.serving.revision.sha if self.serving else None
+
+    @property
+    def active(self) -> bool:
+        """True when the preview holds, or is about to hold, Docker resources (max_previews)."""
+        return not self.closed and (self.serving is not None or self.job is not None)
+
+
+# --- events ------------------------------------------------------------------
+
+
+@frozen
+class Deploy:
+    """Deploy `sha` (opened, reopened, pushed). `revive` may bring back a closed preview."""
+
+    sha: str = field(validator=validators.matches_re(SHA))
+    branch: str = ""
+    gate: Gate = "open"
+    revive: bool = False
+    room: bool = True
+    """False when `max_previews` is reached and this preview holds no resources yet."""
+    limit: int = 0
+
+
+@frozen
+class Deny:
+    """This pull request may not have a preview (fork policy)."""
+
+    sha: str = field(validator=validators.matches_re(SHA))
+    branch: str
+    reason: str
+
+
+@frozen
+class Approve:
+    """A trusted maintainer approved the fork head awaiting approval."""
+
+    by: str
+
+
+@frozen
+class Close:
+    """The pull request was closed or merged, or the preview deleted."""
+
+    reason: str
+
+
+@frozen
+class Redeploy:
+    """Build the current target again (API)."""
+
+
+@frozen
+class Poke:
+    """Re-evaluate the state (after a restart): start whatever is due."""
+
+
+@frozen
+class Sleep:
+    """The preview was idle: stop its container, keep it routable."""
+
+
+@frozen
+class Wake:
+    """A request arrived for a sleeping preview."""
+
+
+@frozen
+class BuildStarted:
+    """The build got a build slot and runs."""
+
+    revision: Revision
+
+
+@frozen
+class Built:
+    """The image of `revision` is built."""
+
+    revision: Revision
+    image: str
+
+
+@frozen
+class BuildFailed:
+    """The build of `revision` failed, or was cancelled or superseded."""
+
+    revision: Revision
+    reason: str
+
+
+@frozen
+class Started:
+    """A container of `deployment.revision` is running and healthy."""
+
+    deployment: Deployment
+
+
+@frozen
+class StartFailed:
+    """The container of `revision` did not start or never became healthy."""
+
+    revision: Revision
+    reason: str
+
+
+@frozen
+class Suspended:
+    """The container was stopped (sleep)."""
+
+
+@frozen
+class TornDown:
+    """Everything of the preview is gone."""
+
+
+@frozen
+class Vanished:
+    """The serving container is not running any more (found by reconcile)."""
+
+    container: str
+
+
+@frozen
+class Adopt:
+    """A running container of this preview was found (restart): serve it."""
+
+    deployment: Deployment
+    asleep: bool = False
+
+
+Event = (
+    Deploy
+    | Deny
+    | Approve
+    | Close
+    | Redeploy
+    | Poke
+    | Sleep
+    | Wake
+    | BuildStarted
+    | Built
+    | BuildFailed
+    | Started
+    | StartFailed
+    | Suspended
+    | TornDown
+    | Vanished
+    | Adopt
+)
+
+
+# --- effects -----------------------------------------------------------------
+
+
+@frozen
+class Build:
+    """Fetch the revision and build its image; answer BuildStarted, then Built or BuildFailed."""
+
+    revision: Revision
+
+
+@frozen
+class CancelBuild:
+    """Abort the build of `revision` (it answers BuildFailed)."""
+
+    revision: Revision
+
+
+@frozen
+class Start:
+    """Run `image` on the preview network and wait until healthy: Started or StartFailed."""
+
+    revision: Revision
+    image: str
+
+
+@frozen
+class RouteTo:
+    """Point the preview's host at `deployment` (state `ready`)."""
+
+    deployment: Deployment
+
+
+@frozen
+class RouteBuilding:
+    """Show the self-refreshing 503 page on the preview's host while nothing serves."""
+
+
+@frozen
+class RouteAsleep:
+    """Mark the route sleeping: the proxy wakes the preview on the next request."""
+
+    deployment: Deployment
+
+
+@frozen
+class Unroute:
+    """Remove the preview's host from the routes (404)."""
+
+
+@frozen
+class Discard:
+    """Remove a container and/or image that does not serve (old or stale)."""
+
+    container: str | None = None
+    image: str | None = None
+
+
+@frozen
+class Suspend:
+    """Stop the serving container; answer Suspended."""
+
+    deployment: Deployment
+
+
+@frozen
+class Resume:
+    """Start the stopped container again; answer Started or StartFailed."""
+
+    deployment: Deployment
+
+
+@frozen
+class Teardown:
+    """Remove containers, images, network and workspace of the preview; answer TornDown."""
+
+
+Effect = (
+    Build
+    | CancelBuild
+    | Start
+    | RouteTo
+    | RouteBuilding
+    | RouteAsleep
+    | Unroute
+    | Discard
+    | Suspend
+    | Resume
+    | Teardown
+)
+
+
+@frozen
+class Transition:
+    """The new state and the effects to carry out, in order."""
+
+    state: Preview
+    effects: tuple[Effect, ...] = ()
+
+
+# --- transitions ---------------------------------------------------------------
+
+
+def transition(state: Preview, event: Event) -> Transition:
+    """The state after `event`, and what must be done."""
+    new, effects = _handle(state, event)
+    new, more = _advance(new)
+    return Transition(new, _keep_in_use(new, (*effects, *more)))
+
+
+def _keep_in_use(state: Preview, effects: Sequence[Effect]) -> tuple[Effect, ...]:
+    """Never discard what serves or what the job in flight uses, whatever asked for it."""
+    in_use: set[str] = set()
+    if state.serving is not None:
+        in_use |= {state.serving.container, state.serving.image}
+    if state.job is not None and state.job.image is not None:
+        in_use.add(state.job.image)
+    kept: list[Effect] = []
+    for effect in effects:
+        if isinstance(effect, Discard):
+            container = effect.container if effect.container not in in_use else None
+            image = effect.image if effect.image not in in_use else None
+            if container is None and image is None:
+                continue
+            effect = Discard(container, image)
+        kept.append(effect)
+    return tuple(kept)
+
+
+Step = tuple[Preview, Sequence[Effect]]
+
+
+def _advance(state: Preview) -> Step:
+    """Start the next job when none is in flight."""
+    if state.job is not None:
+        return state, ()
+    if state.closed:
+        if state.clean:
+            return state, ()
+        return evolve(state, job=Job("teardown")), (Teardown(),)
+    target = state.target
+    if target is None or state.failed == target:
+        return state, ()
+    if state.serving is not None and state.serving.revision == target:
+        return state, ()
+    building = evolve(state, job=Job("build", target), clean=False)
+    effects: list[Effect] = [Build(target)]
+    if state.serving is None:
+        effects.append(RouteBuilding())
+    return building, effects
+
+
+def _next_revision(state: Preview, sha: str, branch: str) -> Revision:
+    serials = [r.serial for r in (state.target, state.awaiting, state.failed) if r is not None]
+    if state.serving is not None:
+        serials.append(state.serving.revision.serial)
+    return Revision(sha, branch, max(serials, default=0) + 1)
+
+
+def _cancel_build(state: Preview) -> list[Effect]:
+    job = state.job
+    if job is not None and job.kind == "build" and job.revision is not None:
+        return [CancelBuild(job.revision)]
+    return []
+
+
+def _on_deploy(state: Preview, event: Deploy) -> Step:
+    if state.closed and not event.revive:
+        return state, ()
+    if state.closed:
+        state = evolve(state, closed=False, failed=None, error=None, note=None)
+    if event.gate == "approve" and event.sha != state.approved:
+        if state.awaiting is not None and state.awaiting.sha == event.sha:
+            return state, ()
+        return evolve(state, awaiting=_next_revision(state, event.sha, event.branch)), ()
+    state = evolve(state, awaiting=None)
+    if state.target is not None and state.target.sha == event.sha:
+        return state, ()
+    revision = _next_revision(state, event.sha, event.branch)
+    if not event.room and not state.active and state.clean:
+        reason = (
+            f"max_previews ({event.limit}) reached: close or delete another preview, "
+            "then push or redeploy"
+        )
+        return evolve(state, target=revision, failed=revision, error=reason), ()
+    effects = _cancel_build(state)
+    return evolve(state, target=revision, error=None, note=None), effects
+
+
+def _on_deny(state: Preview, event: Deny) -> Step:
+    if state.closed:
+        return state, ()
+    revision = _next_revision(state, event.sha, event.branch)
+    effects: list[Effect] = _cancel_build(state)
+    if state.serving is not None:
+        effects += [Unroute(), Discard(state.serving.container, state.serving.image)]
+    new = evolve(
+        state, target=revision, failed=revision, error=event.reason, awaiting=None, serving=None
+    )
+    return new, effects
+
+
+def _on_approve(state: Preview, event: Approve) -> Step:
+    awaiting = state.awaiting
+    if awaiting is None or state.closed:
+        return state, ()
+    approved = evolve(
+        state,
+        target=awaiting,
+        awaiting=None,
+        approved=awaiting.sha,
+        failed=None,
+        error=None,
+        note=f"approved by {event.by}",
+    )
+    return approved, _cancel_build(state)
+
+
+def _on_close(state: Preview, event: Close) -> Step:
+    if state.closed:
+        return state, ()
+    effects: list[Effect] = [Unroute(), *_cancel_build(state)]
+    return evolve(state, closed=True, awaiting=None, note=event.reason, asleep=False), effects
+
+
+def _on_redeploy(state: Preview) -> Step:
+    target = state.target
+    if state.closed or target is None:
+        return state, ()
+    revision = _next_revision(state, target.sha, target.branch)
+    effects = _cancel_build(state)
+    return evolve(state, target=revision, failed=None, error=None, note=None), effects
+
+
+def _on_sleep(state: Preview) -> Step:
+    serving = state.serving
+    if state.status != "running" or serving is None:
+        return state, ()
+    return evolve(state, job=Job("suspend", serving.revision)), (
+        RouteAsleep(serving),
+        Suspend(serving),
+    )
+
+
+def _on_wake(state: Preview) -> Step:
+    serving = state.serving
+    if not state.asleep or state.job is not None or state.closed or serving is None:
+        return state, ()
+    return evolve(state, job=Job("resume", serving.revision)), (Resume(serving),)
+
+
+def _is_job(state: Preview, kind: JobKind, revision: Revision | None = None) -> bool:
+    job = state.job
+    return job is not None and job.kind == kind and (revision is None or job.revision == revision)
+
+
+def _on_build_started(state: Preview, event: BuildStarted) -> Step:
+    if not _is_job(state, "build", event.revision):
+        return state, ()
+    return evolve(state, job=Job("build", event.revision, started=True)), ()
+
+
+def _on_built(state: Preview, event: Built) -> Step:
+    if not _is_job(state, "build", event.revision):
+        return state, (Discard(image=event.image),)
+    state = evolve(state, job=None)
+    if state.closed or event.revision != state.target:
+        return state, (Discard(image=event.image),)
+    job = Job("start", event.revision, image=event.image, started=True)
+    return evolve(state, job=job), (Start(event.revision, event.image),)
+
+
+def _failed(state: Preview, revision: Revision, reason: str) -> Step:
+    state = evolve(state, job=None)
+    if state.closed or revision != state.target:
+        return state, ()
+    effects: list[Effect] = [] if state.serving is not None else [Unroute()]
+    return evolve(state, failed=revision, error=reason), effects
+
+
+def _on_build_failed(state: Preview, event: BuildFailed) -> Step:
+    if not _is_job(state, "build", event.revision):
+        return state, ()
+    return _failed(state, event.revision, event.reason)
+
+
+def _on_started(state: Preview, event: Started) -> Step:
+    deployment = event.deployment
+    discard_new = Discard(deployment.container, deployment.image)
+    if _is_job(state, "resume", deployment.revision):
+        state = evolve(state, job=None, asleep=False)
+        if state.closed or state.serving is None:
+            return state, (discard_new,)
+        return evolve(state, serving=deployment), (RouteTo(deployment),)
+    if not _is_job(state, "start", deployment.revision):
+        return state, (discard_new,)
+    state = evolve(state, job=None)
+    if state.closed or deployment.revision != state.target:
+        return state, (discard_new,)
+    effects: list[Effect] = [RouteTo(deployment)]
+    old = state.serving
+    if old is not None and old.container != deployment.container:
+        image = old.image if old.image != deployment.image else None
+        effects.append(Discard(old.container, image))
+    new = evolve(state, serving=deployment, failed=None, error=None, asleep=False)
+    return new, effects
+
+
+def _on_start_failed(state: Preview, event: StartFailed) -> Step:
+    if _is_job(state, "resume", event.revision) and state.serving is not None:
+        serving = state.serving
+        gone = evolve(state, job=None, serving=None, asleep=False, failed=state.target)
+        dropped = (Unroute(), Discard(serving.container, serving.image))
+        return evolve(gone, error=f"could not wake: {event.reason}"), dropped
+    if not _is_job(state, "start", event.revision):
+        return state, ()
+    image = state.job.image if state.job is not None else None
+    new, effects = _failed(state, event.revision, event.reason)
+    if image is None:
+        return new, effects
+    return new, (*effects, Discard(image=image))
+
+
+def _on_suspended(state: Preview) -> Step:
+    if not _is_job(state, "suspend"):
+        return state, ()
+    return evolve(state, job=None, asleep=True), ()
+
+
+def _on_torn_down(state: Preview) -> Step:
+    if not _is_job(state, "teardown"):
+        return state, ()
+    return evolve(state, job=None, clean=True, serving=None, asleep=False), ()
+
+
+def _on_vanished(state: Preview, event: Vanished) -> Step:
+    serving = state.serving
+    if serving is None or serving.container != event.container or state.job is not None:
+        return state, ()
+    reason = f"container {serving.container[:12]} vanished"
+    new = evolve(state, serving=None, asleep=False, failed=state.target, error=reason)
+    return new, (Unroute(),)
+
+
+def _on_adopt(state: Preview, event: Adopt) -> Step:
+    deployment = event.deployment
+    if state.serving is not None:
+        if state.serving.container == deployment.container:
+            return state, ()
+        return state, (Discard(deployment.container),)
+    if state.job is not None:
+        # The container may be the one an in-flight start is bringing up.
+        return state, ()
+    if state.closed:
+        return evolve(state, clean=False), (Discard(deployment.container),)
+    new = evolve(
+        state,
+        serving=deployment,
+        target=deployment.revision,
+        failed=None,
+        error=None,
+        asleep=event.asleep,
+        clean=False,
+    )
+    route: Effect = RouteAsleep(deployment) if event.asleep else RouteTo(deployment)
+    return new, (route,)
+
+
+def _handle(state: Preview, event: Event) -> Step:
+    match event:
+        case Deploy():
+            return _on_deploy(state, event)
+        case Deny():
+            return _on_deny(state, event)
+        case Approve():
+            return _on_approve(state, event)
+        case Close():
+            return _on_close(state, event)
+        case Redeploy():
+            return _on_redeploy(state)
+        case Poke():
+            return state, ()
+        case Sleep():
+            return _on_sleep(state)
+        case Wake():
+            return _on_wake(state)
+        case BuildStarted():
+            return _on_build_started(state, event)
+        case Built():
+            return _on_built(state, event)
+        case BuildFailed():
+            return _on_build_failed(state, event)
+        case Started():
+            return _on_started(state, event)
+        case StartFailed():
+            return _on_start_failed(state, event)
+        case Suspended():
+            return _on_suspended(state)
+        case TornDown():
+            return _on_torn_down(state)
+        case Vanished():
+            return _on_vanished(state, event)
+        case Adopt():
+            return _on_adopt(state, event)

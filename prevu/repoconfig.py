@@ -1,0 +1,202 @@
+"""
+`.prevu.toml`: a repository's own preview settings (SPEC §3).
+
+Pure core. `parse_repo_config(text, limits)` validates the file into a frozen
+`RepoSettings`; every problem is a `RepoConfigError(key, reason)`. Unknown
+keys are errors (a typo must not silently fall back to a default), paths may
+not leave the repository, and `memory`/`cpus` may lower the server's limits
+but never raise them.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from attrs import field, frozen, validators
+
+from prevu.errors import RepoConfigError
+from prevu.units import parse_size
+
+FILE_NAME = ".prevu.toml"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _str_map(value: Mapping[str, str]) -> Mapping[str, str]:
+    return dict(value)
+
+
+@frozen
+class Limits:
+    """The server's `[docker]` limits that a repository may only lower."""
+
+    memory: int = 512 << 20
+    cpus: float = 1.0
+
+
+@frozen
+class RepoSettings:
+    """A validated `.prevu.toml` (or the defaults when there is none)."""
+
+    dockerfile: str = "Dockerfile"
+    context: str = "."
+    build_args: Mapping[str, str] = field(factory=dict, converter=_str_map)
+    port: int = field(default=8080, validator=[validators.ge(1), validators.le(65535)])
+    command: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(factory=dict, converter=_str_map)
+    health: str | None = None
+    memory: int | None = None
+    cpus: float | None = None
+    access: Literal["private", "public"] | None = None
+
+    @property
+    def dockerfile_in_context(self) -> str:
+        """The Dockerfile path relative to the build context, as `docker build` wants it."""
+        return posixpath.relpath(posixpath.join(".", self.dockerfile), self.context)
+
+
+def parse_repo_config(text: str | None, limits: Limits = Limits()) -> RepoSettings:
+    """
+    Validate the text of `.prevu.toml`; None (no file) gives the defaults.
+
+    Raises RepoConfigError naming the dotted key and the reason.
+    """
+    if text is None:
+        return RepoSettings()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RepoConfigError("", f"invalid TOML: {error}") from None
+    _only(data, "", ("build", "run", "preview"))
+    build = _table(data, "build")
+    run = _table(data, "run")
+    preview = _table(data, "preview")
+    _only(build, "build.", ("dockerfile", "context", "args"))
+    _only(run, "run.", ("port", "command", "env", "health", "memory", "cpus"))
+    _only(preview, "preview.", ("access",))
+    return RepoSettings(
+        dockerfile=_path(build, "build.dockerfile", "Dockerfile"),
+        context=_path(build, "build.context", "."),
+        build_args=_string_map(build, "build.args"),
+        port=_port(run),
+        command=_command(run),
+        env=_string_map(run, "run.env"),
+        health=_health(run),
+        memory=_memory(run, limits),
+        cpus=_cpus(run, limits),
+        access=_access(preview),
+    )
+
+
+def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise RepoConfigError(key, f"expected a table, got {value!r}")
+    return value
+
+
+def _only(data: Mapping[str, Any], prefix: str, known: tuple[str, ...]) -> None:
+    for name in data:
+        if name not in known:
+            raise RepoConfigError(f"{prefix}{name}", f"unknown key (known: {', '.join(known)})")
+
+
+def _leaf(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _path(table: Mapping[str, Any], key: str, default: str) -> str:
+    value = table.get(_leaf(key), default)
+    if not isinstance(value, str) or not value.strip():
+        raise RepoConfigError(key, f"expected a relative path, got {value!r}")
+    normal = posixpath.normpath(value.strip())
+    if normal.startswith("/") or normal == ".." or normal.startswith("../") or "\0" in normal:
+        raise RepoConfigError(key, f"must stay inside the repository, got {value!r}")
+    return normal
+
+
+def _string_map(table: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = table.get(_leaf(key), {})
+    if not isinstance(value, dict):
+        raise RepoConfigError(key, f"expected a table of strings, got {value!r}")
+    result: dict[str, str] = {}
+    for name, item in value.items():
+        if not _ENV_NAME.match(name):
+            raise RepoConfigError(f"{key}.{name}", "names use letters, digits and _ only")
+        if name.upper().startswith("PREVU_"):
+            raise RepoConfigError(f"{key}.{name}", "PREVU_* names are set by prevu")
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise RepoConfigError(f"{key}.{name}", f"expected a string, got {item!r}")
+        result[name] = str(item)
+    return result
+
+
+def _port(run: Mapping[str, Any]) -> int:
+    value = run.get("port", 8080)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise RepoConfigError("run.port", f"expected a port number 1-65535, got {value!r}")
+    return value
+
+
+def _command(run: Mapping[str, Any]) -> tuple[str, ...] | None:
+    value = run.get("command")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise RepoConfigError("run.command", 'expected a list like ["./serve", "--port", "8080"]')
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise RepoConfigError("run.command", f"expected a non-empty list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _health(run: Mapping[str, Any]) -> str | None:
+    value = run.get("health")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or any(c in value for c in " \r\n"):
+        raise RepoConfigError("run.health", f"expected a path like /healthz, got {value!r}")
+    return value
+
+
+def _memory(run: Mapping[str, Any], limits: Limits) -> int | None:
+    value = run.get("memory")
+    if value is None:
+        return None
+    try:
+        size = parse_size(value)
+    except ValueError as error:
+        raise RepoConfigError("run.memory", str(error)) from None
+    if size < 6 << 20:
+        raise RepoConfigError("run.memory", "must be at least 6m (Docker's minimum)")
+    if size > limits.memory:
+        raise RepoConfigError(
+            "run.memory", f"{value} is above the server's limit of {limits.memory >> 20}m"
+        )
+    return size
+
+
+def _cpus(run: Mapping[str, Any], limits: Limits) -> float | None:
+    value = run.get("cpus")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise RepoConfigError("run.cpus", f"expected a number above 0, got {value!r}")
+    if value > limits.cpus:
+        raise RepoConfigError(
+            "run.cpus", f"{value:g} is above the server's limit of {limits.cpus:g}"
+        )
+    return float(value)
+
+
+def _access(preview: Mapping[str, Any]) -> Literal["private", "public"] | None:
+    value = preview.get("access")
+    if value is None:
+        return None
+    if value == "private":
+        return "private"
+    if value == "public":
+        return "public"
+    raise RepoConfigError("preview.access", f'must be "private" or "public", got {value!r}')

@@ -1,0 +1,354 @@
+"""Webhook verification and parsing with the real payloads in shared/fixtures."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prevu.config import Config, RepoConfig
+from prevu.errors import WebhookError
+from prevu.forge import github, gitlab, policy
+from prevu.forge.events import (
+    ApproveCommand,
+    Ignored,
+    Ping,
+    PullRequestEvent,
+    parse_command,
+)
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+if not FIXTURES.exists():
+    FIXTURES = Path("/work/shared/fixtures")
+SECRET = "It's a Secret to Everybody"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    return data
+
+
+def body(data: dict[str, Any]) -> bytes:
+    return json.dumps(data).encode()
+
+
+# --- GitHub signatures -----------------------------------------------------------
+
+SIGNED = b"Hello, World!"
+# The example from GitHub's documentation on validating webhook deliveries.
+GITHUB_EXAMPLE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+
+
+@pytest.mark.parametrize(
+    ("header", "valid"),
+    [
+        (GITHUB_EXAMPLE, True),
+        (GITHUB_EXAMPLE.upper().replace("SHA256=", "sha256="), False),
+        (GITHUB_EXAMPLE[:-1] + "8", False),
+        (GITHUB_EXAMPLE.replace("sha256=", "sha1="), False),
+        ("", False),
+        (None, False),
+        ("sha256=", False),
+        ("sha256=zz", False),
+        ("sha256=é", False),
+    ],
+)
+def test_github_signature(header: str | None, valid: bool) -> None:
+    """Only the exact sha256 HMAC of the raw body verifies."""
+    assert github.verify_signature(SECRET, SIGNED, header) is valid
+
+
+def test_github_signature_is_of_the_raw_body() -> None:
+    """A re-serialized body (same JSON, other bytes) does not verify."""
+    raw = (FIXTURES / "github/pull_request-opened.json").read_bytes()
+    header = github.sign(SECRET, raw)
+    assert github.verify_signature(SECRET, raw, header)
+    assert not github.verify_signature(SECRET, body(json.loads(raw)), header)
+    assert not github.verify_signature("other secret", raw, header)
+
+
+# --- GitHub parsing --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "action"),
+    [
+        ("pull_request-opened.json", "open"),
+        ("pull_request-opened.with-organization.json", "open"),
+        ("pull_request-reopened.json", "open"),
+        ("pull_request-synchronize.json", "push"),
+        ("pull_request-closed.json", "close"),
+        ("pull_request-labeled.json", "labels"),
+    ],
+)
+def test_github_pull_request_fixtures(name: str, action: str) -> None:
+    """Each real pull_request payload parses into its normalised action and the SPEC source."""
+    event = github.parse("pull_request", "d-1", (FIXTURES / "github" / name).read_bytes())
+    assert isinstance(event, PullRequestEvent)
+    assert event.action == action
+    pr = event.pull_request
+    assert (pr.forge, pr.repo, pr.number) == ("github", "Codertocat/Hello-World", 2)
+    assert pr.sha == "ec26c3e57ca3a959ca5aad62de7213c562f8c821"
+    assert pr.clone_url == "https://github.com/Codertocat/Hello-World.git"
+    assert pr.ref == "refs/pull/2/head"
+    assert pr.branch == "changes"
+    assert pr.fork is False
+    assert pr.open is (action != "close")
+
+
+def test_github_fork_is_detected() -> None:
+    """A head repository other than the base marks the pull request as a fork."""
+    data = fixture("github/pull_request-opened.json")
+    data["pull_request"]["head"]["repo"]["full_name"] = "mallory/Hello-World"
+    event = github.parse("pull_request", "d", body(data))
+    assert isinstance(event, PullRequestEvent) and event.pull_request.fork
+
+
+def test_github_deleted_fork_is_still_a_fork() -> None:
+    """A head repository that was deleted (null) counts as a fork."""
+    data = fixture("github/pull_request-synchronize.json")
+    data["pull_request"]["head"]["repo"] = None
+    event = github.parse("pull_request", "d", body(data))
+    assert isinstance(event, PullRequestEvent) and event.pull_request.fork
+
+
+def test_github_ping() -> None:
+    """The real ping payload is a Ping."""
+    event = github.parse("ping", "d", (FIXTURES / "github/ping.json").read_bytes())
+    assert event == Ping("d", "github")
+
+
+def test_github_unused_event_and_action_are_ignored() -> None:
+    """Events and actions prevu does not use are Ignored, not errors."""
+    assert isinstance(github.parse("push", "d", b"{}"), Ignored)
+    data = fixture("github/pull_request-opened.json")
+    data["action"] = "edited"
+    assert isinstance(github.parse("pull_request", "d", body(data)), Ignored)
+
+
+def test_github_comment_on_an_issue_is_ignored() -> None:
+    """The real issue_comment fixture is on an issue, not a pull request."""
+    raw = (FIXTURES / "github/issue_comment-created.json").read_bytes()
+    assert isinstance(github.parse("issue_comment", "d", raw), Ignored)
+
+
+def approve_comment(association: str = "OWNER", text: str = "/preview approve") -> bytes:
+    data = fixture("github/issue_comment-created.json")
+    data["issue"]["pull_request"] = {"url": "https://api.github.com/repos/x/y/pulls/1"}
+    data["comment"]["body"] = text
+    data["comment"]["author_association"] = association
+    return body(data)
+
+
+def test_github_approve_comment() -> None:
+    """`/preview approve` on a pull request is an ApproveCommand with the association."""
+    event = github.parse("issue_comment", "d", approve_comment("MEMBER"))
+    assert event == ApproveCommand(
+        "d", "github", "Codertocat/Hello-World", 1, "Codertocat", "MEMBER"
+    )
+    assert isinstance(event, ApproveCommand) and event.trusted
+
+
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ("/preview approve", "approve"),
+        ("LGTM\n/preview   Approve\nthanks", "approve"),
+        ("> /preview approve", None),
+        ("please /preview approve", None),
+        ("/preview", None),
+        ("/previews approve", None),
+    ],
+)
+def test_parse_command(text: str, command: str | None) -> None:
+    """Only a line starting with /preview carries a command."""
+    assert parse_command(text) == command
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"action": "opened"}', "missing field 'pull_request'"),
+        (b"\xff\xfe", "not JSON"),
+    ],
+)
+def test_github_malformed_payloads_are_400(payload: bytes, reason: str) -> None:
+    """Malformed payloads raise WebhookError(400) with a readable reason."""
+    with pytest.raises(WebhookError) as caught:
+        github.parse("pull_request", "d", payload)
+    assert caught.value.status == 400
+    assert reason in caught.value.reason
+
+
+def test_github_bad_sha_is_400() -> None:
+    """A head SHA that is not hex is a malformed payload."""
+    data = fixture("github/pull_request-opened.json")
+    data["pull_request"]["head"]["sha"] = "../../etc"
+    with pytest.raises(WebhookError) as caught:
+        github.parse("pull_request", "d", body(data))
+    assert caught.value.status == 400
+
+
+# --- GitLab -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "valid"),
+    [("s3cret", True), ("s3cret ", False), ("S3CRET", False), ("", False), (None, False)],
+)
+def test_gitlab_token(header: str | None, valid: bool) -> None:
+    """X-Gitlab-Token must equal the configured token exactly."""
+    assert gitlab.verify_token("s3cret", header) is valid
+
+
+def test_gitlab_merge_request_fixture() -> None:
+    """The real Merge Request Hook parses with the SPEC clone source."""
+    raw = (FIXTURES / "gitlab/merge_request-open.json").read_bytes()
+    event = gitlab.parse("Merge Request Hook", "uuid-1", raw)
+    assert isinstance(event, PullRequestEvent)
+    assert event.action == "open"
+    pr = event.pull_request
+    assert (pr.forge, pr.repo, pr.number) == ("gitlab", "gitlabhq/gitlab-test", 1)
+    assert pr.sha == "da1560886d4f094c3e6c9ef40349f7d38b5d27d7"
+    assert pr.clone_url == "http://example.com/gitlabhq/gitlab-test.git"
+    assert pr.ref == "refs/merge-requests/1/head"
+    assert pr.branch == "ms-viewport"
+    assert pr.fork is False
+    assert pr.labels == ("API",)
+
+
+@pytest.mark.parametrize(
+    ("action", "normal"),
+    [
+        ("open", "open"),
+        ("reopen", "open"),
+        ("update", "push"),
+        ("close", "close"),
+        ("merge", "close"),
+    ],
+)
+def test_gitlab_actions(action: str, normal: str) -> None:
+    """GitLab's actions map onto the normalised ones."""
+    data = fixture("gitlab/merge_request-open.json")
+    data["object_attributes"]["action"] = action
+    event = gitlab.parse("Merge Request Hook", "u", body(data))
+    assert isinstance(event, PullRequestEvent) and event.action == normal
+
+
+def test_gitlab_fork_is_detected() -> None:
+    """A source project other than the target project is a fork."""
+    data = fixture("gitlab/merge_request-open.json")
+    data["object_attributes"]["source_project_id"] = 99
+    event = gitlab.parse("Merge Request Hook", "u", body(data))
+    assert isinstance(event, PullRequestEvent) and event.pull_request.fork
+
+
+def test_gitlab_note_without_command_is_ignored() -> None:
+    """The real Note Hook fixture has no /preview command."""
+    raw = (FIXTURES / "gitlab/note-merge_request.json").read_bytes()
+    assert isinstance(gitlab.parse("Note Hook", "u", raw), Ignored)
+
+
+def test_gitlab_approve_note_is_never_trusted() -> None:
+    """GitLab approvals are parsed but untrusted (membership is unknown without the API)."""
+    data = fixture("gitlab/note-merge_request.json")
+    data["object_attributes"]["note"] = "/preview approve"
+    event = gitlab.parse("Note Hook", "u", body(data))
+    assert isinstance(event, ApproveCommand) and not event.trusted
+
+
+def test_gitlab_malformed_is_400() -> None:
+    """A Merge Request Hook without object_attributes is a 400."""
+    with pytest.raises(WebhookError) as caught:
+        gitlab.parse("Merge Request Hook", "u", b'{"project": {}}')
+    assert caught.value.status == 400
+
+
+# --- policy -----------------------------------------------------------------------
+
+
+def pr_event(action: str = "opened", fork: bool = False, labels: tuple[str, ...] = ()) -> Any:
+    data = fixture("github/pull_request-opened.json")
+    data["action"] = action
+    if fork:
+        data["pull_request"]["head"]["repo"]["full_name"] = "mallory/Hello-World"
+    data["pull_request"]["labels"] = [{"name": name} for name in labels]
+    if action == "closed":
+        data["pull_request"]["state"] = "closed"
+    return github.parse("pull_request", "d", body(data))
+
+
+REPO = "Codertocat/Hello-World"
+
+
+def config(**settings: Any) -> Config:
+    return Config(repos=(RepoConfig(name=REPO, **settings),))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "event", "expected"),
+    [
+        (Config(), pr_event(), policy.Deploy),
+        (Config(repos=(RepoConfig(name="acme/other"),)), pr_event(), policy.Skip),
+        (config(), pr_event("closed"), policy.Destroy),
+        (config(), pr_event("synchronize"), policy.Deploy),
+        (config(), pr_event("labeled", labels=("preview",)), policy.Skip),
+        (config(trigger="label"), pr_event(), policy.Skip),
+        (config(trigger="label"), pr_event(labels=("Preview",)), policy.Deploy),
+        (config(trigger="label"), pr_event("labeled", labels=("preview",)), policy.Deploy),
+        (config(trigger="label"), pr_event("unlabeled"), policy.Destroy),
+        (config(forks="deny"), pr_event(fork=True), policy.Deny),
+        (config(forks="allow"), pr_event(fork=True), policy.Deploy),
+        (config(forks="approve"), pr_event(fork=True), policy.Deploy),
+    ],
+)
+def test_policy(cfg: Config, event: Any, expected: type) -> None:
+    """[[repos]] filter, trigger and forks settings decide what an event does."""
+    assert isinstance(policy.decide(cfg, event), expected)
+
+
+def test_policy_fork_under_approve_is_gated() -> None:
+    """forks = approve deploys behind the approval gate."""
+    decision = policy.decide(config(), pr_event(fork=True))
+    assert isinstance(decision, policy.Deploy) and decision.gate == "approve"
+
+
+def test_policy_gitlab_approve_is_deny_with_a_reason() -> None:
+    """GitLab under forks = approve is treated as deny, and says why."""
+    data = fixture("gitlab/merge_request-open.json")
+    data["object_attributes"]["source_project_id"] = 99
+    event = gitlab.parse("Merge Request Hook", "u", body(data))
+    assert isinstance(event, PullRequestEvent)
+    decision = policy.decide(Config(), event)
+    assert isinstance(decision, policy.Deny) and "GitLab API" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("association", "expected"),
+    [
+        ("OWNER", policy.Approve),
+        ("MEMBER", policy.Approve),
+        ("COLLABORATOR", policy.Approve),
+        ("CONTRIBUTOR", policy.Skip),
+        ("NONE", policy.Skip),
+        ("FIRST_TIMER", policy.Skip),
+    ],
+)
+def test_policy_only_maintainers_approve(association: str, expected: type) -> None:
+    """Only OWNER, MEMBER and COLLABORATOR comments approve."""
+    event = github.parse("issue_comment", "d", approve_comment(association))
+    assert isinstance(event, ApproveCommand)
+    assert isinstance(policy.decide(config(), event), expected)
+
+
+def test_policy_late_push_to_a_closed_pr_is_skipped() -> None:
+    """An open/push payload whose pull request is already closed does nothing."""
+    data = copy.deepcopy(fixture("github/pull_request-synchronize.json"))
+    data["pull_request"]["state"] = "closed"
+    event = github.parse("pull_request", "d", body(data))
+    assert isinstance(policy.decide(Config(), event), policy.Skip)
