@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,16 @@ from typing import Any
 import pytest
 
 BUSYBOX = "/bin/busybox"
-TEST_LABELS: Mapping[str, str] = {"prevu.managed": "true", "prevu.test": "true"}
-TEST_FILTER = {"label": "prevu.test=true"}
+TEST_SESSION = uuid.uuid4().hex[:12]
+"""Several pytest runs may share one engine (helpers working in parallel): each
+run labels its objects with its own session and removes only those."""
+TEST_LABELS: Mapping[str, str] = {
+    "prevu.managed": "true",
+    "prevu.test": "true",
+    "prevu.test.session": TEST_SESSION,
+}
+SESSION_FILTER = {"label": f"prevu.test.session={TEST_SESSION}"}
+STALE_AFTER = 3600.0
 
 HTTPD_DOCKERFILE = """\
 FROM scratch
@@ -57,28 +67,44 @@ def make_busybox_context(
     return directory
 
 
-def remove_test_objects(client: Any) -> None:
-    """Remove every container, network, image and volume labelled prevu.test=true."""
+def _created(attrs: Mapping[str, Any]) -> float:
+    created = attrs.get("Created", 0)
+    if isinstance(created, int | float):
+        return float(created)
+    from datetime import datetime
+
+    try:  # networks report an RFC 3339 string with nanoseconds
+        return datetime.fromisoformat(str(created)[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return time.time()
+
+
+def remove_test_objects(client: Any, filters: Mapping[str, str], older_than: float = 0) -> None:
+    """Remove containers, networks, images and volumes matching `filters` (and old enough)."""
     import docker.errors
 
-    for container in client.containers.list(all=True, filters=TEST_FILTER):
-        with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
-    for network in client.networks.list(filters=TEST_FILTER):
-        try:
-            network.reload()
-            for attached in network.attrs.get("Containers") or {}:
+    cutoff = time.time() - older_than
+    api = client.api
+    for container in api.containers(all=True, filters=dict(filters)):
+        if _created(container) <= cutoff:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                api.remove_container(container["Id"], force=True, v=True)
+    for network in api.networks(filters=dict(filters)):
+        if _created(network) > cutoff:
+            continue
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            details = api.inspect_network(network["Id"])
+            for attached in details.get("Containers") or {}:
                 with contextlib.suppress(docker.errors.APIError):
-                    network.disconnect(attached, force=True)
-            network.remove()
-        except docker.errors.NotFound:
-            pass
-    for image in client.images.list(filters=TEST_FILTER):
-        with contextlib.suppress(docker.errors.NotFound):
-            client.images.remove(image.id, force=True)
-    for volume in client.volumes.list(filters=TEST_FILTER):
-        with contextlib.suppress(docker.errors.NotFound):
-            volume.remove(force=True)
+                    api.disconnect_container_from_network(attached, network["Id"], force=True)
+            api.remove_network(network["Id"])
+    for image in api.images(filters=dict(filters)):
+        if _created(image) <= cutoff:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                api.remove_image(image["Id"], force=True)
+    for volume in (api.volumes(filters=dict(filters)) or {}).get("Volumes") or []:
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            api.remove_volume(volume["Name"], force=True)
 
 
 @pytest.fixture(scope="session")
@@ -94,17 +120,19 @@ def docker_client() -> Iterator[Any]:
 
 @pytest.fixture(scope="session", autouse=True)
 def docker_cleanup() -> Iterator[None]:
-    """At the end of the session, remove everything labelled prevu.test=true."""
-    yield
+    """Remove this session's Docker objects at its end (and killed runs' at its start)."""
     import docker
 
     try:
         client = docker.from_env()
         client.ping()
-    except Exception:
+    except Exception:  # no engine: nothing to clean (Docker tests will fail on their own)
+        yield
         return
     try:
-        remove_test_objects(client)
+        remove_test_objects(client, {"label": "prevu.test=true"}, older_than=STALE_AFTER)
+        yield
+        remove_test_objects(client, SESSION_FILTER)
     finally:
         client.close()
 

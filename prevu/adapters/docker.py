@@ -1,0 +1,546 @@
+"""
+The Docker adapter: `prevu.ports.Docker` on the Docker SDK.
+
+The SDK blocks, so every call runs on prevu's own `ThreadPool` through
+`deferToThreadPool(reactor, pool, ...)`; results come back on the reactor
+thread, and build output lines are handed over one by one with
+`reactor.callFromThread`. Nothing here touches the reactor from a worker
+thread in any other way.
+
+A build streams its output from its own HTTP connection. A timeout or a
+cancelled Deferred shuts that connection down from the reactor thread; the
+worker blocked reading it wakes up, and the engine cancels the build when
+its client goes away (the classic builder stops the running step and removes
+the intermediate containers).
+
+How prevu reaches a container: each preview has a network of its own. prevu
+on the host dials the container's IP address on that network through the
+bridge. prevu inside a container (detected from `/.dockerenv` and the engine
+knowing the container, or named in `self_container`) first joins that network
+and then dials the same address. See docs/docker.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from attrs import define, field
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from prevu.errors import DockerError, DockerUnavailable
+from prevu.ports import (
+    BuildRequest,
+    ContainerInfo,
+    Image,
+    ImageInfo,
+    LogSink,
+    Managed,
+    NetworkInfo,
+    RunningContainer,
+    RunRequest,
+)
+
+T = TypeVar("T")
+
+MANAGED = {"prevu.managed": "true"}
+MANAGED_FILTER = {"label": "prevu.managed=true"}
+_ARG = re.compile(r"^\s*ARG\s+(.+)$", re.IGNORECASE)
+_ARG_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(=.*)?$")
+
+
+def declared_build_args(dockerfile: str) -> frozenset[str]:
+    """The names a Dockerfile declares with `ARG` (`ARG A`, `ARG B=1`, `ARG C D=2`)."""
+    names: set[str] = set()
+    joined = re.sub(r"\\\r?\n", " ", dockerfile)
+    for line in joined.splitlines():
+        match = _ARG.match(line)
+        if match is None:
+            continue
+        for word in match.group(1).split():
+            name = _ARG_NAME.match(word)
+            if name:
+                names.add(name.group(1))
+    return frozenset(names)
+
+
+def build_args(request: BuildRequest, dockerfile: str) -> dict[str, str]:
+    """The build args for `request`: all of `args`, and the declared ones of `prevu_args`."""
+    declared = declared_build_args(dockerfile)
+    chosen = dict(request.args)
+    chosen.update({k: v for k, v in request.prevu_args.items() if k in declared})
+    return chosen
+
+
+def dockerfile_path(context: str, dockerfile: str) -> str:
+    """The Dockerfile's real path, refusing one outside the build context."""
+    root = os.path.realpath(context)
+    path = os.path.realpath(os.path.join(root, dockerfile))
+    if os.path.commonpath([root, path]) != root:
+        raise DockerError("build", f"the Dockerfile {dockerfile!r} is outside the build context")
+    if not os.path.isfile(path):
+        raise DockerError("build", f"no Dockerfile {dockerfile!r} in the build context")
+    return path
+
+
+def _translate(operation: str, error: Exception) -> Exception:
+    """A DockerError (or DockerUnavailable) for an exception from the SDK."""
+    if isinstance(error, DockerError | CancelledError):
+        return error
+    if isinstance(error, requests.exceptions.ConnectionError | ConnectionError):
+        return DockerUnavailable(operation, f"cannot reach the Docker engine: {error}")
+    if isinstance(error, docker.errors.APIError):
+        explanation = error.explanation or str(error)
+        if isinstance(explanation, bytes):
+            explanation = explanation.decode("utf-8", "replace")
+        return DockerError(operation, str(explanation))
+    if isinstance(error, docker.errors.DockerException):
+        # from_env() and friends raise this when the socket is missing or refuses.
+        return DockerUnavailable(operation, str(error))
+    if isinstance(error, requests.exceptions.RequestException | OSError):
+        return DockerUnavailable(operation, str(error))
+    return DockerError(operation, f"{type(error).__name__}: {error}")
+
+
+class _StreamingAPI(docker.APIClient):  # type: ignore[misc]
+    """An APIClient that remembers its last streamed response, so it can be shut down."""
+
+    response: Any = None
+
+    def _post(self, url: str, **kwargs: Any) -> Any:
+        response = super()._post(url, **kwargs)
+        self.response = response
+        return response
+
+
+def _shutdown_response(response: Any) -> None:
+    """Close a streaming response's socket so that a thread blocked reading it wakes up."""
+    with contextlib.suppress(Exception):
+        raw = response.raw._fp.fp.raw
+        sock = getattr(raw, "_sock", raw)
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        response.close()
+
+
+class _Abort:
+    """Shared between the reactor thread (which aborts) and the build worker."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.api: _StreamingAPI | None = None
+
+    def abort(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        api = self.api
+        if api is not None and api.response is not None:
+            _shutdown_response(api.response)
+
+
+class _LineSplitter:
+    """Turns build output chunks into whole lines."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit = emit
+        self.pending = ""
+
+    def feed(self, text: str) -> None:
+        lines = (self.pending + text).split("\n")
+        self.pending = lines.pop()
+        for line in lines:
+            self.emit(line.rstrip("\r"))
+
+    def flush(self) -> None:
+        if self.pending:
+            self.emit(self.pending.rstrip("\r"))
+            self.pending = ""
+
+
+def in_container_marker() -> bool:
+    """True when this process runs inside a container (`/.dockerenv` exists)."""
+    return os.path.exists("/.dockerenv")
+
+
+def own_container_candidates() -> list[str]:
+    """Names or ids under which the engine may know this process's container."""
+    candidates = [socket.gethostname()]
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        for line in handle:
+            match = re.search(r"/containers/([0-9a-f]{64})/", line)
+            if match:
+                candidates.append(match.group(1))
+                break
+    return candidates
+
+
+@define
+class DockerEngine:
+    """
+    `prevu.ports.Docker` on the Docker SDK.
+
+    `client_kwargs` are given to `docker.DockerClient` (e.g. `base_url`);
+    empty means `DOCKER_HOST` or the local socket. `self_container` is
+    "auto" (detect), "none" (prevu runs on the host) or the name or id of
+    prevu's own container. `labels` go on every object this engine creates,
+    on top of `prevu.managed=true` (e.g. a test session's labels).
+    """
+
+    def _labels(self, labels: Mapping[str, str]) -> dict[str, str]:
+        return {**labels, **self.labels, **MANAGED}
+
+    reactor: Any
+    pool: ThreadPool
+    client_kwargs: Mapping[str, Any] = field(factory=dict)
+    self_container: str = "auto"
+    labels: Mapping[str, str] = field(factory=dict)
+    log: Logger = field(factory=Logger, eq=False)
+    _client: Any = field(default=None, init=False, eq=False)
+    _self_id: str | bool | None = field(default=False, init=False, eq=False)
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def _kwargs(self) -> dict[str, Any]:
+        if self.client_kwargs:
+            return dict(self.client_kwargs)
+        return dict(docker.utils.kwargs_from_env())
+
+    def _get_client(self) -> Any:
+        """The shared client (worker threads only; creating it asks the engine's version)."""
+        if self._client is None:
+            self._client = docker.DockerClient(**self._kwargs())
+        return self._client
+
+    async def _call(self, operation: str, function: Callable[..., T], *args: Any) -> T:
+        """Run `function(*args)` on the pool; SDK errors become DockerError."""
+        try:
+            return await deferToThreadPool(self.reactor, self.pool, function, *args)
+        except Exception as error:
+            raise _translate(operation, error) from error
+
+    def _own_container(self, client: Any) -> str | None:
+        """prevu's own container id when it runs in one (not with host networking)."""
+        if self._self_id is not False:
+            return self._self_id  # type: ignore[return-value]
+        found: str | None = None
+        if self.self_container == "none":
+            found = None
+        elif self.self_container != "auto" or in_container_marker():
+            names = (
+                own_container_candidates()
+                if self.self_container == "auto"
+                else [self.self_container]
+            )
+            for name in names:
+                try:
+                    attrs = client.api.inspect_container(name)
+                except docker.errors.NotFound:
+                    continue
+                if attrs.get("HostConfig", {}).get("NetworkMode") != "host":
+                    found = attrs["Id"]
+                break
+        self._self_id = found
+        return found
+
+    # --- the port -----------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call("ping", lambda: self._get_client().ping()))
+        except DockerError:
+            return False
+
+    async def build(self, request: BuildRequest, on_log: LogSink) -> Image:
+        abort = _Abort()
+        result: Deferred[Image] = Deferred(lambda _: abort.abort("cancelled"))
+        timer = self.reactor.callLater(request.timeout, abort.abort, "timeout")
+
+        def emit(line: str) -> None:
+            self.reactor.callFromThread(on_log, line)
+
+        def finished(outcome: Image | Failure) -> None:
+            if timer.active():
+                timer.cancel()
+            if result.called:
+                # Cancelled while the engine was finishing: nothing may stay tagged.
+                if isinstance(outcome, Image):
+                    Deferred.fromCoroutine(self.remove_image(outcome.id)).addErrback(
+                        lambda f: self.log.failure("removing a cancelled build", f)
+                    )
+                return
+            if isinstance(outcome, Failure):
+                error = outcome.value
+                if abort.reason == "timeout":
+                    minutes = request.timeout
+                    result.errback(DockerError("build", f"timed out after {minutes:g}s"))
+                elif isinstance(error, Exception):
+                    result.errback(_translate("build", error))
+                else:
+                    result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        worker = deferToThreadPool(self.reactor, self.pool, self._build, request, emit, abort)
+        worker.addBoth(finished)
+        return await result
+
+    def _build(self, request: BuildRequest, emit: Callable[[str], None], abort: _Abort) -> Image:
+        """Worker thread: run the build, streaming lines to `emit`."""
+        path = dockerfile_path(request.context, request.dockerfile)
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            dockerfile = handle.read()
+        client = self._get_client()
+        kwargs = self._kwargs()
+        kwargs["version"] = client.api.api_version
+        api = _StreamingAPI(**kwargs)
+        abort.api = api
+        memory = request.memory
+        limits = {"memory": memory, "memswap": memory} if memory else None
+        lines = _LineSplitter(emit)
+        error: str | None = None
+        try:
+            if abort.reason:
+                raise DockerError("build", abort.reason)
+            stream = api.build(
+                path=request.context,
+                dockerfile=os.path.relpath(path, os.path.realpath(request.context)),
+                tag=request.tag,
+                buildargs=build_args(request, dockerfile),
+                labels=self._labels(request.labels),
+                container_limits=limits,
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+            )
+            if abort.reason:
+                _shutdown_response(api.response)
+            for chunk in stream:
+                if "stream" in chunk:
+                    lines.feed(chunk["stream"])
+                elif "error" in chunk:
+                    lines.flush()
+                    error = str(chunk["error"]).strip()
+                    emit(error)
+                elif "status" in chunk:
+                    lines.feed(str(chunk["status"]) + "\n")
+            lines.flush()
+        except Exception:
+            lines.flush()
+            if abort.reason:
+                raise DockerError("build", abort.reason) from None
+            raise
+        finally:
+            api.close()
+        if abort.reason:
+            raise DockerError("build", abort.reason)
+        if error is not None:
+            raise DockerError("build", error)
+        image_id = client.api.inspect_image(request.tag)["Id"]
+        return Image(id=image_id, tag=request.tag)
+
+    async def create_network(self, name: str, labels: Mapping[str, str]) -> NetworkInfo:
+        def create() -> NetworkInfo:
+            api = self._get_client().api
+            for existing in api.networks(names=[name]):
+                if existing["Name"] == name:
+                    return NetworkInfo(existing["Id"], name, existing.get("Labels") or {})
+            all_labels = self._labels(labels)
+            created = api.create_network(
+                name, driver="bridge", labels=all_labels, check_duplicate=True
+            )
+            return NetworkInfo(created["Id"], name, all_labels)
+
+        return await self._call("network create", create)
+
+    async def run(self, request: RunRequest) -> RunningContainer:
+        return await self._call("run", self._run, request)
+
+    def _run(self, request: RunRequest) -> RunningContainer:
+        api = self._get_client().api
+        host_config = api.create_host_config(
+            network_mode=request.network,
+            mem_limit=request.memory,
+            memswap_limit=request.memory,
+            nano_cpus=request.nano_cpus,
+            pids_limit=request.pids,
+            security_opt=["no-new-privileges:true"],
+            privileged=False,
+            restart_policy={"Name": "no"},
+        )
+        networking = api.create_networking_config(
+            {request.network: api.create_endpoint_config(aliases=[request.name])}
+        )
+        created = api.create_container(
+            image=request.image,
+            command=list(request.command) if request.command is not None else None,
+            name=request.name,
+            environment=dict(request.env),
+            labels=self._labels(request.labels),
+            host_config=host_config,
+            networking_config=networking,
+            detach=True,
+        )
+        try:
+            return self._start(created["Id"], request.port)
+        except Exception:
+            # A container that cannot start is no use to anyone: leave nothing behind.
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_container(created["Id"], force=True, v=True)
+            raise
+
+    async def start(self, container: str) -> RunningContainer:
+        return await self._call("start", self._start, container)
+
+    def _start(self, container: str, port: int | None = None) -> RunningContainer:
+        client = self._get_client()
+        api = client.api
+        api.start(container)
+        attrs = api.inspect_container(container)
+        networks = attrs["NetworkSettings"]["Networks"] or {}
+        network = next(iter(networks), "")
+        address = networks.get(network, {}).get("IPAddress", "")
+        if not attrs["State"].get("Running") or not address:
+            tail = api.logs(container, tail=20).decode("utf-8", "replace").strip()
+            state = attrs["State"].get("Status")
+            raise DockerError("run", f"container is {state}, not running: {tail[-2000:]}")
+        own = self._own_container(client)
+        if own is not None:
+            self._join(api, own, network)
+        labels = attrs["Config"].get("Labels") or {}
+        return RunningContainer(
+            id=attrs["Id"],
+            name=attrs["Name"].lstrip("/"),
+            network=network,
+            address=address,
+            port=port or _label_port(labels),
+        )
+
+    @staticmethod
+    def _join(api: Any, own: str, network: str) -> None:
+        try:
+            api.connect_container_to_network(own, network)
+        except docker.errors.APIError as error:
+            if "already exists" not in str(error.explanation or error):
+                raise
+
+    async def stop(self, container: str, timeout: float = 10.0) -> None:
+        def stop() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self._get_client().api.stop(container, timeout=int(timeout))
+
+        await self._call("stop", stop)
+
+    async def remove_container(self, container: str) -> None:
+        def remove() -> None:
+            try:
+                self._get_client().api.remove_container(container, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as error:
+                if "already in progress" not in str(error.explanation or error):
+                    raise
+
+        await self._call("container remove", remove)
+
+    async def remove_image(self, image: str) -> None:
+        def remove() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self._get_client().api.remove_image(image, force=True)
+
+        await self._call("image remove", remove)
+
+    async def remove_network(self, name: str) -> None:
+        def remove() -> None:
+            client = self._get_client()
+            api = client.api
+            own = self._own_container(client)
+            if own is not None:
+                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                    api.disconnect_container_from_network(own, name, force=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_network(name)
+
+        await self._call("network remove", remove)
+
+    async def inspect_container(self, container: str) -> ContainerInfo | None:
+        def inspect() -> ContainerInfo | None:
+            try:
+                attrs = self._get_client().api.inspect_container(container)
+            except docker.errors.NotFound:
+                return None
+            networks = attrs["NetworkSettings"]["Networks"] or {}
+            return ContainerInfo(
+                id=attrs["Id"],
+                name=attrs["Name"].lstrip("/"),
+                image=attrs["Config"].get("Image", ""),
+                state=attrs["State"].get("Status", ""),
+                labels=attrs["Config"].get("Labels") or {},
+                networks={n: v.get("IPAddress", "") for n, v in networks.items()},
+            )
+
+        return await self._call("inspect", inspect)
+
+    async def container_logs(self, container: str, tail: int = 200) -> list[str]:
+        def logs() -> list[str]:
+            try:
+                raw = self._get_client().api.logs(container, tail=tail, stdout=True, stderr=True)
+            except docker.errors.NotFound:
+                return []
+            return raw.decode("utf-8", "replace").splitlines()  # type: ignore[no-any-return]
+
+        return await self._call("logs", logs)
+
+    async def list_managed(self) -> Managed:
+        def listing() -> Managed:
+            api = self._get_client().api
+            return Managed(
+                containers=tuple(_container(c) for c in api.containers(
+                    all=True, filters=MANAGED_FILTER
+                )),
+                networks=tuple(
+                    NetworkInfo(n["Id"], n["Name"], n.get("Labels") or {})
+                    for n in api.networks(filters=MANAGED_FILTER)
+                ),
+                images=tuple(
+                    ImageInfo(i["Id"], tuple(_real_tags(i.get("RepoTags"))), i.get("Labels") or {})
+                    for i in api.images(filters=MANAGED_FILTER)
+                ),
+            )
+
+        return await self._call("list", listing)
+
+
+def _label_port(labels: Mapping[str, str]) -> int:
+    try:
+        return int(labels.get("prevu.port", "8080"))
+    except ValueError:
+        return 8080
+
+
+def _real_tags(tags: Iterable[str] | None) -> list[str]:
+    return [t for t in tags or () if t != "<none>:<none>"]
+
+
+def _container(summary: Mapping[str, Any]) -> ContainerInfo:
+    networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
+    names = summary.get("Names") or ["/"]
+    return ContainerInfo(
+        id=summary["Id"],
+        name=names[0].lstrip("/"),
+        image=summary.get("Image", ""),
+        state=summary.get("State", ""),
+        labels=summary.get("Labels") or {},
+        networks={n: v.get("IPAddress", "") for n, v in networks.items()},
+    )
