@@ -50,6 +50,14 @@ def redirect(location: str, *cookies: bytes) -> Reply:
     return Reply(302, headers, body)
 
 
+def header(head: RequestHead, name: bytes) -> bytes | None:
+    """The first value of header `name` (lower-case), whatever case the client sent."""
+    for key, value in head.headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
 
@@ -77,11 +85,11 @@ class AuthGate:
         host = normalize_host(head.host)
         secure = head.scheme == "https"
 
-        bypass = head.header(BYPASS_HEADER)
+        bypass = header(head, BYPASS_HEADER)
         if bypass and check_bypass(signer, bypass.decode("latin-1"), repo, route_host):
             return Allow(user=BYPASS_USER)
 
-        raw_host = head.header(b"host")
+        raw_host = header(head, b"host")
         origin = request_origin(
             head.scheme,
             raw_host.decode("latin-1").strip() if raw_host else head.host,
@@ -111,7 +119,8 @@ class AuthGate:
                 )
                 return redirect(f"{origin}{target}", cookie)
 
-        values = cookie_values((v for k, v in head.headers if k == b"cookie"), SESSION_COOKIE)
+        cookie_headers = (v for k, v in head.headers if k.lower() == b"cookie")
+        values = cookie_values(cookie_headers, SESSION_COOKIE)
         for session in self.authority.sessions(values, now):
             if session.allows_repo(repo):
                 return Allow(user=session.user)
@@ -122,7 +131,7 @@ class AuthGate:
 
     def refuse(self, head: RequestHead, url: str) -> Reply:
         """302 to the login page for browsers, 401 for everyone else."""
-        if accepts_html(head.header(b"accept")):
+        if accepts_html(header(head, b"accept")):
             return redirect(self.authority.settings.login_url(url))
         return Reply(
             401,
