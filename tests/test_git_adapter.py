@@ -215,3 +215,31 @@ def test_redact_url_drops_credentials() -> None:
     """URLs in messages lose their user:password part."""
     assert redact_url("https://user:pw@example.com:8443/a.git") == "https://example.com:8443/a.git"
     assert redact_url("https://example.com/a.git") == "https://example.com/a.git"
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelled_fetch_kills_git_and_leaves_no_workspace(
+    git: GitCli, reactor: Any
+) -> None:
+    """Cancelling a fetch (the pull request was closed) stops git and cleans up."""
+    from twisted.internet.defer import CancelledError, Deferred
+
+    from tests.support.timeouts import sleep
+
+    port = reactor.listenTCP(0, Factory.forProtocol(_Silent), interface="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}/shop.git"
+        fetching = Deferred.fromCoroutine(
+            git.fetch(GitSource(url, "refs/pull/1/head", "a" * 40, timeout=60), "pr-cancel")
+        )
+        await sleep(0.3)
+        fetching.cancel()
+        with pytest.raises(CancelledError):
+            await within(fetching, 10)
+        for _ in range(50):
+            if not git.workspaces():
+                break
+            await sleep(0.1)
+        assert git.workspaces() == []
+    finally:
+        await port.stopListening()

@@ -108,7 +108,8 @@ class _Collect(ProcessProtocol):
         error = reason.value
         code = 0 if isinstance(error, ProcessDone) else getattr(error, "exitCode", None)
         output = b"".join(self.chunks).decode("utf-8", "replace")
-        self.done.callback(_Result(code, output, self.timed_out))
+        if not self.done.called:  # a cancelled fetch has fired already
+            self.done.callback(_Result(code, output, self.timed_out))
 
     def kill(self, sig: int) -> None:
         self.timed_out = True
@@ -244,7 +245,8 @@ class GitCli:
         remaining = deadline - self.reactor.seconds()
         if remaining <= 0:
             raise GitError(command, "timed out")
-        done: Deferred[_Result] = Deferred()
+        # Cancelling the fetch (a superseded or closed pull request) kills git at once.
+        done: Deferred[_Result] = Deferred(lambda _: protocol.kill(signal.SIGKILL))
         protocol = _Collect(done)
         full_env = {**self._base_env(), **(env or {})}
         # `setsid` makes git the leader of a new process group (same pid, it execs).
