@@ -457,8 +457,9 @@ def _server(t: _Table) -> ServerConfig:
     try:
         label.format(number=1, repo="r", owner="o", branch="b")
     except (KeyError, IndexError, ValueError) as error:
-        raise t.error("label", f"unknown placeholder {error}; use {{number}}, {{repo}}, "
-                      "{owner}, {branch}") from None
+        raise t.error(
+            "label", f"unknown placeholder {error}; use {{number}}, {{repo}}, {{owner}}, {{branch}}"
+        ) from None
     https = t.endpoint("https", None)
     http = t.endpoint("http", d.http)
     default_public = f"{'https' if https else 'http'}://prevu.{domain}" + (
@@ -670,7 +671,9 @@ def _valid_host_pattern(host: str) -> bool:
 
 def _cross_checks(config: Config, root: _Table) -> None:
     if config.tls.mode != "off" and not config.server.https:
-        raise ConfigError(config.path, "server.https", f'is required when tls.mode = "{config.tls.mode}"')
+        raise ConfigError(
+            config.path, "server.https", f'is required when tls.mode = "{config.tls.mode}"'
+        )
     seen: set[str] = set()
     for index, route in enumerate(config.routes):
         if route.host in seen:

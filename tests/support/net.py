@@ -254,3 +254,97 @@ def websocket_echo(connection: ScriptedUpstream, data: bytes) -> None:
 
 class _Once(ClientFactory):
     pass
+
+
+class StreamingUpstream(Protocol):
+    """
+    Answers the first request head with `size` bytes, written only as fast as
+    the reader takes them (a push producer on its own transport).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.left = size
+        self.paused = False
+        self.buffer = b""
+        self.block = b"s" * (256 * 1024)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer and self.left == self.size:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.size)  # type: ignore[union-attr]
+            self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+            self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and self.left > 0:
+            block = self.block[: min(len(self.block), self.left)]
+            self.left -= len(block)
+            self.transport.write(block)  # type: ignore[union-attr]
+        if self.left == 0:
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.paused = True
+        self.left = 0
+
+
+class SlowReader(Protocol):
+    """Reads a response slowly: pauses its transport briefly after every `step` bytes."""
+
+    def __init__(self, step: int = 1 << 20, pause: float = 0.004) -> None:
+        self.step = step
+        self.pause = pause
+        self.count = 0
+        self.since_pause = 0
+        self.head = b""
+        self.done: defer.Deferred[int] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.head:
+            self.head = data[:200]
+        self.count += len(data)
+        self.since_pause += len(data)
+        if self.since_pause >= self.step:
+            self.since_pause = 0
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+            reactor_().callLater(self.pause, self.transport.resumeProducing)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self.done.called:
+            self.done.callback(self.count)
+
+
+class EndlessUploader(Protocol):
+    """Uploads a body as fast as the connection lets it, counting what was written."""
+
+    def __init__(self, host: bytes, size: int) -> None:
+        self.host = host
+        self.size = size
+        self.sent = 0
+        self.paused = False
+        self.block = b"u" * (256 * 1024)
+
+    def connectionMade(self) -> None:
+        self.transport.write(  # type: ignore[union-attr]
+            b"POST /upload HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n"
+            % (self.host, self.size)
+        )
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and self.sent < self.size:
+            self.sent += len(self.block)
+            self.transport.write(self.block)  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.paused = True

@@ -1,0 +1,205 @@
+"""Server config: parsing, defaults, and errors that name file, key and reason."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from prevu.config import default_config, load_config, parse_config
+from prevu.errors import ConfigError
+from prevu.units import format_duration, parse_duration, parse_size
+
+FULL = """
+[server]
+domain = "preview.example.com"
+label = "pr-{number}-{repo}"
+http = "tcp:80"
+https = "tcp:443"
+control = "tcp:8080:interface=127.0.0.1"
+public_url = "https://prevu.example.com"
+state_dir = "/var/lib/prevu"
+api_token = "token"
+trusted_proxies = ["10.0.0.0/8", "::1"]
+max_body = "1g"
+timeouts = { connect = "5s", response = "60s", idle = "120s" }
+
+[tls]
+mode = "acme"
+
+[acme]
+directory = "https://acme-v02.api.letsencrypt.org/directory"
+email = "ops@example.com"
+challenge = "http-01"
+renew_before = "30d"
+orders_per_hour = 20
+
+[github]
+webhook_secret = "hook"
+token = "ghp"
+
+[gitlab]
+webhook_token = "gl"
+token = "glpat"
+url = "https://gitlab.com"
+
+[[repos]]
+name = "acme/shop"
+access = "private"
+trigger = "auto"
+forks = "approve"
+
+[auth]
+cookie_secret = "0123456789abcdef0123456789abcdef"
+cookie_secret_previous = []
+session_ttl = "12h"
+users_file = "/etc/prevu/users"
+
+[auth.github]
+client_id = "id"
+client_secret = "secret"
+allowed_orgs = ["acme"]
+allowed_teams = ["acme/reviewers"]
+allowed_users = ["octocat"]
+
+[docker]
+network = "prevu"
+memory = "512m"
+cpus = 1.0
+pids = 512
+max_previews = 20
+build_timeout = "15m"
+build_concurrency = 2
+reconcile_interval = "60s"
+
+[previews]
+ttl = "7d"
+sleep_after = "30m"
+
+[[routes]]
+host = "staging.example.com"
+upstream = "http://127.0.0.1:9000"
+access = "public"
+"""
+
+
+def test_the_spec_example_parses_into_typed_values() -> None:
+    """Every key of SPEC §2 is accepted and converted."""
+    config = parse_config(tomllib.loads(FULL), "prevu.toml")
+    assert config.server.domain == "preview.example.com"
+    assert config.server.max_body == 1 << 30
+    assert config.server.timeouts.idle == 120
+    assert config.server.trusted_proxies[1] == ipaddress.ip_network("::1")
+    assert config.server.public_host == "prevu.example.com"
+    assert config.tls.mode == "acme"
+    assert config.acme.renew_before == 30 * 86400
+    assert config.repo("ACME/Shop") is not None and config.repo("x/y") is None
+    assert config.auth.github is not None and config.auth.github.allowed_teams == ("acme/reviewers",)
+    assert config.docker.memory == 512 << 20 and config.docker.build_timeout == 900
+    assert config.previews.sleep_after == 1800
+    assert config.routes[0].host == "staging.example.com"
+
+
+def test_embedded_defaults_match_the_spec() -> None:
+    """No file: proxy on 127.0.0.1:8000, control on :8001, domain localhost, no TLS."""
+    config = default_config()
+    assert config.server.http == "tcp:8000:interface=127.0.0.1"
+    assert config.server.control == "tcp:8001:interface=127.0.0.1"
+    assert config.server.domain == "localhost"
+    assert config.tls.mode == "off"
+    assert config.server.state_dir == ".prevu"
+    assert parse_config({}) == parse_config({}, "<string>")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ('[server]\ndomian = "x"', "server.domian", "unknown key"),
+        ("[serve]\n", "serve", "unknown key"),
+        ('[server]\nmax_body = "big"', "server.max_body", "expected a size"),
+        ('[server]\ntimeouts = { idle = "soon" }', "server.timeouts.idle", "expected a duration"),
+        ('[server]\ntimeouts = { idel = "1s" }', "server.timeouts.idel", "unknown key"),
+        ('[server]\nhttp = "tcp:port"', "server.http", "invalid Twisted endpoint"),
+        ('[server]\nhttp = "bogus:1"', "server.http", "invalid Twisted endpoint"),
+        ('[server]\ntrusted_proxies = ["nope"]', "server.trusted_proxies", "not an IP"),
+        ('[server]\nlabel = "pr-{pr}"', "server.label", "unknown placeholder"),
+        ('[server]\npublic_url = "ftp://x"', "server.public_url", "expected an http/https URL"),
+        ('[tls]\nmode = "magic"', "tls.mode", 'must be one of "off", "files", "acme"'),
+        ('[tls]\nmode = "files"\n[server]\nhttps = "tcp:443"', "tls.cert", "is required"),
+        ('[tls]\nmode = "acme"', "server.https", "is required"),
+        ('[acme]\nchallenge = "dns-01"', "acme.challenge", "needs dns_hook or rfc2136"),
+        ("[acme]\norders_per_hour = 0", "acme.orders_per_hour", "at least 1"),
+        ('[[repos]]\naccess = "public"', "repos[0].name", "is required"),
+        ('[[repos]]\nname = "shop"', "repos[0].name", "owner/name"),
+        ('[[repos]]\nname = "a/b"\nforks = "sometimes"', "repos[0].forks", "must be one of"),
+        ('[[repos]]\nname = "a/b"\n[[repos]]\nname = "A/B"', "repos[1].name", "listed twice"),
+        ('[auth]\ncookie_secret = "short"', "auth.cookie_secret", "at least 32 bytes"),
+        ('[auth.github]\nclient_id = "x"', "auth.github.client_secret", "is required"),
+        ("[docker]\ncpus = 0", "docker.cpus", "more than 0"),
+        ('[docker]\ncpus = "1"', "docker.cpus", "expected a number"),
+        ("[docker]\npids = true", "docker.pids", "expected a whole number"),
+        ('[docker]\nmemory = "1k"', "docker.memory", "at least 6m"),
+        ('[docker]\nnetwork = "a b"', "docker.network", "letters, digits"),
+        ('[[routes]]\nhost = "a.test"\nupstream = "http://x/path"', "routes[0].upstream", "no path"),
+        ('[[routes]]\nhost = "bad host"\nupstream = "http://x"', "routes[0].host", "host name"),
+        ("routes = 3", "routes", "expected [[routes]] tables"),
+        ('[github]\ntoken = "a"\ntoken_file = "b"', "github.token", "either token or token_file"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_reason(text: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(tomllib.loads(text), "/etc/prevu.toml")
+    assert raised.value.path == "/etc/prevu.toml"
+    assert raised.value.key == key
+    assert reason in raised.value.reason
+    assert str(raised.value).startswith(f"/etc/prevu.toml: {key}: ")
+
+
+def test_secrets_can_come_from_files_relative_to_the_config(tmp_path: Path) -> None:
+    """`KEY_file` reads the secret from a file next to the config."""
+    (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "prevu.toml").write_text('[server]\napi_token_file = "token"\n')
+    assert load_config(str(tmp_path / "prevu.toml")).server.api_token == "s3cret"
+    (tmp_path / "prevu.toml").write_text('[server]\napi_token_file = "missing"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(tmp_path / "prevu.toml"))
+    assert raised.value.key == "server.api_token_file"
+    assert "cannot read missing" in raised.value.reason
+
+
+def test_unreadable_or_invalid_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(str(tmp_path / "nope.toml"))
+    (tmp_path / "bad.toml").write_text("[server\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(str(tmp_path / "bad.toml"))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("0", 0), (15, 15), ("1.5h", 5400)],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512m", 512 << 20), ("2g", 2 << 30), ("64k", 65536), (100, 100), ("1GiB", 1 << 30), ("1.5k", 1536)],
+)
+def test_sizes(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-1s", "5 parsecs", True])
+def test_bad_durations_are_refused(text: str | bool) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_format_duration_round_trips() -> None:
+    assert format_duration(604800) == "1w"
+    assert format_duration(90) == "90s"
+    assert format_duration(1800) == "30m"
