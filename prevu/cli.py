@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from prevu.auth.commands import add_commands as add_auth_commands
 from prevu.config import load_config
 from prevu.errors import ConfigError
 
@@ -29,6 +30,8 @@ def parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a server config file")
     check.add_argument("path", help="the TOML file to check")
     check.set_defaults(handler=check_config)
+
+    add_auth_commands(commands)
 
     return top
 

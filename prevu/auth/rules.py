@@ -225,3 +225,10 @@ def add_param(url: str, name: str, value: str) -> str:
     parts = urlsplit(url)
     query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), (name, value)])
     return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", query, parts.fragment))
+
+
+def share_url(public_url: str, host: str, token: str) -> str:
+    """The URL of a share link: the preview host, with public_url's scheme and port."""
+    parts = urlsplit(public_url)
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return add_param(urlunsplit((parts.scheme, netloc, "/", "", "")), SHARE_PARAM, token)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from html import escape
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from attrs import define, field
 from treq.client import HTTPClient
@@ -42,6 +42,7 @@ from prevu.auth.rules import (
     cookie_values,
     safe_next,
     set_cookie,
+    share_url,
 )
 from prevu.auth.tokens import (
     Session,
@@ -456,13 +457,6 @@ def require(pages: LoginPages | None) -> LoginPages:
     if pages is None:
         raise NotFound()
     return pages
-
-
-def share_url(public_url: str, host: str, token: str) -> str:
-    """The URL of a share link: the preview host, with public_url's scheme and port."""
-    parts = urlsplit(public_url)
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return add_param(urlunsplit((parts.scheme, netloc, "/", "", "")), "prevu_share", token)
 
 
 def _quote(value: str) -> str:
