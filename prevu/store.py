@@ -1,0 +1,219 @@
+"""
+The state store: previews and their log lines in SQLite under `state_dir`.
+
+Synchronous on purpose and called on the reactor thread only (see
+`prevu.ports`): the database is a local file in WAL mode with
+`synchronous=NORMAL`, so a write is an append to the WAL without an fsync
+and each call takes tens of microseconds, less than handing it to a thread.
+One connection, one writer, no locks. Durability: a power cut may lose the
+last few writes, never corrupt the file; Docker labels stay the source of
+truth for what runs, and reconciliation repairs the rest.
+
+Log lines are capped per preview (`max_log_lines`, oldest dropped first) so a
+chatty build cannot fill the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from attrs import define, field
+from twisted.logger import Logger
+
+from prevu.ports import LogLine, LogStream, LogWatcher, PreviewRecord
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS previews (
+    id TEXT PRIMARY KEY,
+    repo TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    branch TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    status TEXT NOT NULL,
+    url TEXT NOT NULL,
+    host TEXT NOT NULL,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    access TEXT NOT NULL,
+    forge TEXT NOT NULL,
+    clone_url TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    container TEXT,
+    image TEXT,
+    network TEXT,
+    closed INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS logs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    preview TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    at REAL NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_by_preview ON logs (preview, seq);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries (at);
+"""
+_COLUMNS = (
+    "id", "repo", "number", "branch", "sha", "status", "url", "host", "error",
+    "created_at", "updated_at", "access", "forge", "clone_url", "ref",
+    "container", "image", "network", "closed", "data",
+)
+_MAX_LINE = 8192
+
+
+def _row_to_record(row: sqlite3.Row) -> PreviewRecord:
+    values: dict[str, Any] = {name: row[name] for name in _COLUMNS}
+    values["closed"] = bool(values["closed"])
+    values["data"] = json.loads(values["data"])
+    return PreviewRecord(**values)
+
+
+def _record_to_row(record: PreviewRecord) -> tuple[Any, ...]:
+    values: dict[str, Any] = {name: getattr(record, name) for name in _COLUMNS}
+    values["closed"] = int(record.closed)
+    values["data"] = json.dumps(dict(record.data), sort_keys=True)
+    return tuple(values[name] for name in _COLUMNS)
+
+
+@define
+class SqliteStore:
+    """
+    `prevu.ports.Store` on SQLite. `path` is the database file (":memory:" works
+    for tests); `clock` provides `seconds()` for log timestamps.
+    """
+
+    path: str
+    clock: Any
+    max_log_lines: int = 20_000
+    max_deliveries: int = 10_000
+    log: Logger = field(factory=Logger, eq=False)
+    _db: sqlite3.Connection = field(init=False, eq=False)
+    _watchers: list[LogWatcher] = field(factory=list, init=False, eq=False)
+    _appends: int = field(default=0, init=False, eq=False)
+    _deliveries: int = field(default=0, init=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
+        # isolation_level=None: autocommit; each statement is its own transaction.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str, clock: Any) -> SqliteStore:
+        """The store at `<state_dir>/prevu.sqlite3`."""
+        return cls(os.path.join(state_dir, "prevu.sqlite3"), clock)
+
+    def close(self) -> None:
+        """Close the database (at shutdown)."""
+        self._db.close()
+
+    # --- previews -------------------------------------------------------------
+
+    def list_previews(self) -> list[PreviewRecord]:
+        rows = self._db.execute("SELECT * FROM previews ORDER BY created_at, id").fetchall()
+        return [_row_to_record(row) for row in rows]
+
+    def get(self, preview: str) -> PreviewRecord | None:
+        row = self._db.execute("SELECT * FROM previews WHERE id = ?", (preview,)).fetchone()
+        return None if row is None else _row_to_record(row)
+
+    def upsert(self, record: PreviewRecord) -> None:
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        self._db.execute(
+            f"INSERT OR REPLACE INTO previews ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+            _record_to_row(record),
+        )
+
+    def delete(self, preview: str) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM logs WHERE preview = ?", (preview,))
+            self._db.execute("DELETE FROM previews WHERE id = ?", (preview,))
+
+    # --- logs -------------------------------------------------------------------
+
+    def append_log(self, preview: str, stream: LogStream, line: str) -> LogLine:
+        line = line[:_MAX_LINE]
+        at = float(self.clock.seconds())
+        cursor = self._db.execute(
+            "INSERT INTO logs (preview, stream, at, line) VALUES (?, ?, ?, ?)",
+            (preview, stream, at, line),
+        )
+        seq = cursor.lastrowid
+        assert seq is not None
+        entry = LogLine(seq=seq, preview=preview, stream=stream, at=at, line=line)
+        self._appends += 1
+        if self._appends % 1000 == 0:
+            self._trim(preview)
+        for watcher in list(self._watchers):
+            try:
+                watcher(entry)
+            except Exception:
+                self.log.failure("log watcher failed")
+        return entry
+
+    def _trim(self, preview: str) -> None:
+        self._db.execute(
+            "DELETE FROM logs WHERE preview = ? AND seq <= ("
+            " SELECT seq FROM logs WHERE preview = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (preview, preview, self.max_log_lines),
+        )
+
+    def read_logs(self, preview: str, after: int = 0, limit: int = 10_000) -> list[LogLine]:
+        rows = self._db.execute(
+            "SELECT seq, preview, stream, at, line FROM logs"
+            " WHERE preview = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (preview, after, limit),
+        ).fetchall()
+        return [
+            LogLine(seq=r["seq"], preview=r["preview"], stream=r["stream"], at=r["at"],
+                    line=r["line"])
+            for r in rows
+        ]
+
+    def watch_logs(self, watcher: LogWatcher) -> Callable[[], None]:
+        self._watchers.append(watcher)
+
+        def stop() -> None:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
+
+        return stop
+
+    # --- webhook deliveries -----------------------------------------------------
+
+    def remember_delivery(self, delivery: str) -> bool:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO deliveries (id, at) VALUES (?, ?)",
+            (delivery, float(self.clock.seconds())),
+        )
+        if cursor.rowcount == 0:
+            return False
+        self._deliveries += 1
+        if self._deliveries % 100 == 0:
+            self._trim_deliveries()
+        return True
+
+    def _trim_deliveries(self) -> None:
+        self._db.execute(
+            "DELETE FROM deliveries WHERE id IN ("
+            " SELECT id FROM deliveries ORDER BY at DESC LIMIT -1 OFFSET ?)",
+            (self.max_deliveries,),
+        )
