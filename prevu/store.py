@@ -24,7 +24,7 @@ from typing import Any
 from attrs import define, field
 from twisted.logger import Logger
 
-from prevu.ports import LogLine, LogStream, LogWatcher, PreviewRecord
+from prevu.ports import LogLine, LogStream, LogWatcher, PreviewRecord, Store
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -217,3 +217,8 @@ class SqliteStore:
             " SELECT id FROM deliveries ORDER BY at DESC LIMIT -1 OFFSET ?)",
             (self.max_deliveries,),
         )
+
+
+def _conforms(store: SqliteStore) -> Store:
+    """mypy checks here that SqliteStore satisfies the Store Protocol."""
+    return store

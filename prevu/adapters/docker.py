@@ -43,6 +43,7 @@ from prevu.errors import DockerError, DockerUnavailable
 from prevu.ports import (
     BuildRequest,
     ContainerInfo,
+    Docker,
     Image,
     ImageInfo,
     LogSink,
@@ -544,3 +545,8 @@ def _container(summary: Mapping[str, Any]) -> ContainerInfo:
         labels=summary.get("Labels") or {},
         networks={n: v.get("IPAddress", "") for n, v in networks.items()},
     )
+
+
+def _conforms(engine: DockerEngine) -> Docker:
+    """mypy checks here that DockerEngine satisfies the Docker Protocol."""
+    return engine

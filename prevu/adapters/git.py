@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from prevu.errors import GitError
-from prevu.ports import Checkout, GitSource
+from prevu.ports import Checkout, Git, GitSource
 
 _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _OUTPUT_LIMIT = 64 * 1024
@@ -265,3 +265,8 @@ class GitCli:
             reason = output.strip().splitlines()[-3:] or [f"exit status {result.code}"]
             raise GitError(command, " / ".join(reason))
         return output
+
+
+def _conforms(cli: GitCli) -> Git:
+    """mypy checks here that GitCli satisfies the Git Protocol."""
+    return cli
