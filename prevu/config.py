@@ -158,6 +158,7 @@ class DockerConfig:
     build_concurrency: int = 2
     reconcile_interval: float = 60.0
     host: str | None = None
+    self_container: str = "auto"
 
 
 @frozen
@@ -623,6 +624,7 @@ def _docker(t: _Table) -> DockerConfig:
         build_concurrency=t.integer("build_concurrency", d.build_concurrency, minimum=1),
         reconcile_interval=t.duration("reconcile_interval", d.reconcile_interval),
         host=t.optional_string("host"),
+        self_container=t.string("self_container", d.self_container),
     )
     if config.memory < 6 << 20:
         raise t.error("memory", "must be at least 6m (Docker's minimum)")
