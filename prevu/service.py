@@ -23,6 +23,8 @@ from prevu.control.app import ControlApp
 from prevu.control.login import build_login
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
+from prevu.tls.service import build_tls
+from prevu.tls.status import CertificatesApi
 
 
 class ThreadPoolService(Service):
@@ -92,7 +94,11 @@ def build_service(config: Config, reactor: Any) -> MultiService:
 
     authority = Authority.from_config(config)
     login = build_login(config, reactor, authority, routes, pool)
-    control = ControlApp(config=config, login=login)
+    tls = build_tls(config, reactor, pool, routes)
+    if tls is not None:
+        tls.service.setServiceParent(top)
+    certificates = CertificatesApi.for_tls(config, tls)
+    control = ControlApp(config=config, login=login, certificates=certificates)
     control_site = Site(control.resource())
     control_site.displayTracebacks = False
     StreamServerEndpointService(
@@ -104,8 +110,19 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         routes=routes,
         settings=ProxySettings.from_config(config),
         gate=AuthGate(authority, reactor),
+        interceptors=tls.interceptors if tls is not None else (),
     )
     StreamServerEndpointService(
         serverFromString(reactor, config.server.http), proxy
     ).setServiceParent(top)
+    if tls is not None and config.server.https:
+        https_proxy = ProxyFactory(
+            reactor=reactor,
+            routes=routes,
+            settings=ProxySettings.from_config(config, scheme="https"),
+            gate=AuthGate(authority, reactor),
+        )
+        StreamServerEndpointService(
+            serverFromString(reactor, config.server.https), tls.wrap(https_proxy)
+        ).setServiceParent(top)
     return top

@@ -17,6 +17,7 @@ from twisted.web.iweb import IRequest
 from prevu.config import Config
 from prevu.control.login import LoginPages, require
 from prevu.errors import WebhookError
+from prevu.tls.status import CertificatesApi
 
 
 def json_response(request: IRequest, body: Any, code: int = 200) -> bytes:
@@ -33,6 +34,7 @@ class ControlApp:
 
     config: Config
     login: LoginPages | None = None
+    certificates: CertificatesApi | None = None
 
     app = Klein()
 
@@ -74,6 +76,10 @@ class ControlApp:
     @app.route("/api/previews/<preview>/share", methods=["POST"])
     def share_preview(self, request: Any, preview: str) -> Any:
         return require(self.login).share(request, preview)
+
+    @app.route("/api/certificates", methods=["GET"])
+    def list_certificates(self, request: Any) -> Any:
+        return (self.certificates or CertificatesApi.for_tls(self.config, None)).render(request)
 
     # --- errors -------------------------------------------------------------
 

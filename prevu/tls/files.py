@@ -87,6 +87,10 @@ class FilesCertificate(Service):
         log.info("serving {cert} for {names}, valid until {not_after}",
                  cert=self.cert_path, names=", ".join(bundle.names), not_after=bundle.not_after)
 
+    def order_counts(self) -> tuple[int, int]:
+        """No ACME orders in files mode."""
+        return 0, 0
+
     def statuses(self) -> list[CertificateStatus]:
         if self.bundle is None:
             return [CertificateStatus(name=self.cert_path, state="failed", error=self.error)]

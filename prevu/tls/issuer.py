@@ -427,6 +427,10 @@ class CertificateIssuer(Service):
 
     # --- status -----------------------------------------------------------------
 
+    def order_counts(self) -> tuple[int, int]:
+        """ACME orders (started, failed) since start."""
+        return self.orders_started, self.orders_failed
+
     def statuses(self) -> list[CertificateStatus]:
         """One status per certificate name, sorted by name."""
         result = []

@@ -69,8 +69,7 @@ class TlsParts:
 
     def metrics_lines(self) -> list[str]:
         """Prometheus lines for `/metrics`."""
-        orders = (self.issuer.orders_started, self.issuer.orders_failed) if self.issuer else (0, 0)
-        return metrics_lines(self.status.statuses(), orders)
+        return metrics_lines(self.status.statuses(), self.status.order_counts())
 
 
 def dns_provider(config: Config, reactor: Any, pool: ThreadPool) -> DnsProvider:

@@ -14,17 +14,31 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from attrs import frozen
-from twisted.web.iweb import IRequest
 
+from prevu.config import Config
 from prevu.tls.issuer import CertificateStatus
 
 STATES = ("pending", "issuing", "valid", "renewing", "failed", "unused")
 
 
 class StatusSource(Protocol):
-    """Anything that reports certificate statuses."""
+    """Anything that reports certificate statuses (the ACME issuer, the files-mode watcher)."""
 
     def statuses(self) -> list[CertificateStatus]: ...
+
+    def order_counts(self) -> tuple[int, int]:
+        """ACME orders (started, failed) since start."""
+        ...
+
+
+class TlsLike(Protocol):
+    """The part of `prevu.tls.service.TlsParts` the API needs."""
+
+    @property
+    def mode(self) -> str: ...
+
+    @property
+    def status(self) -> StatusSource: ...
 
 
 def _label(value: str) -> str:
@@ -73,7 +87,7 @@ def metrics_lines(statuses: Sequence[CertificateStatus], orders: tuple[int, int]
     return lines
 
 
-def authorized(request: IRequest, token: str | None) -> bool:
+def authorized(request: Any, token: str | None) -> bool:
     """Whether `request` carries `Authorization: Bearer <api_token>` (never, without a token)."""
     if not token:
         return False
@@ -92,7 +106,22 @@ class CertificatesApi:
     source: StatusSource | None
     api_token: str | None
 
-    def render(self, request: IRequest) -> bytes:
+    @classmethod
+    def for_tls(cls, config: Config, tls: TlsLike | None) -> CertificatesApi:
+        """The API for the TLS parts `build_tls` made (None when TLS is off)."""
+        return cls(
+            mode=tls.mode if tls is not None else "off",
+            source=tls.status if tls is not None else None,
+            api_token=config.server.api_token,
+        )
+
+    def metrics_lines(self) -> list[str]:
+        """Prometheus lines for `GET /metrics` (empty when TLS is off)."""
+        if self.source is None:
+            return []
+        return metrics_lines(self.source.statuses(), self.source.order_counts())
+
+    def render(self, request: Any) -> bytes:
         if not authorized(request, self.api_token):
             request.setResponseCode(401)
             request.setHeader(b"www-authenticate", b'Bearer realm="prevu"')
