@@ -26,6 +26,10 @@ EMBEDDED = "<embedded defaults>"
 
 T = TypeVar("T")
 
+GITHUB_AUTHORIZE_URL = "https://github.com/login/oauth/authorize"
+GITHUB_TOKEN_URL = "https://github.com/login/oauth/access_token"
+GITHUB_API_URL = "https://api.github.com"
+
 
 @frozen
 class Timeouts:
@@ -129,9 +133,9 @@ class GithubAuthConfig:
     allowed_teams: tuple[str, ...] = ()
     allowed_users: tuple[str, ...] = ()
     repo_readers: bool = False
-    authorize_url: str = "https://github.com/login/oauth/authorize"
-    token_url: str = "https://github.com/login/oauth/access_token"
-    api_url: str = "https://api.github.com"
+    authorize_url: str = GITHUB_AUTHORIZE_URL
+    token_url: str = GITHUB_TOKEN_URL
+    api_url: str = GITHUB_API_URL
 
 
 @frozen
@@ -582,7 +586,6 @@ def _auth(t: _Table) -> AuthConfig:
         secret_value = gh.secret("client_secret")
         if not secret_value:
             raise gh.error("client_secret", "is required")
-        g = GithubAuthConfig
         github = GithubAuthConfig(
             client_id=gh.required("client_id"),
             client_secret=secret_value,
@@ -590,9 +593,9 @@ def _auth(t: _Table) -> AuthConfig:
             allowed_teams=gh.strings("allowed_teams"),
             allowed_users=gh.strings("allowed_users"),
             repo_readers=gh.boolean("repo_readers", False),
-            authorize_url=gh.url("authorize_url", g.__attrs_attrs__.authorize_url.default),
-            token_url=gh.url("token_url", g.__attrs_attrs__.token_url.default),
-            api_url=gh.url("api_url", g.__attrs_attrs__.api_url.default).rstrip("/"),
+            authorize_url=gh.url("authorize_url", GITHUB_AUTHORIZE_URL),
+            token_url=gh.url("token_url", GITHUB_TOKEN_URL),
+            api_url=gh.url("api_url", GITHUB_API_URL).rstrip("/"),
         )
         for team in github.allowed_teams:
             if team.count("/") != 1:

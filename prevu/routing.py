@@ -12,7 +12,7 @@ the reactor first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -118,7 +118,7 @@ class RouteTable:
     def __len__(self) -> int:
         return len(self.exact) + len(self.wildcards)
 
-    def __iter__(self) -> Iterable[Route]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Route]:
         yield from self.exact.values()
         yield from self.wildcards.values()
 

@@ -96,7 +96,9 @@ def test_the_spec_example_parses_into_typed_values() -> None:
     assert config.tls.mode == "acme"
     assert config.acme.renew_before == 30 * 86400
     assert config.repo("ACME/Shop") is not None and config.repo("x/y") is None
-    assert config.auth.github is not None and config.auth.github.allowed_teams == ("acme/reviewers",)
+    assert config.auth.github is not None and config.auth.github.allowed_teams == (
+        "acme/reviewers",
+    )
     assert config.docker.memory == 512 << 20 and config.docker.build_timeout == 900
     assert config.previews.sleep_after == 1800
     assert config.routes[0].host == "staging.example.com"
@@ -142,7 +144,11 @@ def test_embedded_defaults_match_the_spec() -> None:
         ("[docker]\npids = true", "docker.pids", "expected a whole number"),
         ('[docker]\nmemory = "1k"', "docker.memory", "at least 6m"),
         ('[docker]\nnetwork = "a b"', "docker.network", "letters, digits"),
-        ('[[routes]]\nhost = "a.test"\nupstream = "http://x/path"', "routes[0].upstream", "no path"),
+        (
+            '[[routes]]\nhost = "a.test"\nupstream = "http://x/path"',
+            "routes[0].upstream",
+            "no path",
+        ),
         ('[[routes]]\nhost = "bad host"\nupstream = "http://x"', "routes[0].host", "host name"),
         ("routes = 3", "routes", "expected [[routes]] tables"),
         ('[github]\ntoken = "a"\ntoken_file = "b"', "github.token", "either token or token_file"),
@@ -179,7 +185,15 @@ def test_unreadable_or_invalid_files_are_config_errors(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("0", 0), (15, 15), ("1.5h", 5400)],
+    [
+        ("90s", 90),
+        ("30m", 1800),
+        ("12h", 43200),
+        ("7d", 604800),
+        ("0", 0),
+        (15, 15),
+        ("1.5h", 5400),
+    ],
 )
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -187,7 +201,14 @@ def test_durations(text: str | int, seconds: float) -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("512m", 512 << 20), ("2g", 2 << 30), ("64k", 65536), (100, 100), ("1GiB", 1 << 30), ("1.5k", 1536)],
+    [
+        ("512m", 512 << 20),
+        ("2g", 2 << 30),
+        ("64k", 65536),
+        (100, 100),
+        ("1GiB", 1 << 30),
+        ("1.5k", 1536),
+    ],
 )
 def test_sizes(text: str | int, size: int) -> None:
     assert parse_size(text) == size

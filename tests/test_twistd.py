@@ -58,7 +58,7 @@ def test_twistd_refuses_a_bad_config_naming_file_key_and_reason(tmp_path: Path) 
     [
         ('[server]\ndomian = "x"\n', "server.domian: unknown key"),
         ('[docker]\nmemory = "lots"\n', "docker.memory: expected a size"),
-        ("[[routes]]\nhost = \"a.test\"\n", "routes[0].upstream: expected an http URL"),
+        ('[[routes]]\nhost = "a.test"\n', "routes[0].upstream: expected an http URL"),
         ('[server]\nhttp = "tcp:notaport"\n', "server.http: invalid Twisted endpoint"),
     ],
 )
@@ -78,7 +78,9 @@ def test_check_config_exits_1_naming_the_key(tmp_path: Path, text: str, expected
 @pytest_twisted.ensureDeferred
 async def test_twistd_serves_the_configured_routes(tmp_path: Path) -> None:
     """`twistd -n prevu --config x.toml` proxies a [[routes]] host; others get 404."""
-    upstream = ScriptedServer(answer_each_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nroute"))
+    upstream = ScriptedServer(
+        answer_each_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nroute")
+    )
     port = upstream.listen()
     prevu = PrevuProcess(tmp_path, CONFIG % port)
     prevu.start()

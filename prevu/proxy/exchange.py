@@ -118,7 +118,7 @@ class Exchange:
             connection.write(self.head)
         if not self.request_done:
             # Stream the rest of the body with backpressure toward the upstream.
-            connection.transport.registerProducer(self.client.transport, True)  # type: ignore[union-attr]
+            connection.transport.registerProducer(self.client.transport, True)
 
     def request_body(self, data: bytes) -> None:
         """A piece of the request body from the client."""
@@ -143,7 +143,7 @@ class Exchange:
                 tail = LAST_CHUNK
             self._to_upstream(tail)
         if self.ready and self.connection is not None and self.connection.transport is not None:
-            self.connection.transport.unregisterProducer()  # type: ignore[attr-defined]
+            self.connection.transport.unregisterProducer()
             self.client.resume_reading()
 
     def tunnel_data(self, data: bytes) -> None:
@@ -280,13 +280,13 @@ class Exchange:
             self.out = []
             transport = self.client.transport
             if len(out) == 1:
-                transport.write(out[0])  # type: ignore[union-attr]
+                transport.write(out[0])
             else:
-                transport.write(b"".join(out))  # type: ignore[union-attr]
+                transport.write(b"".join(out))
             if not self.producing_to_client and not self.complete and self.connection:
                 # Let a slow client slow the upstream down (backpressure).
                 self.producing_to_client = True
-                transport.registerProducer(self.connection.transport, True)  # type: ignore[union-attr]
+                transport.registerProducer(self.connection.transport, True)
         if self.complete:
             self._finish_response()
         elif self.status:
@@ -303,7 +303,7 @@ class Exchange:
         self._stop_producing()
         if connection is not None:
             if self.reusable and connection.connected_:
-                connection.transport.resumeProducing()  # type: ignore[union-attr]
+                connection.transport.resumeProducing()
                 self.client.factory.pool.release(connection, self.client.factory.reactor.seconds())
             else:
                 connection.abort()
@@ -315,7 +315,7 @@ class Exchange:
             self.producing_to_client = False
             transport = self.client.transport
             if transport is not None:
-                transport.unregisterProducer()  # type: ignore[attr-defined]
+                transport.unregisterProducer()
 
     # --- upgrades -------------------------------------------------------------
 
@@ -329,7 +329,7 @@ class Exchange:
         backlog, self.backlog = self.backlog, []
         self.client.start_tunnel(self, connection)
         if rest:
-            self.client.transport.write(rest)  # type: ignore[union-attr]
+            self.client.transport.write(rest)
         for data in backlog:
             connection.write(data)
 
@@ -418,7 +418,7 @@ class Exchange:
         self._stop_producing()
         self.finished = True
         body = page(status, title, message, self.host)
-        self.client.transport.write(  # type: ignore[union-attr]
+        self.client.transport.write(
             simple_response(status, body, close=True, head_only=self.head_only)
         )
         self.client.exchange_finished(self, False)

@@ -83,6 +83,7 @@ class ClientConnection(Protocol):
     """One client's connection to the proxy."""
 
     factory: ProxyFactory
+    transport: Any  # a TCP or TLS transport; typed loosely, as Twisted's interfaces are
 
     def __init__(self, factory: ProxyFactory, client_ip: str) -> None:
         self.factory = factory
@@ -453,7 +454,7 @@ class ClientConnection(Protocol):
             return
         self.current = None
         if item.data:
-            self.transport.write(item.data)  # type: ignore[union-attr]
+            self.transport.write(item.data)
         if item.close:
             self.close_after_write()
         else:
@@ -516,7 +517,7 @@ class ClientConnection(Protocol):
         """Drop the connection now (mid-response failures)."""
         if not self.closed and self.transport is not None:
             self.closed = True
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
 
     def close_after_write(self) -> None:
         """Close once what was written has been sent."""
@@ -529,17 +530,17 @@ class ClientConnection(Protocol):
     def _pause(self) -> None:
         if not self.paused and self.transport is not None:
             self.paused = True
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
+            self.transport.pauseProducing()
 
     def resume_reading(self) -> None:
         """Read again after the upstream's backpressure let go (unless pipelining holds us)."""
         if not self.paused and self.transport is not None and not self.closed:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self.transport.resumeProducing()
 
     def _resume(self) -> None:
         if self.paused and self.transport is not None:
             self.paused = False
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self.transport.resumeProducing()
 
     def set_deadline(self, kind: str) -> None:
         settings = self.factory.settings
@@ -578,9 +579,7 @@ class ClientConnection(Protocol):
             )
             self._pause()
             return
-        self.transport.write(  # type: ignore[union-attr]
-            simple_response(status, page(status, title, message), close=True)
-        )
+        self.transport.write(simple_response(status, page(status, title, message), close=True))
         self.close_after_write()
 
 

@@ -28,6 +28,8 @@ log = Logger()
 class UpstreamConnection(Protocol):
     """One HTTP/1.1 connection to an upstream server."""
 
+    transport: Any  # a TCP transport; typed loosely, as Twisted's interfaces are
+
     def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
         self.pool = pool
         self.key = key
@@ -58,7 +60,7 @@ class UpstreamConnection(Protocol):
         if self.tunnel:
             exchange = self.exchange
             if exchange is not None:
-                exchange.client.transport.write(data)  # type: ignore[union-attr]
+                exchange.client.transport.write(data)
             return
         exchange = self.exchange
         if exchange is None:
@@ -92,16 +94,16 @@ class UpstreamConnection(Protocol):
     # --- httptools callbacks -----------------------------------------------
 
     def on_status(self, status: bytes) -> None:
-        self.exchange.on_response_status(self.parser.get_status_code(), status)  # type: ignore[union-attr]
+        self.exchange.on_response_status(self.parser.get_status_code(), status)  # type: ignore[union-attr]  # set while parsing
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.exchange.on_response_header(name, value)  # type: ignore[union-attr]
+        self.exchange.on_response_header(name, value)  # type: ignore[union-attr]  # set while parsing
 
     def on_headers_complete(self) -> None:
-        self.exchange.on_response_headers_complete(self.parser)  # type: ignore[union-attr]
+        self.exchange.on_response_headers_complete(self.parser)  # type: ignore[union-attr]  # set while parsing
 
     def on_body(self, body: bytes) -> None:
-        self.exchange.on_response_body(body)  # type: ignore[union-attr]
+        self.exchange.on_response_body(body)  # type: ignore[union-attr]  # set while parsing
 
     def on_message_complete(self) -> None:
         exchange = self.exchange
@@ -111,7 +113,7 @@ class UpstreamConnection(Protocol):
     # --- used by the exchange ----------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+        self.transport.write(data)
 
     def abort(self) -> None:
         """Drop the connection at once (never reused)."""

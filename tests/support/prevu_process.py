@@ -27,8 +27,12 @@ def twistd() -> str:
 def run_twistd(args: list[str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run twistd to completion (for start-up failures)."""
     return subprocess.run(
-        [twistd(), "--pidfile=", *args], cwd=cwd, env=environment(), capture_output=True,
-        text=True, timeout=timeout,
+        [twistd(), "--pidfile=", *args],
+        cwd=cwd,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -56,7 +60,10 @@ class PrevuProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [twistd(), "--pidfile=", "-n", "prevu", "--config", str(self.config_path)],
-                cwd=self.tmp, env=environment(), stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+                env=environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
