@@ -313,3 +313,25 @@ def test_build_args_pass_user_args_and_declared_prevu_args() -> None:
         context=".", tag="t", args={"X": "1"}, prevu_args={"PREVU_SHA": "s", "PREVU_PR": "1"}
     )
     assert build_args(request, "ARG PREVU_SHA\n") == {"X": "1", "PREVU_SHA": "s"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_symlinks_in_the_context_do_not_leak_host_files(
+    engine: DockerEngine, busybox_context: BusyboxContext, tmp_path: Path
+) -> None:
+    """A symlink in a pull request's context is sent as a link, never as the host file."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("HOST-SECRET-MARKER\n")
+    dockerfile = (
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n"
+        'RUN ["/bin/busybox", "sh", "-c", "/bin/busybox cat /www/leak || echo no-leak"]\n'
+    )
+    context = busybox_context(dockerfile=dockerfile)
+    (context / "www" / "leak").symlink_to(secret)
+    lines: list[str] = []
+    image = await within(engine.build(build_request(context), lines.append), 120)
+    try:
+        assert "no-leak" in lines
+        assert not any("HOST-SECRET-MARKER" in line for line in lines)
+    finally:
+        await within(engine.remove_image(image.id), 30)
