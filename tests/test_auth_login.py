@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest_twisted
+import treq
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
@@ -19,6 +20,7 @@ from prevu.config import parse_config
 from prevu.control.app import ControlApp
 from prevu.control.login import LoginPages
 from prevu.routing import Route, Upstream
+from tests.support.net import reactor_
 from tests.support.timeouts import within
 
 NOW = 1_700_000_000.0
@@ -44,10 +46,25 @@ USERS = parse_users(f"alice:{hash_password('wonderland', n=1 << 10)}\n")
 class Browser:
     """A StubTreq client that keeps cookies per name the way a browser would for one host."""
 
-    def __init__(self, pages: LoginPages) -> None:
+    def __init__(self, pages: LoginPages, listen: bool = False) -> None:
         app = ControlApp(config=parse_config({}), login=pages)
-        self.treq = StubTreq(app.resource())
         self.cookies: dict[str, str] = {}
+        self.port: Any = None
+        if listen:
+            # Handlers that wait on real I/O (GitHub) need a real server: StubTreq
+            # only delivers answers that are ready when the request is made.
+            from twisted.web.server import Site
+
+            self.port = reactor_().listenTCP(0, Site(app.resource()), interface="127.0.0.1")
+            self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+            self.treq: Any = treq
+        else:
+            self.base = "http://prevu.preview.test:8000"
+            self.treq = StubTreq(app.resource())
+
+    async def close(self) -> None:
+        if self.port is not None:
+            await self.port.stopListening()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[Any, str]:
         headers = kwargs.pop("headers", {})
@@ -56,11 +73,7 @@ class Browser:
         headers.setdefault("Accept", "text/html")
         response = await within(
             self.treq.request(
-                method,
-                "http://prevu.preview.test:8000" + path,
-                headers=headers,
-                allow_redirects=False,
-                **kwargs,
+                method, self.base + path, headers=headers, allow_redirects=False, **kwargs
             ),
             10,
         )
