@@ -171,9 +171,14 @@ def _build(
     )
 
 
-def self_signed(names: tuple[str, ...], now: float, lifetime: float = 365 * 86400.0) -> CertificateBundle:
+def self_signed(
+    names: tuple[str, ...],
+    now: float,
+    lifetime: float = 365 * 86400.0,
+    key: ec.EllipticCurvePrivateKey | None = None,
+) -> CertificateBundle:
     """A self-signed certificate for `names`: the default for names prevu has no certificate for."""
-    return _build(names, new_private_key(), now, lifetime)
+    return _build(names, key or new_private_key(), now, lifetime)
 
 
 def alpn_challenge(name: str, key_authorization: str, now: float) -> CertificateBundle:

@@ -135,6 +135,7 @@ class _Entry:
     next_attempt: float | None = None
     renew_at: float | None = None
     ari_at: float | None = None
+    obtained_at: float = 0.0
     timer: IDelayedCall | None = None
     waiters: list[Deferred[None]] = field(factory=list)
 
@@ -193,7 +194,9 @@ class CertificateIssuer(Service):
         self._loaded = True
         for name, bundle in self.store.load_all().items():
             self.contexts.install(bundle)
-            self._entries[name] = _Entry(name=name, state="unused", bundle=bundle)
+            self._entries[name] = _Entry(
+                name=name, state="unused", bundle=bundle, obtained_at=bundle.not_before
+            )
             log.info("loaded certificate {name} valid until {not_after}", name=name,
                      not_after=bundle.not_after)
 
@@ -341,6 +344,9 @@ class CertificateIssuer(Service):
             suggested, again = None, self.clock.seconds() + self.ari_recheck
         if entry.bundle is not bundle or entry.state != "valid":
             return
+        if suggested is not None and suggested <= entry.obtained_at:
+            # A window that closed before this certificate was obtained is about its predecessor.
+            suggested = None
         entry.renew_at = suggested if suggested is not None else default
         entry.ari_at = max(again, self.clock.seconds() + 60.0)
         if suggested is not None:
@@ -397,6 +403,7 @@ class CertificateIssuer(Service):
             return
         self.contexts.install(bundle)
         entry.bundle = bundle
+        entry.obtained_at = self.clock.seconds()
         entry.failures = 0
         entry.renew_at = None
         entry.ari_at = None
