@@ -255,7 +255,7 @@ class TornDown:
 
 @frozen
 class Vanished:
-    """The serving container is not running any more (found by reconcile)."""
+    """The serving container is gone or stopped (found by reconcile): mark it failed."""
 
     container: str
 
@@ -627,9 +627,9 @@ def _on_vanished(state: Preview, event: Vanished) -> Step:
     serving = state.serving
     if serving is None or serving.container != event.container or state.job is not None:
         return state, ()
-    reason = f"container {serving.container[:12]} vanished"
+    reason = f"container {serving.container[:12]} vanished or stopped"
     new = evolve(state, serving=None, asleep=False, failed=state.target, error=reason)
-    return new, (Unroute(),)
+    return new, (Unroute(), Discard(serving.container, serving.image))
 
 
 def _on_adopt(state: Preview, event: Adopt) -> Step:
@@ -643,12 +643,17 @@ def _on_adopt(state: Preview, event: Adopt) -> Step:
         return state, ()
     if state.closed:
         return evolve(state, clean=False), (Discard(deployment.container),)
+    target = state.target
+    failed, error = state.failed, state.error
+    if target is None or target.sha == deployment.revision.sha:
+        # The container is what was wanted: it serves, whatever failed before.
+        target, failed, error = deployment.revision, None, None
     new = evolve(
         state,
         serving=deployment,
-        target=deployment.revision,
-        failed=None,
-        error=None,
+        target=target,
+        failed=failed,
+        error=error,
         asleep=event.asleep,
         clean=False,
     )

@@ -223,7 +223,7 @@ EXPECTED: dict[str, dict[str, str]] = {
         "start-failed": "running",
         "suspended": "running",
         "torn-down": "running",
-        "vanished": "failed: Unroute",
+        "vanished": "failed: Unroute Discard",
         "adopt": "running: Discard",
     },
     "suspending": {  # sleeping
@@ -269,7 +269,7 @@ EXPECTED: dict[str, dict[str, str]] = {
         "start-failed": "sleeping",
         "suspended": "sleeping",
         "torn-down": "sleeping",
-        "vanished": "failed: Unroute",
+        "vanished": "failed: Unroute Discard",
         "adopt": "sleeping: Discard",
     },
     "waking": {  # starting

@@ -12,8 +12,9 @@ from typing import Literal
 
 from attrs import field, frozen, validators
 
-Forge = Literal["github", "gitlab"]
-FORGES: tuple[Forge, ...] = ("github", "gitlab")
+Forge = Literal["github", "gitlab", "local"]
+"""`local` is `prevu up`: a branch deployed without any forge."""
+FORGES: tuple[Forge, ...] = ("github", "gitlab", "local")
 
 PullRequestAction = Literal["open", "push", "close", "labels"]
 """

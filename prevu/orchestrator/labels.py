@@ -1,0 +1,93 @@
+"""
+The Docker labels prevu puts on what it creates (SPEC §5), and reading them back.
+
+Pure core. Labels are the source of truth for what runs: after a restart the
+orchestrator rebuilds its routes from them. `prevu.instance` scopes objects to
+one prevu (one `state_dir`), so that two prevus, or parallel test runs, sharing
+an engine never take each other's containers for orphans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+
+from attrs import frozen
+
+from prevu.lifecycle import Deployment, Revision
+from prevu.ports import ContainerInfo
+
+MANAGED = "prevu.managed"
+INSTANCE = "prevu.instance"
+PREVIEW = "prevu.preview"
+REPO = "prevu.repo"
+NUMBER = "prevu.number"
+SHA = "prevu.sha"
+HOST = "prevu.host"
+PORT = "prevu.port"
+BRANCH = "prevu.branch"
+SERIAL = "prevu.serial"
+FORGE = "prevu.forge"
+IMAGE = "prevu.image"
+
+
+def instance_id(state_dir: str) -> str:
+    """A short stable id of a prevu instance, from its absolute `state_dir`."""
+    return hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:12]
+
+
+@frozen
+class Identity:
+    """Which preview (and revision) an object belongs to."""
+
+    instance: str
+    preview: str
+    repo: str
+    number: int
+    forge: str
+
+    def labels(self) -> dict[str, str]:
+        """The labels of every object of this preview (images, networks, containers)."""
+        return {
+            MANAGED: "true",
+            INSTANCE: self.instance,
+            PREVIEW: self.preview,
+            REPO: self.repo,
+            NUMBER: str(self.number),
+            FORGE: self.forge,
+        }
+
+    def container_labels(
+        self, revision: Revision, host: str, port: int, image: str
+    ) -> dict[str, str]:
+        """The labels of a preview container: enough to route it again after a restart."""
+        return {
+            **self.labels(),
+            SHA: revision.sha,
+            BRANCH: revision.branch,
+            SERIAL: str(revision.serial),
+            HOST: host,
+            PORT: str(port),
+            IMAGE: image,
+        }
+
+
+def owned(labels: Mapping[str, str], instance: str) -> str | None:
+    """The preview id of an object of this instance, or None when it is not ours."""
+    if labels.get(INSTANCE) != instance:
+        return None
+    return labels.get(PREVIEW) or None
+
+
+def deployment_of(container: ContainerInfo) -> Deployment | None:
+    """The Deployment a labelled container stands for, or None when labels are missing."""
+    labels = container.labels
+    try:
+        revision = Revision(labels[SHA], labels.get(BRANCH, ""), int(labels.get(SERIAL, "0")))
+        port = int(labels[PORT])
+    except (KeyError, ValueError):
+        return None
+    address = next((ip for ip in container.networks.values() if ip), "")
+    image = labels.get(IMAGE) or container.image
+    return Deployment(revision, container.id, image, address or "0.0.0.0", port)
