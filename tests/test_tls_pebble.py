@@ -32,7 +32,7 @@ from prevu.config import Config, parse_config
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
 from prevu.tls.service import TlsParts, build_tls
-from tests.support.pebble import Pebble, fetch_certificate, free_port
+from tests.support.pebble import Pebble, fetch_certificate
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/usr/bin/pebble"), reason="needs Debian's pebble (apt-get install pebble)"
@@ -62,7 +62,9 @@ def show_logs() -> Iterator[None]:
 
     def observer(event: dict[str, Any]) -> None:
         if str(event.get("log_namespace", "")).startswith("prevu"):
-            print(event["log_level"].name, event["log_namespace"], formatEvent(event), file=sys.stderr)
+            print(
+                event["log_level"].name, event["log_namespace"], formatEvent(event), file=sys.stderr
+            )
             if "log_failure" in event:
                 print(event["log_failure"].getTraceback(), file=sys.stderr)
 
@@ -150,17 +152,20 @@ async def start_stack(config: Config, clock: Any = None, **issuer: Any) -> Stack
         TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(Hello()))
     )
     upstream = Upstream("127.0.0.1", upstream_port.getHost().port)
-    http = ProxyFactory(reactor, routes, ProxySettings.from_config(config),
-                        interceptors=tls.interceptors)
+    http = ProxyFactory(
+        reactor, routes, ProxySettings.from_config(config), interceptors=tls.interceptors
+    )
     https = tls.wrap(ProxyFactory(reactor, routes, ProxySettings.from_config(config, "https")))
     assert config.server.https is not None
     http_port = await within(
-        TCP4ServerEndpoint(reactor, int(config.server.http.split(":")[1]), interface="127.0.0.1")
-        .listen(http)
+        TCP4ServerEndpoint(
+            reactor, int(config.server.http.split(":")[1]), interface="127.0.0.1"
+        ).listen(http)
     )
     https_port = await within(
-        TCP4ServerEndpoint(reactor, int(config.server.https.split(":")[1]), interface="127.0.0.1")
-        .listen(https)
+        TCP4ServerEndpoint(
+            reactor, int(config.server.https.split(":")[1]), interface="127.0.0.1"
+        ).listen(https)
     )
     return Stack(routes, tls, upstream, [upstream_port, http_port, https_port], pool)
 
@@ -173,7 +178,9 @@ async def stacks() -> AsyncIterator[list[Stack]]:
         await stack.stop()
 
 
-async def wait_until(check: Callable[[], bool], seconds: float = 30.0, tick: Clock | None = None) -> None:
+async def wait_until(
+    check: Callable[[], bool], seconds: float = 30.0, tick: Clock | None = None
+) -> None:
     deadline = time.monotonic() + seconds
     while not check():
         if time.monotonic() > deadline:
@@ -220,8 +227,10 @@ async def https_get(pebble: Pebble, host: str) -> bytes:
         with open(root, "wb") as handle:
             handle.write(pebble.root_pem())
         context = ssl.create_default_context(cafile=root)
-        with socket.create_connection(("127.0.0.1", pebble.tls_port), timeout=10) as raw, \
-                context.wrap_socket(raw, server_hostname=host) as tls:
+        with (
+            socket.create_connection(("127.0.0.1", pebble.tls_port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
             tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             data = b""
             while chunk := tls.recv(65536):
@@ -279,7 +288,8 @@ async def test_dns01_issues_the_wildcard_through_the_exec_hook(
         "path, body = ('/set-txt', {'host': name, 'value': value}) if action == 'add' "
         "else ('/clear-txt', {'host': name})\n"
         f"url = 'http://127.0.0.1:{pebble.challtest_port}' + path\n"
-        "urllib.request.urlopen(urllib.request.Request(url, json.dumps(body).encode()), timeout=5)\n"
+        "request = urllib.request.Request(url, json.dumps(body).encode())\n"
+        "urllib.request.urlopen(request, timeout=5)\n"
     )
     hook.chmod(0o755)
     config = config_for(pebble, str(tmp_path / "state"), "dns-01", dns_hook=str(hook))
@@ -350,8 +360,10 @@ async def test_renewal_when_the_clock_passes_the_renewal_point(
     assert (stack.status(name) or {})["fingerprint"] == first["fingerprint"]
     clock.advance(61)
     await wait_until(
-        lambda: (stack.status(name) or {}).get("fingerprint") != first["fingerprint"]
-        and state_of(stack, name) == "valid",
+        lambda: (
+            (stack.status(name) or {}).get("fingerprint") != first["fingerprint"]
+            and state_of(stack, name) == "valid"
+        ),
         tick=clock,
     )
     renewed = await served(pebble, name)
@@ -400,8 +412,10 @@ async def https_get_untrusted(pebble: Pebble, host: str) -> bytes:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        with socket.create_connection(("127.0.0.1", pebble.tls_port), timeout=10) as raw, \
-                context.wrap_socket(raw, server_hostname=host) as tls:
+        with (
+            socket.create_connection(("127.0.0.1", pebble.tls_port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
             tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             data = b""
             while chunk := tls.recv(65536):

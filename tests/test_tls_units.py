@@ -83,11 +83,17 @@ def test_plain_http_is_not_a_client_hello() -> None:
 # --- interceptors ----------------------------------------------------------------
 
 
-def head(target: bytes, scheme: str = "http", host: str = "pr-1.example.com",
-         method: bytes = b"GET", client: str = "203.0.113.9",
-         headers: tuple[tuple[bytes, bytes], ...] = ()) -> RequestHead:
-    return RequestHead(method=method, target=target, host=host, scheme=scheme, client=client,
-                       headers=list(headers))
+def head(
+    target: bytes,
+    scheme: str = "http",
+    host: str = "pr-1.example.com",
+    method: bytes = b"GET",
+    client: str = "203.0.113.9",
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> RequestHead:
+    return RequestHead(
+        method=method, target=target, host=host, scheme=scheme, client=client, headers=list(headers)
+    )
 
 
 def test_http01_token_is_answered_with_its_key_authorization() -> None:
@@ -110,7 +116,9 @@ def test_http01_token_is_answered_with_its_key_authorization() -> None:
         (443, head(b"/x", method=b"POST"), b"https://pr-1.example.com/x"),
     ],
 )
-def test_plain_http_is_redirected_to_https(port: int, request_head: RequestHead, location: bytes) -> None:
+def test_plain_http_is_redirected_to_https(
+    port: int, request_head: RequestHead, location: bytes
+) -> None:
     reply = HttpsRedirect(https_port=port).intercept(request_head)
     assert reply is not None and reply.status == 308
     assert (b"location", location) in reply.headers
@@ -133,15 +141,25 @@ def test_redirect_spares_https_challenges_and_trusted_tls_proxies() -> None:
 @pytest.mark.parametrize(
     ("hosts", "wildcard", "names"),
     [
-        (["pr-1.p.example.com", "prevu.p.example.com"], False, {"pr-1.p.example.com", "prevu.p.example.com"}),
+        (
+            ["pr-1.p.example.com", "prevu.p.example.com"],
+            False,
+            {"pr-1.p.example.com", "prevu.p.example.com"},
+        ),
         (["pr-1.p.example.com", "pr-2.p.example.com"], True, {"*.p.example.com"}),
-        (["staging.example.com", "pr-1.p.example.com"], True, {"staging.example.com", "*.p.example.com"}),
+        (
+            ["staging.example.com", "pr-1.p.example.com"],
+            True,
+            {"staging.example.com", "*.p.example.com"},
+        ),
         (["*.apps.example.com"], False, set()),
         (["*.apps.example.com"], True, {"*.apps.example.com"}),
         (["localhost", "pr-1.localhost", "127.0.0.1", "intranet"], False, set()),
     ],
 )
-def test_certificate_names_for_routed_hosts(hosts: list[str], wildcard: bool, names: set[str]) -> None:
+def test_certificate_names_for_routed_hosts(
+    hosts: list[str], wildcard: bool, names: set[str]
+) -> None:
     assert certificate_names(hosts, "p.example.com", wildcard) == names
 
 
@@ -178,16 +196,23 @@ def test_chain_with_a_foreign_key_is_refused() -> None:
 # --- the issuer on a Clock --------------------------------------------------------
 
 
-def make_issuer(tmp_path: Any, **options: Any) -> tuple[CertificateIssuer, FakeAcmeBackend, ThreadedClock]:
+def make_issuer(
+    tmp_path: Any, **options: Any
+) -> tuple[CertificateIssuer, FakeAcmeBackend, ThreadedClock]:
     clock = ThreadedClock()
     clock.advance(NOW)
     backend = FakeAcmeBackend(clock)
     contexts = SniContexts(default=self_signed(("default.invalid",), NOW))
     issuer = CertificateIssuer(
-        clock=clock, reactor=clock, pool=InlineThreadPool(),  # type: ignore[arg-type]
-        store=CertificateStore.under(str(tmp_path)), contexts=contexts,
-        responder=Http01Responder(Http01Tokens()), client_factory=lambda key: backend,
-        domain="p.example.com", **options,
+        clock=clock,
+        reactor=clock,
+        pool=InlineThreadPool(),  # type: ignore[arg-type]
+        store=CertificateStore.under(str(tmp_path)),
+        contexts=contexts,
+        responder=Http01Responder(Http01Tokens()),
+        client_factory=lambda key: backend,
+        domain="p.example.com",
+        **options,
     )
     return issuer, backend, clock
 
@@ -213,7 +238,11 @@ def test_orders_per_hour_cap_delays_the_next_order(tmp_path: Any) -> None:
     issuer, backend, clock = make_issuer(tmp_path, orders_per_hour=2)
     issuer.startService()
     issuer.want(["a.example.com", "b.example.com", "c.example.com"])
-    assert states(issuer) == {"a.example.com": "valid", "b.example.com": "valid", "c.example.com": "pending"}
+    assert states(issuer) == {
+        "a.example.com": "valid",
+        "b.example.com": "valid",
+        "c.example.com": "pending",
+    }
     clock.advance(3599)
     assert states(issuer)["c.example.com"] == "pending"
     clock.advance(1)
@@ -363,7 +392,9 @@ async def test_sni_selects_each_certificate_and_the_default(tmp_path: Any) -> No
             certificate = await deferToThread(fetch_certificate, port.getHost().port, host, None)
             assert certificate.subject.rfc4514_string() == f"CN={name}"
         contexts.install(self_signed(("one.example.com",), time.time(), 30 * 86400.0))
-        renewed = await deferToThread(fetch_certificate, port.getHost().port, "one.example.com", None)
+        renewed = await deferToThread(
+            fetch_certificate, port.getHost().port, "one.example.com", None
+        )
         assert renewed.not_valid_after_utc.timestamp() < time.time() + 31 * 86400
     finally:
         await port.stopListening()
@@ -389,8 +420,10 @@ async def test_tls_below_1_2_is_refused_and_alpn_is_http11(tmp_path: Any) -> Non
         context.maximum_version = maximum
         context.set_ciphers("ALL:@SECLEVEL=0")
         context.set_alpn_protocols(["h2", "http/1.1"])
-        with socket.create_connection(("127.0.0.1", number), timeout=5) as raw, \
-                context.wrap_socket(raw, server_hostname="x.example.com") as tls:
+        with (
+            socket.create_connection(("127.0.0.1", number), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="x.example.com") as tls,
+        ):
             return tls.version(), tls.selected_alpn_protocol()
 
     try:
@@ -431,6 +464,9 @@ def test_metrics_lines_give_expiry_and_state_per_name(tmp_path: Any) -> None:
     issuer.want(["a.example.com"])
     lines = metrics_lines(issuer.statuses(), issuer.order_counts())
     (status,) = issuer.statuses()
-    assert f'prevu_certificate_expiry_timestamp_seconds{{host="a.example.com"}} {status.not_after:.0f}' in lines
+    assert (
+        f'prevu_certificate_expiry_timestamp_seconds{{host="a.example.com"}} {status.not_after:.0f}'
+        in lines
+    )
     assert 'prevu_certificate_state{host="a.example.com",state="valid"} 1' in lines
     assert 'prevu_acme_orders_total{result="started"} 1' in lines

@@ -28,7 +28,10 @@ class InlineThreadPool:
     """A ThreadPool stand-in that runs each call at once, on the calling thread."""
 
     def callInThreadWithCallback(
-        self, on_result: Callable[[bool, Any], None], function: Callable[..., Any], *args: Any,
+        self,
+        on_result: Callable[[bool, Any], None],
+        function: Callable[..., Any],
+        *args: Any,
         **kwargs: Any,
     ) -> None:
         try:
@@ -65,8 +68,11 @@ class FakeAcmeBackend:
         self.begun.append(names)
         challenges = tuple(
             Challenge(
-                identifier=name.removeprefix("*."), wildcard=name.startswith("*."), type=kind,
-                token=f"token-{len(self.begun)}-{index}", url=f"https://acme.test/chall/{index}",
+                identifier=name.removeprefix("*."),
+                wildcard=name.startswith("*."),
+                type=kind,
+                token=f"token-{len(self.begun)}-{index}",
+                url=f"https://acme.test/chall/{index}",
                 key_authorization=f"token-{len(self.begun)}-{index}.thumbprint",
             )
             for index, name in enumerate(names)

@@ -21,11 +21,12 @@ import datetime
 import hashlib
 from typing import Any
 
-import josepy as jose
 from acme import challenges, client, errors, messages
 from acme.crypto_util import make_csr
 from attrs import define, frozen
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy import b64 as jose_b64
+from josepy import jwa, jwk
 
 from prevu.errors import CertificateError
 from prevu.tls.certs import load_private_key, private_key_pem
@@ -49,7 +50,7 @@ class ChallengeAnswer(challenges.ChallengeResponse):
 
 def b64(data: bytes) -> str:
     """Unpadded base64url, as ACME uses everywhere."""
-    return jose.b64encode(data).decode("ascii")
+    return jose_b64.b64encode(data).decode("ascii")
 
 
 @frozen
@@ -104,20 +105,22 @@ class AcmeClient:
     timeout: int = 30
     _client: client.ClientV2 | None = None
 
-    def _jwk(self) -> jose.JWK:
+    def _jwk(self) -> jwk.JWK:
         key = load_private_key(self.account_key_pem, "account key")
         if isinstance(key, ec.EllipticCurvePrivateKey):
-            return jose.JWKEC(key=key)
-        return jose.JWKRSA(key=key)
+            return jwk.JWKEC(key=key)
+        return jwk.JWKRSA(key=key)
 
     def connect(self) -> client.ClientV2:
         """Fetch the directory and find or create the account (blocking)."""
         if self._client is not None:
             return self._client
-        jwk = self._jwk()
-        alg = jose.ES256 if isinstance(jwk, jose.JWKEC) else jose.RS256
+        account_key = self._jwk()
+        alg = jwa.ES256 if isinstance(account_key, jwk.JWKEC) else jwa.RS256
+        # requests takes a CA bundle path as well as a bool.
+        verify: Any = self.verify
         net = client.ClientNetwork(
-            jwk, alg=alg, verify_ssl=self.verify, user_agent=USER_AGENT, timeout=self.timeout
+            account_key, alg=alg, verify_ssl=verify, user_agent=USER_AGENT, timeout=self.timeout
         )
         directory = client.ClientV2.get_directory(self.directory_url, net)
         acme = client.ClientV2(directory, net)
@@ -175,7 +178,12 @@ class AcmeClient:
         """Tell the server the challenge is ready to be validated."""
         acme = self.connect()
         body = messages.ChallengeBody.from_json(
-            {"type": challenge.type, "url": challenge.url, "status": "pending", "token": challenge.token}
+            {
+                "type": challenge.type,
+                "url": challenge.url,
+                "status": "pending",
+                "token": challenge.token,
+            }
         )
         acme.answer_challenge(body, ChallengeAnswer())
 
@@ -185,7 +193,9 @@ class AcmeClient:
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=within)
         finished = acme.poll_and_finalize(order.resource, deadline)
         if not finished.fullchain_pem:
-            raise CertificateError(",".join(order.resource.body.identifiers[0].value), "no certificate")
+            raise CertificateError(
+                ",".join(order.resource.body.identifiers[0].value), "no certificate"
+            )
         return finished.fullchain_pem.encode("ascii")
 
     def renewal_info(self, chain_pem: bytes) -> tuple[float | None, float]:

@@ -92,7 +92,9 @@ class CertificateBundle:
     key: CertificateIssuerPrivateKeyTypes = field(eq=False, repr=False)
 
     @classmethod
-    def from_pem(cls, chain_pem: bytes, key_pem: bytes, name: str = "certificate") -> CertificateBundle:
+    def from_pem(
+        cls, chain_pem: bytes, key_pem: bytes, name: str = "certificate"
+    ) -> CertificateBundle:
         """Parse a PEM chain (leaf first) and its key; raise CertificateError if they do not fit."""
         try:
             chain = tuple(x509.load_pem_x509_certificates(chain_pem))

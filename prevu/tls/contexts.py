@@ -17,7 +17,7 @@ certificate, as during a renewal).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from attrs import define, field
 from OpenSSL import SSL
@@ -40,7 +40,8 @@ ProtocolSelector = Callable[[SSL.Connection, list[bytes]], Any]
 
 
 def certificate_options(
-    bundle: CertificateBundle, server_name: Callable[[bytes | None], SSL.Context | None] | None = None
+    bundle: CertificateBundle,
+    server_name: Callable[[bytes | None], SSL.Context | None] | None = None,
 ) -> CertificateOptions:
     """Twisted's options for `bundle`: TLS 1.2+, modern ciphers, optional SNI callback."""
     options: Any = CertificateOptions
@@ -140,13 +141,15 @@ class SniContexts:
         self._challenges.pop(host.lower(), None)
 
     def select_protocol(self, connection: SSL.Connection, offered: list[bytes]) -> Any:
-        """The ALPN callback of every context: http/1.1, or acme-tls/1 with the challenge certificate."""
+        """The ALPN callback of every context: http/1.1, or acme-tls/1 with a challenge cert."""
         if ALPN_ACME in offered:
             name = connection.get_servername()
-            challenge = self._challenges.get(name.decode("ascii", "replace").lower()) if name else None
+            challenge = (
+                self._challenges.get(name.decode("ascii", "replace").lower()) if name else None
+            )
             if challenge is not None:
                 connection.use_certificate(challenge.leaf)
-                connection.use_privatekey(challenge.key)
+                connection.use_privatekey(cast(Any, challenge.key))
                 log.info("answering TLS-ALPN-01 for {host}", host=name)
                 return ALPN_ACME
         if ALPN_HTTP in offered:

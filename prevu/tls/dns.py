@@ -143,7 +143,9 @@ class Rfc2136DnsProvider:
         zone = self.zone_of(name)
         keyring = dns.tsigkeyring.from_text({self.config.key_name: self.config.key_secret})
         update = dns.update.Update(
-            zone, keyring=keyring, keyname=self.config.key_name,
+            zone,
+            keyring=keyring,
+            keyname=dns.name.from_text(self.config.key_name),
             keyalgorithm=self.config.key_algorithm,
         )
         relative = dns.name.from_text(name).relativize(dns.name.from_text(zone))

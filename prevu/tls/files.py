@@ -36,7 +36,7 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
 
 @define(eq=False)
 class FilesCertificate(Service):
-    """Serves the certificate in `cert_path`/`key_path` for its names and for clients without SNI."""
+    """Serves `cert_path`/`key_path` for its names and for clients without SNI."""
 
     clock: Any
     contexts: SniContexts
@@ -84,8 +84,12 @@ class FilesCertificate(Service):
         self.error = None
         self._stamps = stamps
         self.reloads += 1
-        log.info("serving {cert} for {names}, valid until {not_after}",
-                 cert=self.cert_path, names=", ".join(bundle.names), not_after=bundle.not_after)
+        log.info(
+            "serving {cert} for {names}, valid until {not_after}",
+            cert=self.cert_path,
+            names=", ".join(bundle.names),
+            not_after=bundle.not_after,
+        )
 
     def order_counts(self) -> tuple[int, int]:
         """No ACME orders in files mode."""
@@ -96,7 +100,10 @@ class FilesCertificate(Service):
             return [CertificateStatus(name=self.cert_path, state="failed", error=self.error)]
         return [
             CertificateStatus(
-                name=name, state="valid", not_after=self.bundle.not_after, error=self.error,
+                name=name,
+                state="valid",
+                not_after=self.bundle.not_after,
+                error=self.error,
                 fingerprint=self.bundle.fingerprint,
             )
             for name in self.bundle.names

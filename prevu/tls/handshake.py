@@ -13,15 +13,18 @@ falls back to the default one. The client just sees a slow handshake.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
 from prevu.tls.contexts import ALPN_ACME
+
+_DONE = Failure(ConnectionDone())
 
 #: The largest TLS record plus its header: more than that and it is not a ClientHello we read.
 MAX_RECORD = 5 + (1 << 14)
@@ -118,7 +121,7 @@ class _HoldingProtocol(ProtocolWrapper):
     factory: HoldingFactory
 
     def __init__(self, factory: HoldingFactory, wrappedProtocol: IProtocol) -> None:
-        super().__init__(factory, wrappedProtocol)
+        super().__init__(cast(Any, factory), wrappedProtocol)
         self._buffer = b""
         self._holding = True
         self._waiting = False
@@ -126,7 +129,7 @@ class _HoldingProtocol(ProtocolWrapper):
 
     def dataReceived(self, data: bytes) -> None:
         if not self._holding:
-            self.wrappedProtocol.dataReceived(data)
+            cast(Any, self.wrappedProtocol).dataReceived(data)
             return
         self._buffer += data
         if self._waiting:
@@ -151,9 +154,9 @@ class _HoldingProtocol(ProtocolWrapper):
         self._holding = False
         data, self._buffer = self._buffer, b""
         if data and not self._lost:
-            self.wrappedProtocol.dataReceived(data)
+            cast(Any, self.wrappedProtocol).dataReceived(data)
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = _DONE) -> None:
         self._lost = True
         super().connectionLost(reason)
 
@@ -161,8 +164,8 @@ class _HoldingProtocol(ProtocolWrapper):
 class HoldingFactory(WrappingFactory):
     """Wraps the TLS factory so that handshakes for names being issued wait (bounded)."""
 
-    protocol = _HoldingProtocol  # type: ignore[assignment]
+    protocol = _HoldingProtocol
 
     def __init__(self, wrappedFactory: object, gate: HandshakeGate) -> None:
-        super().__init__(wrappedFactory)  # type: ignore[arg-type]
+        super().__init__(cast(Any, wrappedFactory))
         self.gate = gate

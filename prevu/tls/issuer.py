@@ -24,8 +24,8 @@ from typing import Any, Literal, Protocol
 
 from attrs import define, field, frozen
 from twisted.application.service import Service
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -125,6 +125,11 @@ class CertificateStatus:
         }
 
 
+def _cancel_timer(result: object, timer: DelayedCall) -> None:
+    if timer.active():
+        timer.cancel()
+
+
 @define
 class _Entry:
     name: str
@@ -136,7 +141,7 @@ class _Entry:
     renew_at: float | None = None
     ari_at: float | None = None
     obtained_at: float = 0.0
-    timer: IDelayedCall | None = None
+    timer: DelayedCall | None = None
     waiters: list[Deferred[None]] = field(factory=list)
 
     def cancel_timer(self) -> None:
@@ -174,7 +179,7 @@ class CertificateIssuer(Service):
     _queue: deque[str] = field(factory=deque)
     _orders: deque[float] = field(factory=deque)
     _busy: bool = False
-    _pump_timer: IDelayedCall | None = None
+    _pump_timer: DelayedCall | None = None
     _client: AcmeBackend | None = None
     _wanted: set[str] = field(factory=set)
     _loaded: bool = False
@@ -197,8 +202,11 @@ class CertificateIssuer(Service):
             self._entries[name] = _Entry(
                 name=name, state="unused", bundle=bundle, obtained_at=bundle.not_before
             )
-            log.info("loaded certificate {name} valid until {not_after}", name=name,
-                     not_after=bundle.not_after)
+            log.info(
+                "loaded certificate {name} valid until {not_after}",
+                name=name,
+                not_after=bundle.not_after,
+            )
 
     def startService(self) -> None:
         super().startService()
@@ -255,7 +263,7 @@ class CertificateIssuer(Service):
                 waiter: Deferred[None] = Deferred()
                 entry.waiters.append(waiter)
                 timer = self.clock.callLater(self.handshake_wait, self._time_out, entry, waiter)
-                waiter.addBoth(lambda result: timer.cancel() if timer.active() else None)
+                waiter.addBoth(_cancel_timer, timer)
                 log.debug("handshake for {host} waits for {name}", host=host, name=entry.name)
                 return waiter
         return None
@@ -288,7 +296,11 @@ class CertificateIssuer(Service):
             self._orders.popleft()
         if len(self._orders) >= self.orders_per_hour:
             at = self._orders[0] + 3600
-            log.warn("order cap of {cap}/hour reached; next order at {at}", cap=self.orders_per_hour, at=at)
+            log.warn(
+                "order cap of {cap}/hour reached; next order at {at}",
+                cap=self.orders_per_hour,
+                at=at,
+            )
             for name in self._queue:
                 self._entries[name].next_attempt = at
             if self._pump_timer is None or not self._pump_timer.active():
@@ -376,7 +388,9 @@ class CertificateIssuer(Service):
         entry.state = "renewing" if renewing else "issuing"
         self.orders_started += 1
         names = (entry.name,)
-        log.info("ordering a certificate for {name} ({kind})", name=entry.name, kind=self.responder.kind)
+        log.info(
+            "ordering a certificate for {name} ({kind})", name=entry.name, kind=self.responder.kind
+        )
         started = self.clock.seconds()
         try:
             client = await self._backend()
@@ -394,8 +408,12 @@ class CertificateIssuer(Service):
                     try:
                         await self.responder.withdraw(challenge)
                     except Exception as error:
-                        log.warn("could not withdraw {kind} for {name}: {error}",
-                                 kind=challenge.type, name=challenge.name, error=error)
+                        log.warn(
+                            "could not withdraw {kind} for {name}: {error}",
+                            kind=challenge.type,
+                            name=challenge.name,
+                            error=error,
+                        )
             bundle = CertificateBundle.from_pem(chain, order.key_pem, entry.name)
             await self._in_thread(self.store.save, entry.name, bundle)
         except Exception as error:  # never into the reactor: log, back off, retry
@@ -407,8 +425,12 @@ class CertificateIssuer(Service):
         entry.failures = 0
         entry.renew_at = None
         entry.ari_at = None
-        log.info("certificate for {name} issued in {seconds:.1f}s, valid until {not_after}",
-                 name=entry.name, seconds=self.clock.seconds() - started, not_after=bundle.not_after)
+        log.info(
+            "certificate for {name} issued in {seconds:.1f}s, valid until {not_after}",
+            name=entry.name,
+            seconds=self.clock.seconds() - started,
+            not_after=bundle.not_after,
+        )
         self._release(entry)
         if entry.name in self._wanted:
             self._schedule_renewal(entry)
@@ -424,8 +446,13 @@ class CertificateIssuer(Service):
         delay = min(self.backoff * 2 ** (entry.failures - 1), self.max_backoff)
         entry.next_attempt = self.clock.seconds() + delay
         entry.state = "failed"
-        log.warn("certificate for {name} failed (attempt {attempt}), retry in {delay:.0f}s: {error}",
-                 name=entry.name, attempt=entry.failures, delay=delay, error=entry.error)
+        log.warn(
+            "certificate for {name} failed (attempt {attempt}), retry in {delay:.0f}s: {error}",
+            name=entry.name,
+            attempt=entry.failures,
+            delay=delay,
+            error=entry.error,
+        )
         self._release(entry)
         if entry.name in self._wanted:
             self._schedule(entry, entry.next_attempt, self._enqueue)

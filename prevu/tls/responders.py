@@ -56,7 +56,9 @@ class TlsAlpn01Responder:
     kind: str = TLS_ALPN_01
 
     async def publish(self, challenge: Challenge) -> None:
-        bundle = alpn_challenge(challenge.identifier, challenge.key_authorization, self.clock.seconds())
+        bundle = alpn_challenge(
+            challenge.identifier, challenge.key_authorization, self.clock.seconds()
+        )
         self.contexts.set_challenge(challenge.identifier, bundle)
 
     async def withdraw(self, challenge: Challenge) -> None:

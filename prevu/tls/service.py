@@ -10,10 +10,10 @@ the API and metrics.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from attrs import frozen
-from twisted.application.service import IService, MultiService
+from twisted.application.service import MultiService
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -60,7 +60,7 @@ class TlsParts:
     """What `build_service` plugs in when TLS is on."""
 
     mode: str
-    service: IService
+    service: MultiService
     contexts: SniContexts
     interceptors: tuple[Interceptor, ...]
     wrap: Callable[[IProtocolFactory], IProtocolFactory]
@@ -91,7 +91,9 @@ def build_tls(
     if config.tls.mode == "off":
         return None
     if not config.server.https:
-        log.warn('[tls] mode = "{mode}" but server.https is not set: TLS is off', mode=config.tls.mode)
+        log.warn(
+            '[tls] mode = "{mode}" but server.https is not set: TLS is off', mode=config.tls.mode
+        )
         return None
     clock = clock if clock is not None else reactor
     contexts = SniContexts(default=self_signed(("prevu-default.invalid",), clock.seconds()))
@@ -107,7 +109,9 @@ def build_tls(
         files.setServiceParent(top)
 
         def wrap_files(factory: IProtocolFactory) -> IProtocolFactory:
-            return TLSMemoryBIOFactory(contexts.server_options(), False, factory)
+            return cast(
+                IProtocolFactory, TLSMemoryBIOFactory(contexts.server_options(), False, factory)
+            )
 
         return TlsParts("files", top, contexts, (redirect,), wrap_files, files)
 
@@ -147,7 +151,7 @@ def build_tls(
 
     def wrap_acme(factory: IProtocolFactory) -> IProtocolFactory:
         tls = TLSMemoryBIOFactory(contexts.server_options(), False, factory)
-        return HoldingFactory(tls, issuer)
+        return cast(IProtocolFactory, HoldingFactory(tls, issuer))
 
     interceptors = (AcmeChallengeInterceptor(tokens), redirect)
     return TlsParts("acme", top, contexts, interceptors, wrap_acme, issuer, issuer)

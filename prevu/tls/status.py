@@ -45,14 +45,16 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def metrics_lines(statuses: Sequence[CertificateStatus], orders: tuple[int, int] = (0, 0)) -> list[str]:
+def metrics_lines(
+    statuses: Sequence[CertificateStatus], orders: tuple[int, int] = (0, 0)
+) -> list[str]:
     """
     Prometheus text-format lines (no trailing newline) for the metrics endpoint.
 
     `orders` is (orders started, orders failed) since start.
     """
     lines = [
-        "# HELP prevu_certificate_expiry_timestamp_seconds notAfter of the certificate served for a name.",
+        "# HELP prevu_certificate_expiry_timestamp_seconds notAfter of the certificate for a name.",
         "# TYPE prevu_certificate_expiry_timestamp_seconds gauge",
     ]
     for status in statuses:
@@ -76,7 +78,9 @@ def metrics_lines(statuses: Sequence[CertificateStatus], orders: tuple[int, int]
         "# TYPE prevu_certificate_failures gauge",
     ]
     for status in statuses:
-        lines.append(f'prevu_certificate_failures{{host="{_label(status.name)}"}} {status.failures}')
+        lines.append(
+            f'prevu_certificate_failures{{host="{_label(status.name)}"}} {status.failures}'
+        )
     started, failed = orders
     lines += [
         "# HELP prevu_acme_orders_total ACME orders started, and those that failed.",

@@ -3,7 +3,7 @@ Certificates and the ACME account key on disk, under `<state_dir>/tls/`.
 
     tls/account.key                      the ACME account key (PEM)
     tls/certificates/<name>/fullchain.pem
-    tls/certificates/<name>/privkey.pem  one directory per certificate; `*.x` is stored as `_wildcard.x`
+    tls/certificates/<name>/privkey.pem  one directory per certificate (`*.x` as `_wildcard.x`)
 
 Files are written mode 0600 (directories 0700), to a temporary name first and
 renamed into place, so a crash never leaves half a key. The methods block:

@@ -64,7 +64,8 @@ def make_api_certificate(directory: str) -> tuple[str, str, str]:
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
         )
         .sign(ca_key, hashes.SHA256())
     )
@@ -140,13 +141,20 @@ class Pebble:
             self._challtest = subprocess.Popen(
                 [
                     "pebble-challtestsrv",
-                    "-defaultIPv4", "127.0.0.1",
-                    "-defaultIPv6", "",
-                    "-dns01", f"127.0.0.1:{self.dns_port}",
-                    "-http01", "",
-                    "-https01", "",
-                    "-tlsalpn01", "",
-                    "-management", f"127.0.0.1:{self.challtest_port}",
+                    "-defaultIPv4",
+                    "127.0.0.1",
+                    "-defaultIPv6",
+                    "",
+                    "-dns01",
+                    f"127.0.0.1:{self.dns_port}",
+                    "-http01",
+                    "",
+                    "-https01",
+                    "",
+                    "-tlsalpn01",
+                    "",
+                    "-management",
+                    f"127.0.0.1:{self.challtest_port}",
                 ],
                 stdout=open(os.path.join(self.workdir, "challtestsrv.log"), "ab"),  # noqa: SIM115
                 stderr=subprocess.STDOUT,
@@ -167,8 +175,9 @@ class Pebble:
         config_path = os.path.join(self.workdir, "pebble-config.json")
         with open(config_path, "w") as handle:
             json.dump(config, handle)
-        env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0",
-                   PEBBLE_AUTHZREUSE="0")
+        env = dict(
+            os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0", PEBBLE_AUTHZREUSE="0"
+        )
         self._pebble = subprocess.Popen(
             ["pebble", "-config", config_path, "-dnsserver", f"127.0.0.1:{self.dns_port}"],
             env=env,
@@ -232,9 +241,10 @@ def fetch_certificate(port: int, server_name: str, cafile: str | None) -> x509.C
     else:
         context = ssl.create_default_context(cafile=cafile)
     context.set_alpn_protocols(["http/1.1"])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, context.wrap_socket(
-        raw, server_hostname=server_name
-    ) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
         der = tls.getpeercert(binary_form=True)
         assert der is not None
         return x509.load_der_x509_certificate(der)
