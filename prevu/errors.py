@@ -97,3 +97,14 @@ class CertificateError(PrevuError):
 @frozen(auto_exc=True)
 class DockerUnavailable(DockerError):
     """The Docker engine cannot be reached at all (down or restarting): retry later."""
+
+
+@frozen(auto_exc=True)
+class ApiError(PrevuError):
+    """An API request is refused or names nothing (status, reason): 401, 403, 404, 400."""
+
+    status: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.reason}"

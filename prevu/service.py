@@ -21,6 +21,7 @@ from prevu.auth.gate import AuthGate
 from prevu.config import Config
 from prevu.control.app import ControlApp
 from prevu.control.login import build_login
+from prevu.orchestrator.wiring import build_previews
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
 from prevu.tls.service import build_tls
@@ -98,7 +99,16 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     if tls is not None:
         tls.service.setServiceParent(top)
     certificates = CertificatesApi.for_tls(config, tls)
-    control = ControlApp(config=config, login=login, certificates=certificates)
+    previews = build_previews(config, reactor, pool, routes)
+    for service in previews.services:
+        service.setServiceParent(top)
+    control = ControlApp(
+        config=config,
+        login=login,
+        certificates=certificates,
+        webhooks=previews.webhooks,
+        previews=previews.api,
+    )
     control_site = Site(control.resource())
     control_site.displayTracebacks = False
     StreamServerEndpointService(
@@ -111,6 +121,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         settings=ProxySettings.from_config(config),
         gate=AuthGate(authority, reactor),
         interceptors=tls.interceptors if tls is not None else (),
+        waker=previews.orchestrator,
     )
     StreamServerEndpointService(
         serverFromString(reactor, config.server.http), proxy
@@ -121,6 +132,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
             routes=routes,
             settings=ProxySettings.from_config(config, scheme="https"),
             gate=AuthGate(authority, reactor),
+            waker=previews.orchestrator,
         )
         StreamServerEndpointService(
             serverFromString(reactor, config.server.https), tls.wrap(https_proxy)

@@ -8,16 +8,23 @@ plain object; the routes here are one-line delegations to it.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from attrs import define
 from klein import Klein
+from twisted.internet.defer import ensureDeferred
 from twisted.web.iweb import IRequest
 
 from prevu.config import Config
 from prevu.control.login import LoginPages, require
-from prevu.errors import WebhookError
+from prevu.errors import ApiError, WebhookError
 from prevu.tls.status import CertificatesApi
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from prevu.control.api import PreviewsApi
+    from prevu.control.webhooks import Webhooks
 
 
 def json_response(request: IRequest, body: Any, code: int = 200) -> bytes:
@@ -35,6 +42,8 @@ class ControlApp:
     config: Config
     login: LoginPages | None = None
     certificates: CertificatesApi | None = None
+    webhooks: Webhooks | None = None
+    previews: PreviewsApi | None = None
 
     app = Klein()
 
@@ -81,9 +90,61 @@ class ControlApp:
     def list_certificates(self, request: Any) -> Any:
         return (self.certificates or CertificatesApi.for_tls(self.config, None)).render(request)
 
+    @app.route("/webhooks/github", methods=["POST"])
+    def webhook_github(self, request: IRequest) -> bytes:
+        return _need(self.webhooks, "webhooks").github(request)
+
+    @app.route("/webhooks/gitlab", methods=["POST"])
+    def webhook_gitlab(self, request: IRequest) -> bytes:
+        return _need(self.webhooks, "webhooks").gitlab(request)
+
+    @app.route("/api/previews", methods=["GET"])
+    def api_list(self, request: IRequest) -> bytes:
+        return _need(self.previews, "the API").list(request)
+
+    @app.route("/api/previews", methods=["POST"])
+    def api_create(self, request: IRequest) -> bytes:
+        return _need(self.previews, "the API").create(request)
+
+    @app.route("/api/previews/<preview>", methods=["GET"])
+    def api_show(self, request: IRequest, preview: str) -> bytes:
+        return _need(self.previews, "the API").show(request, preview)
+
+    @app.route("/api/previews/<preview>", methods=["DELETE"])
+    def api_delete(self, request: IRequest, preview: str) -> bytes:
+        return _need(self.previews, "the API").delete(request, preview)
+
+    @app.route("/api/previews/<preview>/logs", methods=["GET"])
+    def api_logs(self, request: IRequest, preview: str) -> Any:
+        return ensureDeferred(_need(self.previews, "the API").logs(request, preview))
+
+    @app.route("/api/previews/<preview>/redeploy", methods=["POST"])
+    def api_redeploy(self, request: IRequest, preview: str) -> bytes:
+        return _need(self.previews, "the API").redeploy(request, preview)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        return _need(self.previews, "/metrics").metrics_text(request)
+
+    @app.route("/", methods=["GET", "HEAD"])
+    def dashboard(self, request: IRequest) -> bytes:
+        return _need(self.previews, "the dashboard").dashboard(request)
+
     # --- errors -------------------------------------------------------------
+
+    @app.handle_errors(ApiError)
+    def api_error(self, request: IRequest, failure: Any) -> bytes:
+        error: ApiError = failure.value
+        return json_response(request, {"error": error.reason}, error.status)
 
     @app.handle_errors(WebhookError)
     def webhook_error(self, request: IRequest, failure: Any) -> bytes:
         error: WebhookError = failure.value
         return json_response(request, {"error": error.reason}, error.status)
+
+
+def _need(feature: T | None, what: str) -> T:
+    """The feature object, or a 503 naming what is not wired (a bare ControlApp in tests)."""
+    if feature is None:
+        raise ApiError(503, f"{what} not available on this server")
+    return feature

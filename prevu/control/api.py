@@ -1,0 +1,301 @@
+"""
+The previews API (SPEC §4), `/metrics` and the dashboard at `/`.
+
+Every `/api/previews...` route and `/metrics` need `Authorization: Bearer
+<api_token>`: 401 without a valid one; with no `api_token` configured the API
+is off and answers 403 saying so. Errors are raised as `ApiError(status,
+reason)`; the control app turns them into JSON answers.
+
+- `GET /api/previews` — JSON list of previews.
+- `GET /api/previews/{id}` — one preview.
+- `GET /api/previews/{id}/logs` — build, run and system log lines as plain
+  text; `Accept: text/event-stream` follows them as Server-Sent Events
+  (`Last-Event-ID` or `?after=SEQ` resumes).
+- `POST /api/previews/{id}/redeploy` — build the current commit again (202).
+- `DELETE /api/previews/{id}` — tear the preview down (202; listed as stopped).
+- `POST /api/previews` — `prevu up`: `{"repo", "branch", "sha", "clone_url"}` (202).
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from prevu.config import Config
+from prevu.control.app import json_response
+from prevu.errors import ApiError, DockerError
+from prevu.orchestrator.engine import Receipt
+from prevu.orchestrator.metrics import Metrics
+from prevu.ports import LogLine, PreviewRecord, Store
+
+SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+REPO = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+BRANCH = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
+
+
+class Previews(Protocol):
+    """What the API needs of the orchestrator."""
+
+    def previews(self) -> list[PreviewRecord]: ...
+
+    def get(self, preview: str) -> PreviewRecord | None: ...
+
+    def redeploy(self, preview: str) -> bool: ...
+
+    def destroy(self, preview: str, reason: str = ...) -> bool: ...
+
+    def deploy_local(self, repo: str, branch: str, sha: str, clone_url: str) -> Receipt: ...
+
+    def gauges(self) -> list[tuple[str, Any, float]]: ...
+
+
+class RunLogs(Protocol):
+    """The container output (the Docker port's `container_logs`)."""
+
+    async def container_logs(self, container: str, tail: int = 200) -> list[str]: ...
+
+
+def _iso(seconds: float) -> str | None:
+    if not seconds:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def preview_json(record: PreviewRecord) -> dict[str, Any]:
+    """The API's view of a preview (SPEC §4 fields first)."""
+    return {
+        "id": record.id,
+        "repo": record.repo,
+        "number": record.number,
+        "branch": record.branch,
+        "sha": record.sha,
+        "status": record.status,
+        "url": record.url,
+        "host": record.host,
+        "created_at": _iso(record.created_at),
+        "updated_at": _iso(record.updated_at),
+        "error": record.error,
+        "detail": record.data.get("detail"),
+        "access": record.access,
+        "forge": record.forge,
+        "container": record.container,
+    }
+
+
+def _header(request: Any, name: bytes) -> str:
+    value = request.getHeader(name)
+    if value is None:
+        return ""
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+
+
+def _log_text(line: LogLine) -> str:
+    stamp = _iso(line.at) or ""
+    return f"{stamp} [{line.stream}] {line.line}"
+
+
+@define
+class PreviewsApi:
+    """The API handlers, delegated to from the control app."""
+
+    config: Config
+    orchestrator: Previews
+    store: Store
+    docker: RunLogs | None = None
+    metrics: Metrics = field(factory=Metrics)
+    log: Logger = field(factory=Logger)
+
+    # --- auth -------------------------------------------------------------------
+
+    def authorize(self, request: Any) -> None:
+        """Raise ApiError unless the request carries the bearer api_token."""
+        token = self.config.server.api_token
+        if not token:
+            raise ApiError(403, "the API is off: set [server] api_token (or api_token_file)")
+        given = _header(request, b"authorization")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            value.strip().encode(), token.encode()
+        ):
+            request.setHeader(b"www-authenticate", b'Bearer realm="prevu"')
+            raise ApiError(401, "missing or wrong bearer token")
+
+    def _record(self, preview: str) -> PreviewRecord:
+        record = self.orchestrator.get(preview)
+        if record is None:
+            raise ApiError(404, f"no preview {preview!r}")
+        return record
+
+    # --- routes -------------------------------------------------------------------
+
+    def list(self, request: Any) -> bytes:
+        self.authorize(request)
+        return json_response(request, [preview_json(r) for r in self.orchestrator.previews()])
+
+    def show(self, request: Any, preview: str) -> bytes:
+        self.authorize(request)
+        return json_response(request, preview_json(self._record(preview)))
+
+    def redeploy(self, request: Any, preview: str) -> bytes:
+        self.authorize(request)
+        record = self._record(preview)
+        if record.closed:
+            raise ApiError(409, f"preview {preview!r} is closed; reopen the pull request")
+        self.orchestrator.redeploy(preview)
+        return json_response(request, preview_json(self._record(preview)), 202)
+
+    def delete(self, request: Any, preview: str) -> bytes:
+        self.authorize(request)
+        self._record(preview)
+        self.orchestrator.destroy(preview, "deleted through the API")
+        return json_response(request, preview_json(self._record(preview)), 202)
+
+    def create(self, request: Any) -> bytes:
+        """`prevu up`: deploy a branch of a repository the server can read."""
+        self.authorize(request)
+        content: Any = request.content
+        try:
+            data = json.loads(content.read(1 << 20) if content is not None else b"")
+        except ValueError:
+            raise ApiError(400, "expected a JSON object") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "expected a JSON object")
+        repo, branch = str(data.get("repo", "")), str(data.get("branch", ""))
+        sha, clone_url = str(data.get("sha", "")).lower(), str(data.get("clone_url", ""))
+        if not REPO.match(repo):
+            raise ApiError(400, f"bad repo {repo!r}: use name or owner/name")
+        if not BRANCH.match(branch) or branch.startswith("-"):
+            raise ApiError(400, f"bad branch {branch!r}")
+        if not SHA.match(sha):
+            raise ApiError(400, f"bad sha {sha!r}: give the full commit id")
+        if not clone_url or clone_url.startswith("-"):
+            raise ApiError(400, "clone_url is required")
+        receipt = self.orchestrator.deploy_local(repo, branch, sha, clone_url)
+        record = self._record(receipt.preview or "")
+        return json_response(request, preview_json(record), 202)
+
+    async def logs(self, request: Any, preview: str) -> bytes:
+        self.authorize(request)
+        record = self._record(preview)
+        after = _after(request)
+        if "text/event-stream" in _header(request, b"accept"):
+            return await self._follow(request, preview, after)
+        lines = [_log_text(line) for line in self.store.read_logs(preview, after=after)]
+        if record.container and self.docker is not None and not _has_arg(request, b"stored"):
+            try:
+                output = await self.docker.container_logs(record.container, tail=200)
+            except DockerError as error:
+                output = [f"(container output unavailable: {error})"]
+            lines += [f"[run] {line}" for line in output]
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return ("\n".join(lines) + "\n").encode() if lines else b""
+
+    async def _follow(self, request: Any, preview: str, after: int) -> bytes:
+        """Server-Sent Events: the stored lines, then every new one until the client leaves."""
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-accel-buffering", b"no")
+
+        def send(line: LogLine) -> None:
+            data = "\n".join(f"data: {part}" for part in _log_text(line).split("\n"))
+            request.write(f"id: {line.seq}\nevent: {line.stream}\n{data}\n\n".encode())
+
+        for line in self.store.read_logs(preview, after=after):
+            send(line)
+        request.write(b": following\n\n")
+        finished: Deferred[None] = Deferred()
+
+        def watcher(line: LogLine) -> None:
+            if line.preview == preview and not finished.called:
+                send(line)
+
+        stop: Callable[[], None] = self.store.watch_logs(watcher)
+
+        def done(_: object) -> None:
+            stop()
+            if not finished.called:
+                finished.callback(None)
+
+        request.notifyFinish().addBoth(done)
+        await finished
+        return b""
+
+    def metrics_text(self, request: Any) -> bytes:
+        self.authorize(request)
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return self.metrics.render(self.orchestrator.gauges()).encode()
+
+    def dashboard(self, request: Any) -> bytes:
+        """A plain HTML list of previews (no scripts, no external assets)."""
+        rows = "\n".join(_row(record) for record in self.orchestrator.previews())
+        page = DASHBOARD.format(
+            rows=rows or '<tr><td colspan="6">No previews yet.</td></tr>',
+            count=len(self.orchestrator.previews()),
+        )
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        policy = b"default-src 'none'; style-src 'unsafe-inline'"
+        request.setHeader(b"content-security-policy", policy)
+        return page.encode()
+
+
+def _has_arg(request: Any, name: bytes) -> bool:
+    args: Any = request.args or {}
+    return name in args
+
+
+def _after(request: Any) -> int:
+    args: Any = request.args or {}
+    raw = _header(request, b"last-event-id") or (args.get(b"after") or [b"0"])[0].decode()
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise ApiError(400, f"bad log position {raw!r}") from None
+
+
+def _row(record: PreviewRecord) -> str:
+    def e(text: object) -> str:
+        return html.escape(str(text), quote=True)
+
+    link = (
+        f'<a href="{e(record.url)}">{e(record.host)}</a>'
+        if record.status in ("running", "sleeping")
+        else e(record.host)
+    )
+    note = record.error or record.data.get("detail") or ""
+    return (
+        f"<tr><td>{e(record.id)}</td><td>{e(record.repo)}#{record.number}</td>"
+        f"<td>{e(record.branch)}</td><td><code>{e(record.sha[:12])}</code></td>"
+        f'<td class="{e(record.status)}">{e(record.status)}</td><td>{link}'
+        f"<div class=note>{e(note)}</div></td></tr>"
+    )
+
+
+DASHBOARD = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>prevu: {count} previews</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font: 15px/1.4 system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #ddd; }}
+td {{ vertical-align: top; }}
+.running {{ color: #17692d; }} .failed {{ color: #a30000; }} .stopped {{ color: #777; }}
+.note {{ color: #666; font-size: 85%; }}
+</style></head>
+<body><h1>prevu</h1>
+<table><thead><tr><th>Preview</th><th>Pull request</th><th>Branch</th><th>Commit</th>
+<th>Status</th><th>URL</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table></body></html>
+"""
