@@ -43,7 +43,9 @@ def makeService(options: Options) -> IService:
     """Build prevu's service tree on the global reactor."""
     from twisted.internet import reactor
 
+    from prevu.proxy.fastpath import install_fast_poll
     from prevu.service import build_service
 
     reactor_: Any = reactor
+    install_fast_poll(reactor_)
     return build_service(options.config_value, reactor_)

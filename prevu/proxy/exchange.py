@@ -13,8 +13,9 @@ events on the happy path: this is the proxy's hot path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import httptools
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -96,6 +97,7 @@ class Exchange:
         self.reusable = False
         self.finished = False
         self.out: list[bytes] = []
+        self.response_parser = httptools.HttpResponseParser(self)
         self.producing_to_client = False
 
     # --- request side (called by the client connection) ---------------------
@@ -161,19 +163,19 @@ class Exchange:
 
     # --- response side (called by the upstream connection's parser) ---------
 
-    def on_response_status(self, status: int, text: bytes) -> None:
+    def on_status(self, text: bytes) -> None:
         if self.complete:
             # A second response on the same read: the upstream is out of step.
             self.reusable = False
             return
-        self.status = status
+        status = self.status = self.response_parser.get_status_code()
         self.reason = text or reason(status)
         self.response_headers = []
         self.response_close = False
         self.response_length = None
         self.response_chunked = False
 
-    def on_response_header(self, name: bytes, value: bytes) -> None:
+    def on_header(self, name: bytes, value: bytes) -> None:
         if self.complete:
             return
         if self.in_trailers:
@@ -196,7 +198,7 @@ class Exchange:
             return
         self.response_headers.append((name, value))
 
-    def on_response_headers_complete(self, parser: Any) -> None:
+    def on_headers_complete(self) -> None:
         if self.complete:
             return
         status = self.status
@@ -209,7 +211,7 @@ class Exchange:
             return
         self.client.set_deadline("body")
         if status == 101:
-            self.out.append(_head(101, self.reason, headers + [(b"Connection", b"Upgrade")]))
+            self.out.append(_head(101, self.reason, [*headers, (b"Connection", b"Upgrade")]))
             return
         if self.upgrade:
             # The upstream refused the upgrade: the client's stream is in an unknown state.
@@ -243,13 +245,16 @@ class Exchange:
             self.on_response_complete(not self.response_close)
             raise HeadResponseDone()
 
-    def on_response_body(self, data: bytes) -> None:
+    def on_body(self, data: bytes) -> None:
         if self.complete or not data:
             return
         if self.framing == b"chunked":
             self.out.append(chunk(data))
         elif self.framing != b"none":
             self.out.append(data)
+
+    def on_message_complete(self) -> None:
+        self.on_response_complete(self.response_parser.should_keep_alive())
 
     def on_response_complete(self, upstream_keep_alive: bool) -> None:
         if self.complete:
@@ -279,10 +284,7 @@ class Exchange:
         if out:
             self.out = []
             transport = self.client.transport
-            if len(out) == 1:
-                transport.write(out[0])
-            else:
-                transport.write(b"".join(out))
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
             if not self.producing_to_client and not self.complete and self.connection:
                 # Let a slow client slow the upstream down (backpressure).
                 self.producing_to_client = True
@@ -329,7 +331,7 @@ class Exchange:
         backlog, self.backlog = self.backlog, []
         self.client.start_tunnel(self, connection)
         if rest:
-            self.client.transport.write(rest)
+            self.client.write(rest)
         for data in backlog:
             connection.write(data)
 
@@ -384,6 +386,7 @@ class Exchange:
             # A stale pooled connection: send the request again on a fresh one.
             self.retried = True
             self.ready = False
+            self.response_parser = httptools.HttpResponseParser(self)
             self.start()
             return
         if self.started:
@@ -418,9 +421,7 @@ class Exchange:
         self._stop_producing()
         self.finished = True
         body = page(status, title, message, self.host)
-        self.client.transport.write(
-            simple_response(status, body, close=True, head_only=self.head_only)
-        )
+        self.client.write(simple_response(status, body, close=True, head_only=self.head_only))
         self.client.exchange_finished(self, False)
 
     def abort(self) -> None:

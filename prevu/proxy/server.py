@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -29,6 +30,7 @@ from twisted.python.failure import Failure
 
 from prevu.config import Config
 from prevu.proxy.exchange import Exchange
+from prevu.proxy.fastpath import direct_writer
 from prevu.proxy.hooks import AccessGate, Allow, Interceptor, NoWaker, OpenGate, RequestHead, Waker
 from prevu.proxy.http import (
     HOP_BY_HOP,
@@ -45,6 +47,8 @@ from prevu.routing import Route, RouteRegistry, normalize_host
 log = Logger()
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+SWEEP_INTERVAL = 1.0  # seconds between two timeout sweeps
 
 
 @frozen
@@ -63,6 +67,7 @@ class ProxySettings:
     max_connections: int = 10_000
     max_connections_per_client: int = 512
     retry_after: int = 5
+    direct_write: bool = True  # prevu.proxy.fastpath; off under TLS by construction
 
     @classmethod
     def from_config(cls, config: Config, scheme: str = "http") -> ProxySettings:
@@ -96,13 +101,17 @@ class ClientConnection(Protocol):
         self.upgrading: Exchange | None = None
         self.closed = False
         self.paused = False
-        self.deadline = 0.0
         self.deadline_kind = ""
+        self.quiet_time = 0.0
+        self.write: Callable[[bytes], None] = self._buffered_write
         self.in_head = False
         self.head_bytes = 0
         self.head_raw = 0
         self.trailers: list[tuple[bytes, bytes]] = []
         self._reset_head()
+
+    def _buffered_write(self, data: bytes) -> None:
+        self.transport.write(data)
 
     def _reset_head(self) -> None:
         self.url = b""
@@ -123,6 +132,9 @@ class ClientConnection(Protocol):
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
+        self.write = (
+            direct_writer(transport) if self.factory.settings.direct_write else transport.write
+        )
         no_delay = getattr(transport, "setTcpNoDelay", None)
         if no_delay is not None:
             no_delay(True)
@@ -454,7 +466,7 @@ class ClientConnection(Protocol):
             return
         self.current = None
         if item.data:
-            self.transport.write(item.data)
+            self.write(item.data)
         if item.close:
             self.close_after_write()
         else:
@@ -503,7 +515,7 @@ class ClientConnection(Protocol):
         self.tunnel = connection
         self.upgrading = None
         self.current = None
-        self.deadline = 0.0
+        self.deadline_kind = ""
         client: Any = self.transport
         upstream: Any = connection.transport
         # Each side slows the other down when it cannot keep up.
@@ -543,25 +555,33 @@ class ClientConnection(Protocol):
             self.transport.resumeProducing()
 
     def set_deadline(self, kind: str) -> None:
+        """
+        Start the clock for `kind` ("idle", "head", "response" or "body").
+
+        No clock is read here: the sweep adds up how long it found the
+        connection quiet, which costs one store per event.
+        """
+        self.deadline_kind = kind
+        self.quiet_time = 0.0
+
+    def check_deadline(self, elapsed: float) -> None:
+        """Called by the sweep `elapsed` seconds after the last one: act on an expired deadline."""
+        kind = self.deadline_kind
+        if not kind or self.closed:
+            return
+        self.quiet_time += elapsed
         settings = self.factory.settings
-        if kind == "idle":
-            timeout = settings.idle_timeout
+        if kind == "response":
+            timeout = settings.response_timeout
         elif kind == "head":
             timeout = settings.head_timeout
-        elif kind == "response":
-            timeout = settings.response_timeout
         else:
             timeout = settings.idle_timeout
-        self.deadline_kind = kind
-        self.deadline = self.factory.reactor.seconds() + timeout
-
-    def check_deadline(self, now: float) -> None:
-        """Called by the sweep: act on an expired deadline."""
-        if not self.deadline or now < self.deadline or self.closed:
+        if self.quiet_time < timeout:
             return
-        self.deadline = 0.0
+        self.deadline_kind = ""
         exchange = self.current
-        if exchange is not None and self.deadline_kind in ("response", "body"):
+        if exchange is not None and kind in ("response", "body"):
             exchange.timed_out()
             return
         if self.in_head and self.current is None:
@@ -579,7 +599,7 @@ class ClientConnection(Protocol):
             )
             self._pause()
             return
-        self.transport.write(simple_response(status, page(status, title, message), close=True))
+        self.write(simple_response(status, page(status, title, message), close=True))
         self.close_after_write()
 
 
@@ -638,6 +658,7 @@ class ProxyFactory(Factory):
             reactor,
             self.settings.connect_timeout,
             idle_timeout=min(60.0, self.settings.idle_timeout),
+            direct_write=self.settings.direct_write,
         )
         self.connections: set[ClientConnection] = set()
         self.per_client: dict[str, int] = {}
@@ -684,19 +705,19 @@ class ProxyFactory(Factory):
         if route.preview is not None:
             self.last_seen[route.preview] = self.reactor.seconds()
 
-    def sweep(self) -> None:
+    def sweep(self, count: int = 1) -> None:
         """Enforce deadlines on every connection and close stale pooled ones."""
-        now = self.reactor.seconds()
+        elapsed = SWEEP_INTERVAL * count  # count > 1 when the reactor was late
         for connection in list(self.connections):
-            connection.check_deadline(now)
-        self.pool.sweep(now)
+            connection.check_deadline(elapsed)
+        self.pool.sweep(self.reactor.seconds())
 
     def doStart(self) -> None:
         super().doStart()
         if self._sweeper is None:
-            self._sweeper = LoopingCall(self.sweep)
+            self._sweeper = LoopingCall.withCount(self.sweep)
             self._sweeper.clock = self.reactor
-            self._sweeper.start(1.0, now=False)
+            self._sweeper.start(SWEEP_INTERVAL, now=False)
 
     def doStop(self) -> None:
         super().doStop()

@@ -19,6 +19,8 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from prevu.proxy.fastpath import direct_writer
+
 if TYPE_CHECKING:
     from prevu.proxy.exchange import Exchange
 
@@ -26,7 +28,12 @@ log = Logger()
 
 
 class UpstreamConnection(Protocol):
-    """One HTTP/1.1 connection to an upstream server."""
+    """
+    One HTTP/1.1 connection to an upstream server.
+
+    The response parser belongs to the exchange using the connection (a new
+    llhttp parser per response costs ~0.25 µs and saves a call per header).
+    """
 
     transport: Any  # a TCP transport; typed loosely, as Twisted's interfaces are
 
@@ -34,18 +41,22 @@ class UpstreamConnection(Protocol):
         self.pool = pool
         self.key = key
         self.exchange: Exchange | None = None
-        self.parser = httptools.HttpResponseParser(self)
         self.connected_ = False
         self.reused = False
         self.tunnel = False
         self.last_used = 0.0
         self.connector: Any = None
+        self.write: Callable[[bytes], None] = self._buffered_write
+
+    def _buffered_write(self, data: bytes) -> None:
+        self.transport.write(data)
 
     # --- Protocol -----------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.connected_ = True
         transport: Any = self.transport
+        self.write = direct_writer(transport) if self.pool.direct_write else transport.write
         no_delay = getattr(transport, "setTcpNoDelay", None)
         if no_delay is not None:
             no_delay(True)
@@ -60,7 +71,7 @@ class UpstreamConnection(Protocol):
         if self.tunnel:
             exchange = self.exchange
             if exchange is not None:
-                exchange.client.transport.write(data)
+                exchange.client.write(data)
             return
         exchange = self.exchange
         if exchange is None:
@@ -68,13 +79,12 @@ class UpstreamConnection(Protocol):
             self.abort()
             return
         try:
-            self.parser.feed_data(data)
+            exchange.response_parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             exchange.upstream_upgraded(data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as error:
             cause = error.__context__
             if isinstance(cause, HeadResponseDone):
-                self.parser = httptools.HttpResponseParser(self)
                 exchange.response_complete(reusable=data.endswith(b"\r\n\r\n"))
             else:
                 exchange.upstream_invalid(f"upstream response error: {cause or error}")
@@ -91,29 +101,7 @@ class UpstreamConnection(Protocol):
         if exchange is not None:
             exchange.upstream_lost(self, reason)
 
-    # --- httptools callbacks -----------------------------------------------
-
-    def on_status(self, status: bytes) -> None:
-        self.exchange.on_response_status(self.parser.get_status_code(), status)  # type: ignore[union-attr]  # set while parsing
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.exchange.on_response_header(name, value)  # type: ignore[union-attr]  # set while parsing
-
-    def on_headers_complete(self) -> None:
-        self.exchange.on_response_headers_complete(self.parser)  # type: ignore[union-attr]  # set while parsing
-
-    def on_body(self, body: bytes) -> None:
-        self.exchange.on_response_body(body)  # type: ignore[union-attr]  # set while parsing
-
-    def on_message_complete(self) -> None:
-        exchange = self.exchange
-        if exchange is not None:
-            exchange.on_response_complete(self.parser.should_keep_alive())
-
     # --- used by the exchange ----------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
 
     def abort(self) -> None:
         """Drop the connection at once (never reused)."""
@@ -159,6 +147,7 @@ class UpstreamPool:
         connect_timeout: float,
         idle_timeout: float = 60.0,
         max_idle: int = 64,
+        direct_write: bool = True,
     ) -> None:
         self.reactor = reactor
         self.connect_timeout = connect_timeout
@@ -166,6 +155,7 @@ class UpstreamPool:
         self.max_idle = max_idle
         self.idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
         self.connects = 0
+        self.direct_write = direct_write
 
     def acquire(self, key: tuple[str, int], exchange: Exchange) -> UpstreamConnection:
         """A connection for `exchange`: an idle one, or a new one being connected."""
