@@ -11,6 +11,7 @@ from prevu.auth.rules import (
     add_param,
     client_address,
     cookie_values,
+    endpoint_port,
     request_origin,
     safe_next,
     set_cookie,
@@ -316,7 +317,12 @@ def test_request_origin_fills_in_the_proxy_port() -> None:
         "http://pr-1.localhost:8000"
     )
     assert request_origin("http", "h:9", "http://prevu.localhost:8000") == "http://h:9"
-    assert request_origin("https", "h", "http://prevu.localhost:8000") == "https://h"
+    assert request_origin("https", "h", "http://prevu.localhost:8000") == "https://h:8000"
+    assert request_origin("https", "h", "https://prevu.example.com", 8443) == "https://h"
+    assert request_origin("http", "h", "http://prevu.localhost:8001", 8000) == "http://h:8000"
+    assert endpoint_port("tcp:8000:interface=127.0.0.1") == 8000
+    assert endpoint_port("tcp:port=81") == 81
+    assert endpoint_port("unix:/run/prevu.sock") is None
 
 
 # --- throttle -----------------------------------------------------------------------

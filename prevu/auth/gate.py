@@ -94,6 +94,7 @@ class AuthGate:
             head.scheme,
             raw_host.decode("latin-1").strip() if raw_host else head.host,
             self.authority.settings.public_url,
+            self.authority.settings.proxy_port(head.scheme),
         )
         target = head.target.decode("latin-1")
         handoff, target = split_param(target, HANDOFF_PARAM)

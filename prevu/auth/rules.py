@@ -34,6 +34,8 @@ class AuthSettings:
     domain: str
     session_ttl: float = 12 * 3600.0
     trusted_proxies: tuple[Network, ...] = ()
+    http_port: int | None = None
+    https_port: int | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> AuthSettings:
@@ -42,7 +44,13 @@ class AuthSettings:
             domain=config.server.domain.lower().strip("."),
             session_ttl=config.auth.session_ttl,
             trusted_proxies=config.server.trusted_proxies,
+            http_port=endpoint_port(config.server.http),
+            https_port=endpoint_port(config.server.https),
         )
+
+    def proxy_port(self, scheme: str) -> int | None:
+        """The port prevu's proxy listens on for `scheme`, if known."""
+        return self.https_port if scheme == "https" else self.http_port
 
     @property
     def control_host(self) -> str:
@@ -184,11 +192,27 @@ def client_address(peer: str, forwarded_for: Sequence[bytes], trusted: Sequence[
     return peer
 
 
-def request_origin(scheme: str, host: str, public_url: str) -> str:
+def endpoint_port(description: str | None) -> int | None:
+    """The port of a Twisted server endpoint string (``tcp:8000:interface=…``), if any."""
+    if not description:
+        return None
+    for part in description.split(":")[1:]:
+        if part.startswith("port="):
+            part = part[5:]
+        if part.isdigit():
+            return int(part)
+    return None
+
+
+def request_origin(
+    scheme: str, host: str, public_url: str, proxy_port: int | None = None
+) -> str:
     """
-    ``scheme://host[:port]`` of a request. When the proxy hands over a host
-    without its port, the port of `public_url` is assumed for the same scheme
-    (previews and the control host share the proxy's listening port).
+    ``scheme://host[:port]`` of a request. When the host comes without its
+    port and `public_url` names an explicit port (prevu reached on a
+    non-standard port, as with the embedded defaults), the proxy's own port
+    for `scheme` is assumed (else public_url's); when public_url has no port,
+    neither does the origin (standard ports, or a load balancer in front).
     """
     bare = host.rsplit("]", 1)[-1]
     if ":" in bare:
@@ -198,8 +222,11 @@ def request_origin(scheme: str, host: str, public_url: str) -> str:
         port = parts.port
     except ValueError:
         port = None
-    if parts.scheme == scheme and port:
-        return f"{scheme}://{host}:{port}"
+    if port:
+        if proxy_port:
+            port = proxy_port
+        if port != (443 if scheme == "https" else 80):
+            return f"{scheme}://{host}:{port}"
     return f"{scheme}://{host}"
 
 

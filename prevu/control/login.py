@@ -441,10 +441,12 @@ class LoginPages:
         request.setResponseCode(code)
         _set(request, b"content-type", b"text/html; charset=utf-8")
         _set(request, b"cache-control", b"no-store")
+        # No form-action: Chromium applies it to the redirect after POST /login,
+        # which goes on to the preview's host.
         _set(
             request,
             b"content-security-policy",
-            b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+            b"default-src 'none'; style-src 'unsafe-inline'; "
             b"frame-ancestors 'none'; base-uri 'none'",
         )
         _set(request, b"referrer-policy", b"same-origin")
