@@ -309,7 +309,7 @@ class LoginPages:
     # --- helpers -------------------------------------------------------------------
 
     def _client(self, request: Request) -> str:
-        address = request.getClientAddress()  # type: ignore[no-untyped-call]  # unannotated
+        address = request.getClientAddress()
         peer = str(getattr(address, "host", "") or "")
         forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
         return client_address(peer, forwarded, self.settings.trusted_proxies)
@@ -550,7 +550,7 @@ def build_login(
         return None
 
     github = None
-    agent: Any = Agent(reactor)  # type: ignore[no-untyped-call]  # Twisted leaves it unannotated
+    agent: Any = Agent(reactor)
     if config.auth.github is not None:
         github = GithubOAuth(
             config=config.auth.github,
