@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import pytest_twisted
 
 from prevu.auth.passwords import verify_password
 from prevu.auth.tokens import Signer, check_bypass, decode_share
@@ -93,3 +94,33 @@ def test_share_by_id_without_token_explains(
     monkeypatch.delenv("PREVU_API_TOKEN", raising=False)
     assert main(["share", "acme-shop-1", "--config", str(config)]) == 1
     assert "api_token" in capsys.readouterr().err
+
+
+@pytest_twisted.ensureDeferred
+async def test_share_by_id_asks_the_api(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`prevu share ID --api URL --token T` prints the link the control app signed."""
+    from twisted.internet.threads import deferToThread
+
+    from tests.support.timeouts import within
+    from tests.test_auth_login import Browser, make_pages
+
+    browser = Browser(make_pages(api_token="t" * 20), listen=True)
+    try:
+        argv = [
+            "share",
+            "p1",
+            "--for",
+            "1h",
+            "--api",
+            browser.base,
+            "--token",
+            "t" * 20,
+            "--config",
+            str(config),
+        ]
+        status = await within(deferToThread(main, argv), 30)
+    finally:
+        await browser.close()
+    assert status == 0
+    url = urlsplit(capsys.readouterr().out.strip())
+    assert url.netloc == "pr-1.preview.test:8000" and "prevu_share=" in url.query
