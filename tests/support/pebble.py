@@ -121,6 +121,8 @@ class Pebble:
     dns_port: int = field(factory=free_port)
     challtest_port: int = field(factory=free_port)
     ca_bundle: str = ""
+    #: Put into issued certificates as their OCSP URI (pebble answers nothing there).
+    ocsp_url: str = ""
     _pebble: subprocess.Popen[bytes] | None = None
     _challtest: subprocess.Popen[bytes] | None = None
 
@@ -168,7 +170,7 @@ class Pebble:
                 "privateKey": key,
                 "httpPort": self.http_port,
                 "tlsPort": self.tls_port,
-                "ocspResponderURL": "",
+                "ocspResponderURL": self.ocsp_url,
                 "externalAccountBindingRequired": False,
             }
         }
