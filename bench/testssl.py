@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.support.pebble import Pebble, fetch_certificate  # noqa: E402
+from tests.support.pebble import Pebble, fetch_certificate
 
 HOST = "prevu.prevu.test"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +95,8 @@ challenge = "http-01"
             f"https://{HOST}:{pebble.tls_port}/",
         ]
         print("$", " ".join(command), flush=True)
-        subprocess.run(command, stdout=open(os.path.join(OUT, "testssl.txt"), "wb"), check=False)
+        with open(os.path.join(OUT, "testssl.txt"), "wb") as text:
+            subprocess.run(command, stdout=text, check=False)
         with open(report) as handle:
             findings = json.load(handle)
         by_severity = collections.Counter(f["severity"] for f in findings)

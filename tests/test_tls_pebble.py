@@ -34,9 +34,8 @@ from prevu.routing import Route, RouteRegistry, Upstream
 from prevu.tls.service import TlsParts, build_tls
 from tests.support.pebble import Pebble, fetch_certificate
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists("/usr/bin/pebble"), reason="needs Debian's pebble (apt-get install pebble)"
-)
+# Needs Debian's pebble (apt-get install pebble, done by .ci/run); never skipped.
+pytestmark = pytest.mark.slow
 
 DOMAIN = "prevu.test"
 
