@@ -133,6 +133,7 @@ class Rfc2136DnsProvider:
 
     def update(self, action: str, name: str, value: str) -> None:
         """Add or delete one TXT value at `name` (blocking)."""
+        import dns.exception
         import dns.name
         import dns.query
         import dns.rcode
@@ -153,7 +154,11 @@ class Rfc2136DnsProvider:
             update.add(relative, self.ttl, "TXT", f'"{value}"')
         else:
             update.delete(relative, "TXT", f'"{value}"')
-        response = dns.query.tcp(update, host, port=port, timeout=self.timeout)
+        try:
+            response = dns.query.tcp(update, host, port=port, timeout=self.timeout)
+        except (dns.exception.DNSException, OSError) as error:
+            reason = f"{type(error).__name__}: {error}"
+            raise CertificateError(name, f"RFC 2136 {action} failed: {reason}") from None
         if response.rcode() != dns.rcode.NOERROR:
             raise CertificateError(
                 name, f"RFC 2136 {action} refused: {dns.rcode.to_text(response.rcode())}"
