@@ -51,7 +51,8 @@ class Route:
     `state` other than "ready" makes the proxy answer a self-refreshing 503
     page (a preview being built, or asleep and waking up). `preview` names the
     preview behind the route, if any; `repo` its repository (for per-repo
-    access checks).
+    access checks). Only a `trusted` route (prevu's control app) is sent the
+    reviewer's session cookie.
     """
 
     host: str
@@ -60,6 +61,7 @@ class Route:
     state: RouteState = "ready"
     preview: str | None = None
     repo: str | None = None
+    trusted: bool = False  # prevu's own control app: it receives the session cookie
 
     def __attrs_post_init__(self) -> None:
         if self.state == "ready" and self.upstream is None:

@@ -80,7 +80,7 @@ def control_routes(config: Config) -> list[Route]:
     host = urlsplit(config.server.public_url).hostname
     if upstream is None or not host:
         return []
-    return [Route(host=host.lower(), upstream=upstream, access="public")]
+    return [Route(host=host.lower(), upstream=upstream, access="public", trusted=True)]
 
 
 def build_service(config: Config, reactor: Any) -> MultiService:

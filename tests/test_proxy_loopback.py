@@ -673,3 +673,52 @@ async def test_close_delimited_upstream_body_is_rechunked_for_http11_clients() -
     assert (status, body) == (200, b"until-close")
     assert headers[b"transfer-encoding"] == [b"chunked"]
     await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_the_trusted_control_route_receives_the_session_cookie() -> None:
+    """prevu's own control app gets prevu_session; a preview never does."""
+    control = ScriptedServer(answer_each_head(OK))
+    preview = ScriptedServer(answer_each_head(OK))
+    control_port, preview_port = await started(control, preview)
+    proxy = Proxy()
+    proxy.route("prevu.test", control_port, trusted=True)
+    proxy.route("pr-1.test", preview_port)
+    client = await connect_raw(proxy.port)
+    for host in (b"prevu.test", b"pr-1.test"):
+        client.send(get(host, extra=b"Cookie: prevu_session=abc; theme=dark\r\n"))
+        await client.wait_for(lambda d: d.endswith(b"ok"))
+        client.take()
+    assert b"Cookie: prevu_session=abc; theme=dark\r\n" in control.received
+    assert b"Cookie: theme=dark\r\n" in preview.received
+    assert b"prevu_session" not in preview.received
+    await stop_all(proxy, control, preview)
+
+
+@pytest_twisted.ensureDeferred
+async def test_gate_sees_host_cookies_and_bypass_even_with_interceptors() -> None:
+    """With interceptors configured (TLS on), the gate still gets the full head."""
+    upstream = ScriptedServer(answer_each_head(OK))
+    (port,) = await started(upstream)
+    seen: list[RequestHead] = []
+
+    class Gate:
+        def check(self, route: Route, head: RequestHead) -> Allow | Reply:
+            seen.append(head)
+            return Allow(user="bob")
+
+    class PassThrough:
+        def intercept(self, head: RequestHead) -> Reply | None:
+            return None
+
+    proxy = Proxy(gate=Gate(), interceptors=(PassThrough(),))
+    proxy.route("private.test", port, access="private")
+    client = await connect_raw(proxy.port)
+    client.send(get(b"private.test", extra=b"Cookie: prevu_session=s\r\nX-Prevu-Bypass: t\r\n"))
+    await client.wait_for(lambda d: d.endswith(b"ok"))
+    [head] = seen
+    assert head.header(b"host") == b"private.test"
+    assert head.header(b"cookie") == b"prevu_session=s"
+    assert head.header(b"x-prevu-bypass") == b"t"
+    assert b"X-Prevu-Bypass" not in upstream.received
+    await stop_all(proxy, upstream)

@@ -150,8 +150,11 @@ class _Abort:
             _shutdown_response(api.response)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 class _LineSplitter:
-    """Turns build output chunks into whole lines."""
+    """Turns build output chunks into whole lines, without terminal colour codes."""
 
     def __init__(self, emit: Callable[[str], None]) -> None:
         self.emit = emit
@@ -161,11 +164,11 @@ class _LineSplitter:
         lines = (self.pending + text).split("\n")
         self.pending = lines.pop()
         for line in lines:
-            self.emit(line.rstrip("\r"))
+            self.emit(_ANSI.sub("", line).rstrip("\r"))
 
     def flush(self) -> None:
         if self.pending:
-            self.emit(self.pending.rstrip("\r"))
+            self.emit(_ANSI.sub("", self.pending).rstrip("\r"))
             self.pending = ""
 
 

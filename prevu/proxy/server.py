@@ -312,7 +312,14 @@ class ClientConnection(Protocol):
             )
 
         head = (
-            RequestHead(method, target, host, settings.scheme, self.client_ip, self.headers)
+            RequestHead(
+                method,
+                target,
+                host,
+                settings.scheme,
+                self.client_ip,
+                self._headers_for_hooks(raw_host),
+            )
             if self.factory.interceptors
             else None
         )
@@ -338,7 +345,12 @@ class ClientConnection(Protocol):
         user: bytes | None = None
         if route.access == "private":
             head = head or RequestHead(
-                method, target, host, settings.scheme, self.client_ip, self._headers_for_gate()
+                method,
+                target,
+                host,
+                settings.scheme,
+                self.client_ip,
+                self._headers_for_hooks(raw_host),
             )
             decision = self.factory.gate.check(route, head)
             if not isinstance(decision, Allow):
@@ -361,7 +373,7 @@ class ClientConnection(Protocol):
             self.connection_values
         )
         request_head = self._forward_head(
-            method, target, raw_host, upgrade, user, content_length, chunked
+            method, target, raw_host, upgrade, user, content_length, chunked, route.trusted
         )
         self.factory.seen(route)
         return Exchange(
@@ -377,13 +389,14 @@ class ClientConnection(Protocol):
             upgrade=upgrade,
         )
 
-    def _headers_for_gate(self) -> list[tuple[bytes, bytes]]:
-        """The headers the gate sees: the forwarded ones plus cookies and the bypass token."""
-        return (
-            self.headers
-            + [(b"cookie", c) for c in self.cookies]
-            + [(b"x-prevu-bypass", v) for v in self.bypass]
-        )
+    def _headers_for_hooks(self, raw_host: bytes) -> list[tuple[bytes, bytes]]:
+        """What interceptors and the gate see: the forwarded headers plus Host, cookies, bypass."""
+        return [
+            (b"host", raw_host),
+            *self.headers,
+            *[(b"cookie", c) for c in self.cookies],
+            *[(b"x-prevu-bypass", v) for v in self.bypass],
+        ]
 
     def _forward_head(
         self,
@@ -394,6 +407,7 @@ class ClientConnection(Protocol):
         user: bytes | None,
         content_length: int | None,
         chunked: bool,
+        trusted: bool,
     ) -> bytes:
         settings = self.factory.settings
         parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", raw_host, b"\r\n"]
@@ -406,7 +420,9 @@ class ClientConnection(Protocol):
         for name, value in headers:
             parts += [name, b": ", value, b"\r\n"]
         for value in self.cookies:
-            kept = strip_session_cookie(value)
+            # Preview code is untrusted: it never sees the reviewer's session.
+            # prevu's own control app (a trusted route) needs it.
+            kept = value if trusted else strip_session_cookie(value)
             if kept:
                 parts += [b"Cookie: ", kept, b"\r\n"]
         if content_length is not None:
