@@ -655,6 +655,8 @@ def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:
 class ProxyFactory(Factory):
     """Builds one ClientConnection per accepted connection; holds the shared state."""
 
+    noisy = False
+
     def __init__(
         self,
         reactor: Any,

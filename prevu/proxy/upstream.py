@@ -120,6 +120,8 @@ class HeadResponseDone(Exception):
 class _UpstreamFactory(ClientFactory):
     """Connects one UpstreamConnection and reports a failed connect to its exchange."""
 
+    noisy = False  # one log line per upstream connection would drown the log
+
     def __init__(self, connection: UpstreamConnection) -> None:
         self.connection = connection
 
