@@ -135,6 +135,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
             waker=previews.orchestrator,
         )
         StreamServerEndpointService(
-            serverFromString(reactor, config.server.https), tls.wrap(https_proxy)
+            serverFromString(reactor, config.server.https),
+            tls.wrap(https_proxy),  # type: ignore[arg-type]  # zope interfaces are not Protocols
         ).setServiceParent(top)
     return top

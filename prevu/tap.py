@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application.service import IService
 from twisted.python import usage
 
 from prevu.config import Config, default_config, load_config
@@ -39,7 +38,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"bad config: {error}") from None
 
 
-def makeService(options: Options) -> IService:
+def makeService(options: Options) -> Any:
     """Build prevu's service tree on the global reactor."""
     from twisted.internet import reactor
 

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from prevu.control.webhooks import Webhooks
 
 
-def json_response(request: IRequest, body: Any, code: int = 200) -> bytes:
-    """Serialize `body` as the JSON answer to `request`."""
+def json_response(request: Any, body: Any, code: int = 200) -> bytes:
+    """Serialize `body` as the JSON answer to `request` (a twisted.web Request)."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
