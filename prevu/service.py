@@ -24,6 +24,7 @@ from prevu.control.login import build_login
 from prevu.orchestrator.wiring import build_previews
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
+from prevu.secretfile import load_or_create_secret
 from prevu.tls.service import build_tls
 from prevu.tls.status import CertificatesApi
 
@@ -93,7 +94,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     routes.replace("control", control_routes(config))
     routes.replace("static", static_routes(config))
 
-    authority = Authority.from_config(config)
+    stored = None if config.auth.cookie_secret else load_or_create_secret(config.server.state_dir)
+    authority = Authority.from_config(config, stored)
     login = build_login(config, reactor, authority, routes, pool)
     tls = build_tls(config, reactor, pool, routes)
     if tls is not None:

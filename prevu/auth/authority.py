@@ -30,9 +30,13 @@ class Authority:
     max_revoked: int = 100_000
 
     @classmethod
-    def from_config(cls, config: Config) -> Authority:
-        """From `[auth]`; without a cookie_secret a random one lives as long as the process."""
-        secret = config.auth.cookie_secret or secrets.token_urlsafe(32)
+    def from_config(cls, config: Config, stored_secret: str | None = None) -> Authority:
+        """
+        From `[auth]`. Without a cookie_secret, `stored_secret` (the one prevu
+        keeps in state_dir) signs; without either, a random one lives as long
+        as the process.
+        """
+        secret = config.auth.cookie_secret or stored_secret or secrets.token_urlsafe(32)
         return cls(
             settings=AuthSettings.from_config(config),
             signer=Signer.from_secrets(secret, config.auth.cookie_secret_previous),

@@ -21,6 +21,7 @@ from prevu.auth.rules import share_url
 from prevu.auth.tokens import Share, Signer, bypass_token, encode_share
 from prevu.config import Config, default_config, load_config
 from prevu.errors import ConfigError
+from prevu.secretfile import read_secret
 from prevu.units import format_duration, parse_duration
 
 DEFAULT_CONFIG = "prevu.toml"
@@ -57,9 +58,12 @@ def _config(path: str | None) -> Config:
 
 
 def _signer(config: Config) -> Signer:
-    if not config.auth.cookie_secret:
-        raise ConfigError(config.path, "auth.cookie_secret", "is required to sign tokens")
-    return Signer.from_secrets(config.auth.cookie_secret, config.auth.cookie_secret_previous)
+    secret = config.auth.cookie_secret or read_secret(config.server.state_dir)
+    if not secret:
+        raise ConfigError(
+            config.path, "auth.cookie_secret", "is required to sign tokens (or run prevu once)"
+        )
+    return Signer.from_secrets(secret, config.auth.cookie_secret_previous)
 
 
 def bypass_token_command(args: argparse.Namespace) -> int:
