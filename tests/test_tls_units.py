@@ -458,6 +458,18 @@ async def test_certificates_api_needs_the_token_and_lists_names(tmp_path: Any) -
     assert body["certificates"][0]["not_after"] > NOW
 
 
+@pytest_twisted.ensureDeferred
+async def test_certificates_api_is_off_without_an_api_token(tmp_path: Any) -> None:
+    config = parse_config({})
+    treq = StubTreq(ControlApp(config=config).resource())
+    answer = await treq.get("http://control/api/certificates", headers={"Authorization": "Bearer "})
+    assert answer.code == 403
+
+
+def test_metrics_text_is_empty_when_tls_is_off() -> None:
+    assert CertificatesApi.for_tls(parse_config({}), None).metrics_text() == b""
+
+
 def test_metrics_lines_give_expiry_and_state_per_name(tmp_path: Any) -> None:
     issuer, _, _ = make_issuer(tmp_path)
     issuer.startService()

@@ -124,7 +124,9 @@ class ControlApp:
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:
-        return _need(self.previews, "/metrics").metrics_text(request)
+        text = _need(self.previews, "/metrics").metrics_text(request)
+        certificates = self.certificates or CertificatesApi.for_tls(self.config, None)
+        return text + certificates.metrics_text()
 
     @app.route("/", methods=["GET", "HEAD"])
     def dashboard(self, request: IRequest) -> bytes:

@@ -125,11 +125,19 @@ class CertificatesApi:
             return []
         return metrics_lines(self.source.statuses(), self.source.order_counts())
 
+    def metrics_text(self) -> bytes:
+        """`metrics_lines` as text to append to the `/metrics` body (empty when TLS is off)."""
+        lines = self.metrics_lines()
+        return ("\n".join(lines) + "\n").encode() if lines else b""
+
     def render(self, request: Any) -> bytes:
-        if not authorized(request, self.api_token):
+        if not self.api_token:
+            request.setResponseCode(403)
+            body: Any = {"error": "the API is off: set [server] api_token (or api_token_file)"}
+        elif not authorized(request, self.api_token):
             request.setResponseCode(401)
             request.setHeader(b"www-authenticate", b'Bearer realm="prevu"')
-            body: Any = {"error": "a valid api_token is required"}
+            body = {"error": "missing or wrong bearer token"}
         else:
             statuses = self.source.statuses() if self.source is not None else []
             body = {"mode": self.mode, "certificates": [s.to_json() for s in statuses]}
