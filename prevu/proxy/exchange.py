@@ -43,10 +43,38 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 
 # Response headers the proxy frames itself.
 _RESPONSE_OWN = HOP_BY_HOP | {b"content-length", b"trailer"}
+_OWN_LENGTHS = frozenset(len(name) for name in _RESPONSE_OWN)
 
 
 class Exchange:
     """A request forwarded upstream and its response relayed back."""
+
+    # Defaults live on the class: most exchanges never change most of them,
+    # and not setting them per request is measurably cheaper.
+    connection: UpstreamConnection | None = None
+    ready = False
+    backlog: list[bytes] | None = None  # request bytes waiting for the upstream connection
+    received = 0
+    request_done = False
+    sent_any_body = False
+    retried = False
+
+    status = 0
+    reason = b""
+    response_headers: list[tuple[bytes, bytes]]
+    response_close = False
+    connection_listed: frozenset[bytes] | None = None  # headers the upstream's Connection names
+    response_length: int | None = None
+    response_chunked = False
+    trailers: list[tuple[bytes, bytes]] | None = None
+    in_trailers = False
+    started = False  # response head sent to the client
+    framing = b""  # b"length", b"chunked", b"close" or b"none"
+    until_close = False  # the upstream delimits the body by closing
+    complete = False
+    reusable = False
+    finished = False
+    producing_to_client = False
 
     def __init__(
         self,
@@ -73,32 +101,9 @@ class Exchange:
         self.client_http11 = client_http11
         self.upgrade = upgrade
         self.head_only = method == b"HEAD"
-
-        self.connection: UpstreamConnection | None = None
-        self.ready = False
-        self.backlog: list[bytes] = []  # request bytes waiting for the upstream connection
-        self.received = 0
-        self.request_done = False
-        self.sent_any_body = False
-        self.retried = False
-
-        self.status = 0
-        self.reason = b""
-        self.response_headers: list[tuple[bytes, bytes]] = []
-        self.response_close = False
-        self.response_length: int | None = None
-        self.response_chunked = False
-        self.trailers: list[tuple[bytes, bytes]] = []
-        self.in_trailers = False
-        self.started = False  # response head sent to the client
-        self.framing = b""  # b"length", b"chunked", b"close" or b"none"
-        self.until_close = False  # the upstream delimits the body by closing
-        self.complete = False
-        self.reusable = False
-        self.finished = False
+        self.has_body = chunked or bool(content_length) or upgrade
         self.out: list[bytes] = []
         self.response_parser = httptools.HttpResponseParser(self)
-        self.producing_to_client = False
 
     # --- request side (called by the client connection) ---------------------
 
@@ -113,12 +118,11 @@ class Exchange:
         """The upstream connection is open: write what we have."""
         self.ready = True
         if self.backlog:
-            self.backlog.insert(0, self.head)
-            connection.write(b"".join(self.backlog))
-            self.backlog = []
+            connection.write(b"".join([self.head, *self.backlog]))
+            self.backlog = None
         else:
             connection.write(self.head)
-        if not self.request_done:
+        if self.has_body and not self.request_done:
             # Stream the rest of the body with backpressure toward the upstream.
             connection.transport.registerProducer(self.client.transport, True)
 
@@ -133,7 +137,7 @@ class Exchange:
         if self.ready and self.connection is not None:
             self.connection.write(framed)
         else:
-            self.backlog.append(framed)
+            self._hold(framed)
 
     def request_complete(self, trailers: list[tuple[bytes, bytes]]) -> None:
         """The client's request ended (with trailers for a chunked body)."""
@@ -144,7 +148,12 @@ class Exchange:
             else:
                 tail = LAST_CHUNK
             self._to_upstream(tail)
-        if self.ready and self.connection is not None and self.connection.transport is not None:
+        if (
+            self.has_body
+            and self.ready
+            and self.connection is not None
+            and self.connection.transport is not None
+        ):
             self.connection.transport.unregisterProducer()
             self.client.resume_reading()
 
@@ -159,6 +168,12 @@ class Exchange:
         if self.ready and self.connection is not None:
             self.connection.write(data)
         else:
+            self._hold(data)
+
+    def _hold(self, data: bytes) -> None:
+        if self.backlog is None:
+            self.backlog = [data]
+        else:
             self.backlog.append(data)
 
     # --- response side (called by the upstream connection's parser) ---------
@@ -171,38 +186,60 @@ class Exchange:
         status = self.status = self.response_parser.get_status_code()
         self.reason = text or reason(status)
         self.response_headers = []
+        self.connection_listed = None
         self.response_close = False
         self.response_length = None
         self.response_chunked = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_trailers or self.complete:
+            self._late_header(name, value)
+            return
+        # Only names of these lengths can be headers the proxy frames itself:
+        # most headers skip the lower-casing.
+        if len(name) in _OWN_LENGTHS:
+            lower = name.lower()
+            if lower in _RESPONSE_OWN:
+                self._own_header(lower, name, value)
+                return
+        self.response_headers.append((name, value))
+
+    def _late_header(self, name: bytes, value: bytes) -> None:
         if self.complete:
             return
-        if self.in_trailers:
-            self.trailers.append((name, value))
-            return
-        lower = name.lower()
-        if lower in _RESPONSE_OWN:
-            if lower == b"content-length":
-                self.response_length = int(value)
-            elif lower == b"transfer-encoding":
-                self.response_chunked = b"chunked" in value.lower()
-            elif lower == b"connection":
-                tokens = connection_tokens([value])
-                if b"close" in tokens:
-                    self.response_close = True
-                if tokens - {b"close", b"keep-alive", b"upgrade"}:
-                    self.response_headers.append((b"\x00connection", value))
-            elif lower == b"upgrade" and self.upgrade:
-                self.response_headers.append((name, value))
-            return
-        self.response_headers.append((name, value))
+        if self.trailers is None:
+            self.trailers = []
+        self.trailers.append((name, value))
+
+    def _own_header(self, lower: bytes, name: bytes, value: bytes) -> None:
+        if lower == b"content-length":
+            self.response_length = int(value)
+        elif lower == b"transfer-encoding":
+            self.response_chunked = b"chunked" in value.lower()
+        elif lower == b"connection":
+            token = value.lower()
+            if token == b"keep-alive":
+                return
+            if token == b"close":
+                self.response_close = True
+                return
+            tokens = connection_tokens([value])
+            if b"close" in tokens:
+                self.response_close = True
+            listed = tokens - {b"close", b"keep-alive", b"upgrade"}
+            if listed:
+                self.connection_listed = (self.connection_listed or frozenset()) | listed
+        elif lower == b"upgrade" and self.upgrade:
+            self.response_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self.complete:
             return
         status = self.status
-        headers = _drop_connection_listed(self.response_headers)
+        headers = self.response_headers
+        if self.connection_listed:
+            listed = self.connection_listed
+            headers = [(n, v) for n, v in headers if n.lower() not in listed]
         if status < 200 and status != 101:
             # Interim response (100 Continue, 103 Early Hints): pass it on, wait for more.
             if self.client_http11:
@@ -328,11 +365,11 @@ class Exchange:
             return
         self.flush_to_client()
         connection.tunnel = True
-        backlog, self.backlog = self.backlog, []
+        backlog, self.backlog = self.backlog, None
         self.client.start_tunnel(self, connection)
         if rest:
             self.client.write(rest)
-        for data in backlog:
+        for data in backlog or ():
             connection.write(data)
 
     # --- failures -------------------------------------------------------------
@@ -440,11 +477,3 @@ def _head(status: int, text: bytes, headers: list[tuple[bytes, bytes]]) -> bytes
     parts.append(b"\r\n")
     return b"".join(parts)
 
-
-def _drop_connection_listed(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Remove the headers a response's Connection header names (marked with a NUL name)."""
-    marked = [v for n, v in headers if n == b"\x00connection"]
-    if not marked:
-        return list(headers)
-    names = connection_tokens(marked)
-    return [(n, v) for n, v in headers if n != b"\x00connection" and n.lower() not in names]

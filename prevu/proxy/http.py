@@ -9,6 +9,7 @@ headers) can be tested by calling them.
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from http import HTTPStatus
 
 # RFC 9110 §7.6.1 plus the historical ones still seen in the wild.
@@ -50,7 +51,7 @@ def reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
 
-def connection_tokens(values: list[bytes]) -> set[bytes]:
+def connection_tokens(values: Iterable[bytes]) -> set[bytes]:
     """The lower-cased tokens of all `Connection` header values."""
     tokens: set[bytes] = set()
     for value in values:

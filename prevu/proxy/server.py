@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httptools
@@ -49,6 +49,11 @@ log = Logger()
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SWEEP_INTERVAL = 1.0  # seconds between two timeout sweeps
+
+# Request headers the proxy reads, rewrites or drops itself (Host aside).
+_SPECIAL = (REQUEST_OWN | HOP_BY_HOP) - {b"host"}
+_SPECIAL_LENGTHS = frozenset(len(name) for name in (*_SPECIAL, b"host"))
+_NONE: tuple[bytes, ...] = ()
 
 
 @frozen
@@ -117,16 +122,17 @@ class ClientConnection(Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.hosts: list[bytes] = []
-        self.cookies: list[bytes] = []
-        self.connection_values: list[bytes] = []
-        self.forwarded_for: bytes | None = None
-        self.forwarded_proto: bytes | None = None
-        self.forwarded_host: bytes | None = None
-        self.transfer_encoding: bytes | None = None
-        self.content_length: bytes | None = None
-        self.expect: bytes | None = None
-        self.upgrade_header: bytes | None = None
-        self.bypass: list[bytes] = []
+        # Headers the proxy handles itself, by lower-case name; None when the
+        # request had none (the common case costs one store to reset).
+        self.special: dict[bytes, list[bytes]] | None = None
+
+    def _values(self, name: bytes) -> Sequence[bytes]:
+        special = self.special
+        return special.get(name, _NONE) if special is not None else _NONE
+
+    def _value(self, name: bytes) -> bytes | None:
+        values = self._values(name)
+        return b", ".join(values) if values else None
 
     # --- Protocol -----------------------------------------------------------
 
@@ -209,31 +215,18 @@ class ClientConnection(Protocol):
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > self.factory.settings.max_head:
             raise _Refused(431, "Request Header Fields Too Large", "The request head is too large.")
-        lower = name.lower()
-        if lower in REQUEST_OWN or lower in HOP_BY_HOP:
+        # Only names of these lengths can be special: most headers skip lower().
+        if len(name) in _SPECIAL_LENGTHS:
+            lower = name.lower()
             if lower == b"host":
                 self.hosts.append(value)
-            elif lower == b"cookie":
-                self.cookies.append(value)
-            elif lower == b"connection":
-                self.connection_values.append(value)
-            elif lower == b"transfer-encoding":
-                self.transfer_encoding = value
-            elif lower == b"content-length":
-                self.content_length = value
-            elif lower == b"x-forwarded-for":
-                self.forwarded_for = value
-            elif lower == b"x-forwarded-proto":
-                self.forwarded_proto = value
-            elif lower == b"x-forwarded-host":
-                self.forwarded_host = value
-            elif lower == b"expect":
-                self.expect = value
-            elif lower == b"upgrade":
-                self.upgrade_header = value
-            elif lower == b"x-prevu-bypass":
-                self.bypass.append(value)
-            return
+                return
+            if lower in _SPECIAL:
+                special = self.special
+                if special is None:
+                    special = self.special = {}
+                special.setdefault(lower, []).append(value)
+                return
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -295,8 +288,9 @@ class ClientConnection(Protocol):
         raw_host = self.hosts[0]
         host = normalize_host(raw_host.decode("latin-1"))
         chunked = False
-        if self.transfer_encoding is not None:
-            if self.transfer_encoding.strip().lower() != b"chunked":
+        transfer_encoding = self._value(b"transfer-encoding")
+        if transfer_encoding is not None:
+            if transfer_encoding.strip().lower() != b"chunked":
                 return self._local(
                     501,
                     "Not Implemented",
@@ -305,7 +299,8 @@ class ClientConnection(Protocol):
                     head_only,
                 )
             chunked = True
-        content_length = int(self.content_length) if self.content_length is not None else None
+        length = self._value(b"content-length")
+        content_length = int(length) if length is not None else None
         if content_length is not None and content_length > settings.max_body:
             return self._local(
                 413, "Content Too Large", "The request body is too large.", host, head_only
@@ -369,8 +364,8 @@ class ClientConnection(Protocol):
         if route.state != "ready" or route.upstream is None:
             return self._not_ready(route, host, head_only)
 
-        upgrade = self.upgrade_header is not None and b"upgrade" in connection_tokens(
-            self.connection_values
+        upgrade = bool(self._values(b"upgrade")) and b"upgrade" in connection_tokens(
+            self._values(b"connection")
         )
         request_head = self._forward_head(
             method, target, raw_host, upgrade, user, content_length, chunked, route.trusted
@@ -394,8 +389,8 @@ class ClientConnection(Protocol):
         return [
             (b"host", raw_host),
             *self.headers,
-            *[(b"cookie", c) for c in self.cookies],
-            *[(b"x-prevu-bypass", v) for v in self.bypass],
+            *[(b"cookie", c) for c in self._values(b"cookie")],
+            *[(b"x-prevu-bypass", v) for v in self._values(b"x-prevu-bypass")],
         ]
 
     def _forward_head(
@@ -412,14 +407,15 @@ class ClientConnection(Protocol):
         settings = self.factory.settings
         parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", raw_host, b"\r\n"]
         headers = self.headers
-        if self.connection_values:
-            listed = connection_tokens(self.connection_values)
+        connection_values = self._values(b"connection")
+        if connection_values:
+            listed = connection_tokens(connection_values)
             listed -= {b"close", b"keep-alive", b"upgrade"}
             if listed:
                 headers = [(n, v) for n, v in headers if n.lower() not in listed]
         for name, value in headers:
             parts += [name, b": ", value, b"\r\n"]
-        for value in self.cookies:
+        for value in self._values(b"cookie"):
             # Preview code is untrusted: it never sees the reviewer's session.
             # prevu's own control app (a trusted route) needs it.
             kept = value if trusted else strip_session_cookie(value)
@@ -429,16 +425,17 @@ class ClientConnection(Protocol):
             parts += [b"Content-Length: %d\r\n" % content_length]
         elif chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
-        if self.expect is not None:
-            parts += [b"Expect: ", self.expect, b"\r\n"]
+        expect = self._value(b"expect")
+        if expect is not None:
+            parts += [b"Expect: ", expect, b"\r\n"]
         if upgrade:
-            parts += [b"Connection: Upgrade\r\nUpgrade: ", self.upgrade_header or b"", b"\r\n"]
+            parts += [b"Connection: Upgrade\r\nUpgrade: ", self._value(b"upgrade") or b"", b"\r\n"]
         client = self.client_ip.encode()
-        trusted = self.forwarded_for is not None and self.factory.trusts(self.client_ip)
-        if trusted:
-            parts += [b"X-Forwarded-For: ", self.forwarded_for or b"", b", ", client, b"\r\n"]
-            proto = self.forwarded_proto or settings.scheme.encode()
-            forwarded_host = self.forwarded_host or raw_host
+        forwarded_for = self._value(b"x-forwarded-for")
+        if forwarded_for is not None and self.factory.trusts(self.client_ip):
+            parts += [b"X-Forwarded-For: ", forwarded_for, b", ", client, b"\r\n"]
+            proto = self._value(b"x-forwarded-proto") or settings.scheme.encode()
+            forwarded_host = self._value(b"x-forwarded-host") or raw_host
         else:
             parts += [b"X-Forwarded-For: ", client, b"\r\n"]
             proto = settings.scheme.encode()
