@@ -602,7 +602,7 @@ class Orchestrator:
         revision = token.revision
         assert revision is not None
         settings = slot.settings.get(image, RepoSettings())
-        name = f"prevu-{slot.id}-{revision.short}-{revision.serial}"
+        name = f"{self._network(slot)}-{revision.short}-{revision.serial}"
         container: str | None = None
         try:
             self._wanted(slot, token)
