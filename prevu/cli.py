@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from prevu.auth.commands import add_commands as add_auth_commands
+from prevu.client import add_commands as add_client_commands
 from prevu.config import load_config
 from prevu.errors import ConfigError
 
@@ -32,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=check_config)
 
     add_auth_commands(commands)
+    add_client_commands(commands)
 
     return top
 
