@@ -13,6 +13,7 @@ events on the happy path: this is the proxy's hot path.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from typing import TYPE_CHECKING
 
 import httptools
@@ -61,7 +62,8 @@ class Exchange:
 
     status = 0
     reason = b""
-    response_headers: list[tuple[bytes, bytes]]
+    # The response head for the client, as pieces to join: name, ": ", value, CRLF, ...
+    response_headers: list[bytes]
     response_close = False
     connection_listed: frozenset[bytes] | None = None  # headers the upstream's Connection names
     response_length: int | None = None
@@ -202,7 +204,7 @@ class Exchange:
             if lower in _RESPONSE_OWN:
                 self._own_header(lower, name, value)
                 return
-        self.response_headers.append((name, value))
+        self.response_headers += (name, b": ", value, b"\r\n")
 
     def _late_header(self, name: bytes, value: bytes) -> None:
         if self.complete:
@@ -230,7 +232,7 @@ class Exchange:
             if listed:
                 self.connection_listed = (self.connection_listed or frozenset()) | listed
         elif lower == b"upgrade" and self.upgrade:
-            self.response_headers.append((name, value))
+            self.response_headers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         if self.complete:
@@ -238,8 +240,7 @@ class Exchange:
         status = self.status
         headers = self.response_headers
         if self.connection_listed:
-            listed = self.connection_listed
-            headers = [(n, v) for n, v in headers if n.lower() not in listed]
+            headers = without_headers(headers, self.connection_listed)
         if status < 200 and status != 101:
             # Interim response (100 Continue, 103 Early Hints): pass it on, wait for more.
             if self.client_http11:
@@ -248,7 +249,8 @@ class Exchange:
             return
         self.client.set_deadline("body")
         if status == 101:
-            self.out.append(_head(101, self.reason, [*headers, (b"Connection", b"Upgrade")]))
+            headers.append(b"Connection: Upgrade\r\n")
+            self.out.append(_head(101, self.reason, headers))
             return
         if self.upgrade:
             # The upstream refused the upgrade: the client's stream is in an unknown state.
@@ -260,21 +262,21 @@ class Exchange:
         if no_body:
             self.framing = b"none"
             if self.response_length is not None:
-                headers.append((b"Content-Length", b"%d" % self.response_length))
+                headers.append(b"Content-Length: %d\r\n" % self.response_length)
         elif self.response_length is not None and not self.response_chunked:
             self.framing = b"length"
-            headers.append((b"Content-Length", b"%d" % self.response_length))
+            headers.append(b"Content-Length: %d\r\n" % self.response_length)
         elif self.client_http11:
             self.framing = b"chunked"
-            headers.append((b"Transfer-Encoding", b"chunked"))
+            headers.append(b"Transfer-Encoding: chunked\r\n")
         else:
             self.framing = b"close"
             self.keep_alive = False
         if not self.keep_alive or (not self.request_done and not self.upgrade):
-            headers.append((b"Connection", b"close"))
+            headers.append(b"Connection: close\r\n")
             self.keep_alive = False
         elif not self.client_http11:
-            headers.append((b"Connection", b"keep-alive"))
+            headers.append(b"Connection: keep-alive\r\n")
         self.out.append(_head(status, self.reason, headers))
         self.started = True
         self.in_trailers = self.response_chunked
@@ -470,10 +472,15 @@ class Exchange:
             connection.abort()
 
 
-def _head(status: int, text: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, text)]
-    for name, value in headers:
-        parts.append(b"%s: %s\r\n" % (name, value))
-    parts.append(b"\r\n")
-    return b"".join(parts)
+def _head(status: int, text: bytes, pieces: list[bytes]) -> bytes:
+    """A response head from its status and the header pieces (name, ": ", value, CRLF...)."""
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, text, b"".join(pieces))
 
+
+def without_headers(pieces: list[bytes], names: Set[bytes]) -> list[bytes]:
+    """Header pieces without the headers called `names` (lower-case)."""
+    kept: list[bytes] = []
+    for index in range(0, len(pieces), 4):
+        if pieces[index].lower() not in names:
+            kept += pieces[index : index + 4]
+    return kept

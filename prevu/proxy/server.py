@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from prevu.config import Config
-from prevu.proxy.exchange import Exchange
+from prevu.proxy.exchange import Exchange, without_headers
 from prevu.proxy.fastpath import direct_writer
 from prevu.proxy.hooks import AccessGate, Allow, Interceptor, NoWaker, OpenGate, RequestHead, Waker
 from prevu.proxy.http import (
@@ -98,6 +98,7 @@ class ClientConnection(Protocol):
     def __init__(self, factory: ProxyFactory, client_ip: str) -> None:
         self.factory = factory
         self.client_ip = client_ip
+        self.client_ip_bytes = client_ip.encode()
         self.parser = httptools.HttpRequestParser(self)
         self.current: Exchange | None = None  # being answered
         self.receiving: Exchange | None = None  # request body being read
@@ -120,7 +121,8 @@ class ClientConnection(Protocol):
 
     def _reset_head(self) -> None:
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        # Forwarded headers as pieces to join: name, ": ", value, CRLF, ...
+        self.headers: list[bytes] = []
         self.hosts: list[bytes] = []
         # Headers the proxy handles itself, by lower-case name; None when the
         # request had none (the common case costs one store to reset).
@@ -227,7 +229,7 @@ class ClientConnection(Protocol):
                     special = self.special = {}
                 special.setdefault(lower, []).append(value)
                 return
-        self.headers.append((name, value))
+        self.headers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -286,25 +288,27 @@ class ClientConnection(Protocol):
                 400, "Bad Request", "The request needs exactly one Host header.", "", head_only
             )
         raw_host = self.hosts[0]
-        host = normalize_host(raw_host.decode("latin-1"))
+        host = self.factory.host_name(raw_host)
         chunked = False
-        transfer_encoding = self._value(b"transfer-encoding")
-        if transfer_encoding is not None:
-            if transfer_encoding.strip().lower() != b"chunked":
+        content_length = None
+        if self.special is not None:
+            transfer_encoding = self._value(b"transfer-encoding")
+            if transfer_encoding is not None:
+                if transfer_encoding.strip().lower() != b"chunked":
+                    return self._local(
+                        501,
+                        "Not Implemented",
+                        "Only the chunked transfer coding is supported.",
+                        host,
+                        head_only,
+                    )
+                chunked = True
+            length = self._value(b"content-length")
+            content_length = int(length) if length is not None else None
+            if content_length is not None and content_length > settings.max_body:
                 return self._local(
-                    501,
-                    "Not Implemented",
-                    "Only the chunked transfer coding is supported.",
-                    host,
-                    head_only,
+                    413, "Content Too Large", "The request body is too large.", host, head_only
                 )
-            chunked = True
-        length = self._value(b"content-length")
-        content_length = int(length) if length is not None else None
-        if content_length is not None and content_length > settings.max_body:
-            return self._local(
-                413, "Content Too Large", "The request body is too large.", host, head_only
-            )
 
         head = (
             RequestHead(
@@ -364,8 +368,10 @@ class ClientConnection(Protocol):
         if route.state != "ready" or route.upstream is None:
             return self._not_ready(route, host, head_only)
 
-        upgrade = bool(self._values(b"upgrade")) and b"upgrade" in connection_tokens(
-            self._values(b"connection")
+        upgrade = (
+            self.special is not None
+            and bool(self._values(b"upgrade"))
+            and b"upgrade" in connection_tokens(self._values(b"connection"))
         )
         request_head = self._forward_head(
             method, target, raw_host, upgrade, user, content_length, chunked, route.trusted
@@ -386,9 +392,10 @@ class ClientConnection(Protocol):
 
     def _headers_for_hooks(self, raw_host: bytes) -> list[tuple[bytes, bytes]]:
         """What interceptors and the gate see: the forwarded headers plus Host, cookies, bypass."""
+        pieces = self.headers
         return [
             (b"host", raw_host),
-            *self.headers,
+            *[(pieces[i], pieces[i + 2]) for i in range(0, len(pieces), 4)],
             *[(b"cookie", c) for c in self._values(b"cookie")],
             *[(b"x-prevu-bypass", v) for v in self._values(b"x-prevu-bypass")],
         ]
@@ -404,45 +411,58 @@ class ClientConnection(Protocol):
         chunked: bool,
         trusted: bool,
     ) -> bytes:
-        settings = self.factory.settings
+        """The request head for the upstream: HTTP/1.1, original Host, forwarded headers."""
         parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", raw_host, b"\r\n"]
-        headers = self.headers
-        connection_values = self._values(b"connection")
-        if connection_values:
-            listed = connection_tokens(connection_values)
-            listed -= {b"close", b"keep-alive", b"upgrade"}
-            if listed:
-                headers = [(n, v) for n, v in headers if n.lower() not in listed]
-        for name, value in headers:
-            parts += [name, b": ", value, b"\r\n"]
-        for value in self._values(b"cookie"):
-            # Preview code is untrusted: it never sees the reviewer's session.
-            # prevu's own control app (a trusted route) needs it.
-            kept = value if trusted else strip_session_cookie(value)
-            if kept:
-                parts += [b"Cookie: ", kept, b"\r\n"]
-        if content_length is not None:
-            parts += [b"Content-Length: %d\r\n" % content_length]
-        elif chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        expect = self._value(b"expect")
-        if expect is not None:
-            parts += [b"Expect: ", expect, b"\r\n"]
-        if upgrade:
-            parts += [b"Connection: Upgrade\r\nUpgrade: ", self._value(b"upgrade") or b"", b"\r\n"]
-        client = self.client_ip.encode()
-        forwarded_for = self._value(b"x-forwarded-for")
-        if forwarded_for is not None and self.factory.trusts(self.client_ip):
-            parts += [b"X-Forwarded-For: ", forwarded_for, b", ", client, b"\r\n"]
-            proto = self._value(b"x-forwarded-proto") or settings.scheme.encode()
-            forwarded_host = self._value(b"x-forwarded-host") or raw_host
+        parts += self.headers
+        forwarded_for = forwarded_proto = forwarded_host = None
+        if self.special is not None:
+            connection_values = self._values(b"connection")
+            if connection_values:
+                listed = connection_tokens(connection_values) - {
+                    b"close",
+                    b"keep-alive",
+                    b"upgrade",
+                }
+                if listed:
+                    parts = parts[:6] + without_headers(self.headers, listed)
+            for value in self._values(b"cookie"):
+                # Preview code is untrusted: it never sees the reviewer's session.
+                # prevu's own control app (a trusted route) needs it.
+                kept = value if trusted else strip_session_cookie(value)
+                if kept:
+                    parts += (b"Cookie: ", kept, b"\r\n")
+            if content_length is not None:
+                parts.append(b"Content-Length: %d\r\n" % content_length)
+            elif chunked:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            expect = self._value(b"expect")
+            if expect is not None:
+                parts += (b"Expect: ", expect, b"\r\n")
+            if upgrade:
+                parts += (
+                    b"Connection: Upgrade\r\nUpgrade: ",
+                    self._value(b"upgrade") or b"",
+                    b"\r\n",
+                )
+            forwarded_for = self._value(b"x-forwarded-for")
+            if forwarded_for is not None and self.factory.trusts(self.client_ip):
+                forwarded_proto = self._value(b"x-forwarded-proto")
+                forwarded_host = self._value(b"x-forwarded-host")
+            else:
+                forwarded_for = None
+        if forwarded_for is not None:
+            parts += (b"X-Forwarded-For: ", forwarded_for, b", ", self.client_ip_bytes, b"\r\n")
         else:
-            parts += [b"X-Forwarded-For: ", client, b"\r\n"]
-            proto = settings.scheme.encode()
-            forwarded_host = raw_host
-        parts += [b"X-Forwarded-Proto: ", proto, b"\r\nX-Forwarded-Host: ", forwarded_host, b"\r\n"]
+            parts += (b"X-Forwarded-For: ", self.client_ip_bytes, b"\r\n")
+        parts += (
+            b"X-Forwarded-Proto: ",
+            forwarded_proto or self.factory.scheme_bytes,
+            b"\r\nX-Forwarded-Host: ",
+            forwarded_host or raw_host,
+            b"\r\n",
+        )
         if user is not None:
-            parts += [b"X-Prevu-User: ", user, b"\r\n"]
+            parts += (b"X-Prevu-User: ", user, b"\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -678,6 +698,8 @@ class ProxyFactory(Factory):
         self.connections: set[ClientConnection] = set()
         self.per_client: dict[str, int] = {}
         self.last_seen: dict[str, float] = {}
+        self.host_names: dict[bytes, str] = {}
+        self.scheme_bytes = self.settings.scheme.encode()
         self.requests = 0
         self._sweeper: LoopingCall | None = None
 
@@ -703,6 +725,15 @@ class ProxyFactory(Factory):
                 self.per_client[connection.client_ip] = count
             else:
                 self.per_client.pop(connection.client_ip, None)
+
+    def host_name(self, raw_host: bytes) -> str:
+        """The route lookup key for a Host value (cached: clients repeat themselves)."""
+        host = self.host_names.get(raw_host)
+        if host is None:
+            if len(self.host_names) >= 4096:
+                self.host_names.clear()
+            host = self.host_names[raw_host] = normalize_host(raw_host.decode("latin-1"))
+        return host
 
     def trusts(self, client_ip: str) -> bool:
         """Whether `client_ip` is a trusted proxy whose X-Forwarded-For is extended."""
