@@ -43,7 +43,9 @@ class RepoConfigError(PrevuError):
     reason: str
 
     def __str__(self) -> str:
-        return f".prevu.toml: {self.key}: {self.reason}" if self.key else f".prevu.toml: {self.reason}"
+        return (
+            f".prevu.toml: {self.key}: {self.reason}" if self.key else f".prevu.toml: {self.reason}"
+        )
 
 
 @frozen(auto_exc=True)
