@@ -21,6 +21,7 @@ from prevu.auth.gate import AuthGate
 from prevu.config import Config
 from prevu.control.app import ControlApp
 from prevu.control.login import build_login
+from prevu.idle import IdleService
 from prevu.orchestrator.wiring import build_previews
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
@@ -117,6 +118,14 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         serverFromString(reactor, config.server.control), control_site
     ).setServiceParent(top)
 
+    activity: dict[str, float] = {}
+    IdleService(
+        reactor,
+        previews.orchestrator,
+        activity,
+        config.previews.sleep_after,
+        config.previews.ttl,
+    ).setServiceParent(top)
     proxy = ProxyFactory(
         reactor=reactor,
         routes=routes,
@@ -124,6 +133,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         gate=AuthGate(authority, reactor),
         interceptors=tls.interceptors if tls is not None else (),
         waker=previews.orchestrator,
+        activity=activity,
     )
     StreamServerEndpointService(
         serverFromString(reactor, config.server.http), proxy
@@ -135,6 +145,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
             settings=ProxySettings.from_config(config, scheme="https"),
             gate=AuthGate(authority, reactor),
             waker=previews.orchestrator,
+            activity=activity,
         )
         StreamServerEndpointService(
             serverFromString(reactor, config.server.https),

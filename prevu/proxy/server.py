@@ -682,6 +682,7 @@ class ProxyFactory(Factory):
         gate: AccessGate | None = None,
         interceptors: tuple[Interceptor, ...] = (),
         waker: Waker | None = None,
+        activity: dict[str, float] | None = None,
     ) -> None:
         self.reactor = reactor
         self.routes = routes
@@ -697,7 +698,9 @@ class ProxyFactory(Factory):
         )
         self.connections: set[ClientConnection] = set()
         self.per_client: dict[str, int] = {}
-        self.last_seen: dict[str, float] = {}
+        # Preview id -> time of its last proxied request (shared by the http and
+        # https proxies; read by prevu.idle).
+        self.last_seen: dict[str, float] = activity if activity is not None else {}
         self.host_names: dict[bytes, str] = {}
         self.scheme_bytes = self.settings.scheme.encode()
         self.requests = 0
