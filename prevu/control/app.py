@@ -130,6 +130,10 @@ class ControlApp:
 
     @app.route("/", methods=["GET", "HEAD"])
     def dashboard(self, request: IRequest) -> bytes:
+        if self.login is not None:
+            refused = self.login.require_reviewer(request, "/")
+            if refused is not None:
+                return refused
         return _need(self.previews, "the dashboard").dashboard(request)
 
     # --- errors -------------------------------------------------------------

@@ -103,6 +103,7 @@ class LoginPages:
     preview_host: Callable[[str], str | None] = _no_previews
     candidate_repos: tuple[str, ...] = ()
     api_token: str | None = None
+    login_configured: bool = False  # users_file or [auth.github]: the dashboard needs a login
 
     @property
     def settings(self) -> AuthSettings:
@@ -123,6 +124,20 @@ class LoginPages:
             refused = next_url is not None
             return self._signed_in(request, session, next_url, refused)
         return self._form(request, next_url)
+
+    def reviewer(self, request: Request) -> str | None:
+        """The logged-in user of `request`, or None."""
+        session = self.authority.session(_cookies(request, SESSION_COOKIE), self.now())
+        return session.user if session is not None else None
+
+    def require_reviewer(self, request: Request, path: str) -> bytes | None:
+        """None when `request` has a session; otherwise the redirect to the login page."""
+        if not self.login_configured:
+            return None  # no way to log in is configured: nothing to require
+        if self.reviewer(request) is not None:
+            return None
+        target = self.settings.login_url(self.settings.public_url + path)
+        return self._redirect(request, target, 302)
 
     # --- POST /login ---------------------------------------------------------
 
@@ -535,9 +550,6 @@ def build_login(
     config: Config, reactor: Any, authority: Authority, routes: RouteRegistry, pool: ThreadPool
 ) -> LoginPages:
     """The login pages for `config`: users file, GitHub client, scrypt on prevu's pool."""
-    if config.auth.cookie_secret is None:
-        log.warn("[auth] cookie_secret is not set: sessions end when prevu restarts")
-
     async def on_pool(call: Callable[[], bool]) -> bool:
         result: bool = await deferToThreadPool(reactor, pool, call)
         return result
@@ -567,4 +579,5 @@ def build_login(
         preview_host=preview_host,
         candidate_repos=tuple(repo.name for repo in config.repos),
         api_token=config.server.api_token,
+        login_configured=bool(config.auth.users_file or config.auth.github),
     )
