@@ -25,6 +25,7 @@ from typing import Any
 
 from prevu.config import Config, default_config, load_config
 from prevu.errors import ConfigError
+from prevu.secretfile import API_TOKEN_FILE, read_secret
 from prevu.service import control_upstream
 
 DEFAULT_CONFIG = "prevu.toml"
@@ -54,7 +55,9 @@ def connection(args: argparse.Namespace) -> tuple[str, str | None]:
                 raise ClientError("cannot tell the control app's address: give --url")
             host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
             url = f"http://{host}:{upstream.port}"
-        token = token or config.server.api_token
+        token = (
+            token or config.server.api_token or read_secret(config.server.state_dir, API_TOKEN_FILE)
+        )
     return url.rstrip("/"), token
 
 
@@ -139,6 +142,8 @@ def up(args: argparse.Namespace) -> int:
         print("warning: uncommitted changes are not deployed", file=sys.stderr)
     repo = args.repo or Path(top).name
     body = {"repo": repo, "branch": branch, "sha": sha, "clone_url": Path(top).as_uri()}
+    if args.access:
+        body["access"] = args.access
     preview = call(args, "POST", "/api/previews", body)
     print(f"{preview['id']}: {preview['status']} ({sha[:12]} of {branch}) {preview['url']}")
     if args.no_wait:
@@ -180,5 +185,10 @@ def add_commands(commands: Any) -> None:
     deploy.add_argument("--repo", help="repository name (default: the checkout's directory)")
     deploy.add_argument("-C", dest="directory", default=".", help="the checkout (default: .)")
     deploy.add_argument("--no-wait", action="store_true", help="do not wait until it runs")
+    deploy.add_argument(
+        "--access",
+        choices=("public", "private"),
+        help="who may open it (default: the repo's setting; private when a login is configured)",
+    )
     deploy.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
     deploy.set_defaults(handler=_run(up))

@@ -6,6 +6,7 @@ import os
 import secrets
 
 COOKIE_SECRET_FILE = "cookie_secret"
+API_TOKEN_FILE = "api_token"
 
 
 def load_or_create_secret(state_dir: str, name: str = COOKIE_SECRET_FILE) -> str:
@@ -13,7 +14,9 @@ def load_or_create_secret(state_dir: str, name: str = COOKIE_SECRET_FILE) -> str
     The secret stored in `state_dir/name`, created (mode 0600) on first use.
 
     Without `[auth] cookie_secret`, sessions, share links and bypass tokens are
-    signed with this one, so they survive a restart.
+    signed with this one, so they survive a restart; without `[server]
+    api_token`, the API takes the one in `api_token`, which the `prevu` CLI
+    reads on the same machine.
     """
     os.makedirs(state_dir, exist_ok=True)
     path = os.path.join(state_dir, name)

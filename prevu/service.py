@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from attrs import evolve
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
@@ -25,7 +26,7 @@ from prevu.idle import IdleService
 from prevu.orchestrator.wiring import build_previews
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
-from prevu.secretfile import load_or_create_secret
+from prevu.secretfile import API_TOKEN_FILE, load_or_create_secret
 from prevu.tls.service import build_tls
 from prevu.tls.status import CertificatesApi
 
@@ -87,6 +88,9 @@ def control_routes(config: Config) -> list[Route]:
 
 def build_service(config: Config, reactor: Any) -> MultiService:
     """Wire every part of prevu for `config` on `reactor`."""
+    if config.server.api_token is None:
+        token = load_or_create_secret(config.server.state_dir, API_TOKEN_FILE)
+        config = evolve(config, server=evolve(config.server, api_token=token))
     top = MultiService()
     pool = ThreadPool(minthreads=1, maxthreads=8, name="prevu")
     ThreadPoolService(pool).setServiceParent(top)

@@ -80,3 +80,34 @@ async def test_unreachable_server_exits_1(capsys: Any) -> None:
     """Nothing listening: exit status 1 saying prevu cannot be reached."""
     assert await cli("ls", "--url", "http://127.0.0.1:9", "--token", "x") == 1
     assert "cannot reach prevu" in capsys.readouterr().err
+
+
+@pytest_twisted.ensureDeferred
+async def test_up_access_defaults_to_public_without_a_login_and_follows_the_flag(
+    served: Any, tmp_path: Path
+) -> None:
+    """No way to log in is configured: `up` makes a public preview; --access private wins."""
+    work, sha = checkout(tmp_path)
+    served.git.remote(work.as_uri(), "refs/heads/feature/x", sha, {"Dockerfile": "FROM scratch"})
+    common = ["--url", served.url, "--token", TOKEN, "-C", str(work)]
+    assert await cli("up", *common) == 0
+    assert served.routes.lookup("pr-1-myapp.localhost").access == "public"
+    assert await cli("up", *common, "--repo", "other", "--access", "private") == 0
+    assert served.routes.lookup("pr-1-other.localhost").access == "private"
+
+
+def test_token_is_read_from_the_state_dir(tmp_path: Path, monkeypatch: Any) -> None:
+    """Without --token, $PREVU_TOKEN or api_token, the CLI uses the server's stored token."""
+    import argparse
+
+    from prevu.client import connection
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "api_token").write_text("stored-token\n")
+    config = tmp_path / "prevu.toml"
+    config.write_text(f'[server]\nstate_dir = "{state}"\n')
+    monkeypatch.delenv("PREVU_TOKEN", raising=False)
+    monkeypatch.delenv("PREVU_URL", raising=False)
+    args = argparse.Namespace(url=None, token=None, config=str(config))
+    assert connection(args) == ("http://127.0.0.1:8001", "stored-token")

@@ -53,7 +53,9 @@ class Previews(Protocol):
 
     def destroy(self, preview: str, reason: str = ...) -> bool: ...
 
-    def deploy_local(self, repo: str, branch: str, sha: str, clone_url: str) -> Receipt: ...
+    def deploy_local(
+        self, repo: str, branch: str, sha: str, clone_url: str, access: str | None = None
+    ) -> Receipt: ...
 
     def gauges(self) -> list[tuple[str, Any, float]]: ...
 
@@ -179,7 +181,10 @@ class PreviewsApi:
             raise ApiError(400, f"bad sha {sha!r}: give the full commit id")
         if not clone_url or clone_url.startswith("-"):
             raise ApiError(400, "clone_url is required")
-        receipt = self.orchestrator.deploy_local(repo, branch, sha, clone_url)
+        access = data.get("access")
+        if access not in (None, "public", "private"):
+            raise ApiError(400, f'bad access {access!r}: "public" or "private"')
+        receipt = self.orchestrator.deploy_local(repo, branch, sha, clone_url, access)
         record = self._record(receipt.preview or "")
         return json_response(request, preview_json(record), 202)
 

@@ -258,8 +258,16 @@ class Orchestrator:
                 return self._receipt(found)
         raise AssertionError(f"unknown decision {decision!r}")
 
-    def deploy_local(self, repo: str, branch: str, sha: str, clone_url: str) -> Receipt:
-        """`prevu up`: deploy a branch of a repository the server can read, numbered by branch."""
+    def deploy_local(
+        self, repo: str, branch: str, sha: str, clone_url: str, access: str | None = None
+    ) -> Receipt:
+        """
+        `prevu up`: deploy a branch of a repository the server can read, numbered by branch.
+
+        Access is the one asked for, else the `[[repos]]` entry's, else private
+        when a way to log in is configured and public when none is (nobody
+        could open a private preview then).
+        """
         pr = PullRequest(
             forge="local",
             repo=repo,
@@ -269,7 +277,10 @@ class Orchestrator:
             clone_url=clone_url,
             ref=f"refs/heads/{branch}",
         )
-        settings = RepoConfig(name=repo, access="private")
+        listed = self.config.repo(repo)
+        login = bool(self.config.auth.users_file or self.config.auth.github)
+        chosen = access or (listed.access if listed else "private" if login else "public")
+        settings = RepoConfig(name=repo, access="public" if chosen == "public" else "private")
         return self.apply(policy.Deploy(pr, settings, "open", revive=True))
 
     def redeploy(self, preview: str) -> bool:

@@ -136,7 +136,8 @@ def simple_response(
     if not any(name.lower() == b"content-type" for name, _ in all_headers):
         all_headers.append((b"Content-Type", b"text/html; charset=utf-8"))
     all_headers.append((b"Content-Length", b"%d" % len(body)))
-    all_headers.append((b"Cache-Control", b"no-store"))
+    if not any(name.lower() == b"cache-control" for name, _ in all_headers):
+        all_headers.append((b"Cache-Control", b"no-store"))
     if close:
         all_headers.append((b"Connection", b"close"))
     return response_head(status, all_headers) + (b"" if head_only else body)
