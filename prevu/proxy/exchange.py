@@ -341,11 +341,15 @@ class Exchange:
     def _finish_response(self) -> None:
         connection = self.connection
         self.connection = None
+        was_producer = self.producing_to_client
         self._stop_producing()
         if connection is not None:
             if self.reusable and connection.connected_:
-                connection.transport.resumeProducing()
-                self.client.factory.pool.release(connection, self.client.factory.reactor.seconds())
+                if was_producer:
+                    # A slow client may have paused it; an idle pooled connection must read.
+                    connection.transport.resumeProducing()
+                factory = self.client.factory
+                factory.pool.release(connection, factory.reactor.seconds())
             else:
                 connection.abort()
         self.finished = True
