@@ -31,7 +31,16 @@ from twisted.python.failure import Failure
 from prevu.config import Config
 from prevu.proxy.exchange import Exchange, without_headers
 from prevu.proxy.fastpath import direct_writer
-from prevu.proxy.hooks import AccessGate, Allow, Interceptor, NoWaker, OpenGate, RequestHead, Waker
+from prevu.proxy.hooks import (
+    AccessGate,
+    Allow,
+    Interceptor,
+    NoWaker,
+    OpenGate,
+    Reply,
+    RequestHead,
+    Waker,
+)
 from prevu.proxy.http import (
     HOP_BY_HOP,
     REQUEST_OWN,
@@ -325,16 +334,7 @@ class ClientConnection(Protocol):
         for interceptor in self.factory.interceptors:
             reply = interceptor.intercept(head)  # type: ignore[arg-type]
             if reply is not None:
-                return _LocalReply(
-                    simple_response(
-                        reply.status,
-                        reply.body,
-                        reply.headers,
-                        close=not keep_alive,
-                        head_only=head_only,
-                    ),
-                    close=not keep_alive,
-                )
+                return _hook_reply(reply, keep_alive, head_only)
 
         route = self.factory.routes.table.lookup(host)
         if route is None:
@@ -353,16 +353,7 @@ class ClientConnection(Protocol):
             )
             decision = self.factory.gate.check(route, head)
             if not isinstance(decision, Allow):
-                return _LocalReply(
-                    simple_response(
-                        decision.status,
-                        decision.body,
-                        decision.headers,
-                        close=not keep_alive,
-                        head_only=head_only,
-                    ),
-                    close=not keep_alive,
-                )
+                return _hook_reply(decision, keep_alive, head_only)
             if decision.user is not None:
                 user = decision.user.encode("utf-8")
         if route.state != "ready" or route.upstream is None:
@@ -642,6 +633,14 @@ class _LocalReply:
 
     data: bytes
     close: bool
+
+
+def _hook_reply(reply: Reply, keep_alive: bool, head_only: bool) -> _LocalReply:
+    """The answer an interceptor or the gate gave, framed for this connection."""
+    data = simple_response(
+        reply.status, reply.body, reply.headers, close=not keep_alive, head_only=head_only
+    )
+    return _LocalReply(data, close=not keep_alive)
 
 
 class _Refused(Exception):
