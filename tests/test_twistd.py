@@ -22,7 +22,7 @@ from tests.support.net import (
     sleep,
     within,
 )
-from tests.support.prevu_process import REPO, PrevuProcess, environment, run_twistd
+from tests.support.prevu_process import PrevuProcess, environment, run_twistd, twistd
 
 CONFIG = """
 [server]
@@ -36,11 +36,16 @@ upstream = "http://127.0.0.1:%d"
 """
 
 
-def test_twistd_lists_prevu_in_its_help() -> None:
-    """The dropin is found: `twistd --help` names prevu."""
-    result = run_twistd(["--help"], REPO)
-    assert result.returncode == 0
-    assert "prevu" in result.stdout
+def test_the_installed_package_gives_twistd_its_prevu_plugin(tmp_path: Path) -> None:
+    """`pip install .` put the dropin in site-packages: outside the checkout, without
+    PYTHONPATH, `twistd --help` names prevu and `twistd prevu --help` shows --config."""
+    env = {k: v for k, v in environment().items() if k != "PYTHONPATH"}
+    for args, expected in ((["--help"], "prevu"), (["prevu", "--help"], "--config")):
+        result = subprocess.run(
+            [twistd(), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stdout
 
 
 def test_twistd_refuses_a_bad_config_naming_file_key_and_reason(tmp_path: Path) -> None:
