@@ -19,6 +19,8 @@ from twisted.web.server import Site
 
 from prevu.auth.authority import Authority
 from prevu.auth.gate import AuthGate
+from prevu.auth.revocations import load_revoked
+from prevu.auth.revocations import saver as revocation_saver
 from prevu.config import Config
 from prevu.control.app import ControlApp
 from prevu.control.login import build_login
@@ -101,6 +103,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
 
     stored = None if config.auth.cookie_secret else load_or_create_secret(config.server.state_dir)
     authority = Authority.from_config(config, stored)
+    authority.revoked = load_revoked(config.server.state_dir, reactor.seconds())
+    authority.on_revoke = revocation_saver(config.server.state_dir)
     login = build_login(config, reactor, authority, routes, pool)
     tls = build_tls(config, reactor, pool, routes)
     if tls is not None:

@@ -134,6 +134,21 @@ def test_handoff_sets_a_host_only_cookie_and_redirects_to_the_clean_url() -> Non
     assert gate.check(route, head("pr-1.localhost", extra=[cookie(value)])) == Allow(user="alice")
 
 
+def test_a_handoff_token_works_once() -> None:
+    """A handoff URL replayed (from history, a log, a proxy) no longer sets a session."""
+    gate, authority, _ = make(domain="localhost", public_url="http://prevu.localhost:8000")
+    route = Route("pr-1.localhost", UP, access="private", repo="acme/shop")
+    session = authority.new_session("alice", NOW)
+    token = encode_handoff(authority.signer, session, "pr-1.localhost", NOW)
+    target = b"/?prevu_auth=" + token.encode()
+    first = gate.check(route, head("pr-1.localhost", target))
+    assert isinstance(first, Reply) and b"set-cookie" in dict(first.headers)
+    again = gate.check(route, head("pr-1.localhost", target))
+    assert isinstance(again, Reply) and b"set-cookie" not in dict(again.headers)
+    # Two handoffs minted in the same second for the same host are distinct.
+    assert encode_handoff(authority.signer, session, "pr-1.localhost", NOW) != token
+
+
 def test_handoff_for_another_host_is_ignored() -> None:
     """A handoff minted for one host does not log in another."""
     gate, authority, _ = make()

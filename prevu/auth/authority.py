@@ -4,14 +4,15 @@ deployment's settings and the logouts not yet expired.
 
 Sessions are stateless signed cookies; logging out adds the session's id to
 `revoked` until its expiry, so that the host-only cookies other preview hosts
-got through a handoff stop working too. `revoked` lives in memory: a restart
-forgets it (docs/auth.md).
+got through a handoff stop working too. `on_revoke` is told of every change so
+that the composition root can keep `revoked` in `state_dir` across restarts
+(prevu.auth.revocations).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from attrs import define, field
 
@@ -28,6 +29,8 @@ class Authority:
     signer: Signer
     revoked: dict[str, float] = field(factory=dict)
     max_revoked: int = 100_000
+    spent: dict[str, float] = field(factory=dict)  # handoff tokens used, until they expire
+    on_revoke: Callable[[Mapping[str, float]], None] | None = None
 
     @classmethod
     def from_config(cls, config: Config, stored_secret: str | None = None) -> Authority:
@@ -64,3 +67,14 @@ class Authority:
         if len(self.revoked) >= self.max_revoked:
             self.revoked = {sid: t for sid, t in self.revoked.items() if t > now}
         self.revoked[session.sid] = session.expires
+        if self.on_revoke is not None:
+            self.on_revoke({sid: t for sid, t in self.revoked.items() if t > now})
+
+    def spend(self, token: str, expires: float, now: float) -> bool:
+        """Use a one-time token (a login handoff); False when it was used before."""
+        if token in self.spent:
+            return False
+        if len(self.spent) >= self.max_revoked:
+            self.spent = {t: e for t, e in self.spent.items() if e > now}
+        self.spent[token] = expires
+        return True

@@ -30,7 +30,13 @@ from prevu.auth.rules import (
     set_cookie,
     split_param,
 )
-from prevu.auth.tokens import check_bypass, decode_handoff, decode_share, encode_session
+from prevu.auth.tokens import (
+    HANDOFF_TTL,
+    check_bypass,
+    decode_handoff,
+    decode_share,
+    encode_session,
+)
 from prevu.proxy.hooks import Allow, Decision, Reply, RequestHead
 from prevu.routing import Route, normalize_host
 
@@ -100,7 +106,11 @@ class AuthGate:
         handoff, target = split_param(target, HANDOFF_PARAM)
         if handoff is not None:
             session = decode_handoff(signer, handoff, host, now)
-            if session is not None and session.sid not in self.authority.revoked:
+            if (
+                session is not None
+                and session.sid not in self.authority.revoked
+                and self.authority.spend(handoff, now + HANDOFF_TTL, now)
+            ):
                 cookie = set_cookie(
                     SESSION_COOKIE,
                     encode_session(signer, session),

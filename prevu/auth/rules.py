@@ -204,9 +204,7 @@ def endpoint_port(description: str | None) -> int | None:
     return None
 
 
-def request_origin(
-    scheme: str, host: str, public_url: str, proxy_port: int | None = None
-) -> str:
+def request_origin(scheme: str, host: str, public_url: str, proxy_port: int | None = None) -> str:
     """
     ``scheme://host[:port]`` of a request. When the host comes without its
     port and `public_url` names an explicit port (prevu reached on a

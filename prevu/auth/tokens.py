@@ -172,12 +172,18 @@ def decode_session(signer: Signer, token: str, now: float) -> Session | None:
 # --- handoff: carries a login from the control host to one preview host --------
 
 
-def encode_handoff(signer: Signer, session: Session, host: str, now: float, ttl: float = 60) -> str:
+HANDOFF_TTL = 60.0  # seconds a login handoff token is valid (and remembered once spent)
+
+
+def encode_handoff(
+    signer: Signer, session: Session, host: str, now: float, ttl: float = HANDOFF_TTL
+) -> str:
     """A short-lived token that lets `host` set its own cookie for `session`."""
     payload = session.payload()
     payload["x"] = payload["e"]
     payload["e"] = int(min(now + ttl, session.expires))
     payload["h"] = host.lower()
+    payload["n"] = secrets.token_urlsafe(9)  # each handoff is spent once (Authority.spend)
     return signer.sign(PURPOSE_HANDOFF, payload)
 
 
