@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError, TimeoutError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -89,9 +90,17 @@ def test_idle_keep_alive_connection_is_closed_and_slow_head_gets_408() -> None:
     assert idle_transport.disconnecting
 
 
-def test_connection_limit_per_client_address() -> None:
+def test_connection_limit_per_client_address_spares_trusted_proxies() -> None:
+    import ipaddress
+
     _, factory = make_proxy(max_connections_per_client=2)
     connect(factory)
     connect(factory)
     assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) is None
     assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 1)) is not None
+    _, trusting = make_proxy(max_connections_per_client=1)
+    trusting.settings = attrs.evolve(
+        trusting.settings, trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),)
+    )
+    for _ in range(3):
+        assert trusting.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) is not None

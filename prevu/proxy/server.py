@@ -710,7 +710,8 @@ class ProxyFactory(Factory):
         settings = self.settings
         count = self.per_client.get(client_ip, 0)
         if len(self.connections) >= settings.max_connections or (
-            count >= settings.max_connections_per_client
+            # A trusted proxy (a load balancer in front) carries many clients.
+            count >= settings.max_connections_per_client and not self.trusts(client_ip)
         ):
             log.warn("connection limit reached; refusing {client}", client=client_ip)
             return None
