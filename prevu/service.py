@@ -79,6 +79,19 @@ def control_upstream(description: str) -> Upstream | None:
     return Upstream(interface, port)
 
 
+def with_backlog(description: str, backlog: int = 1024) -> str:
+    """
+    A proxy endpoint with a listen backlog fit for bursts of new connections.
+
+    Twisted's default is 50: under a burst the kernel then drops SYNs and
+    clients wait a second to retry. Only added to TCP endpoints that give none.
+    """
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={backlog}"
+    return description
+
+
 def control_routes(config: Config) -> list[Route]:
     """The proxy route that serves the control app under the host of `public_url`."""
     upstream = control_upstream(config.server.control)
@@ -144,7 +157,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         activity=activity,
     )
     StreamServerEndpointService(
-        serverFromString(reactor, config.server.http), proxy
+        serverFromString(reactor, with_backlog(config.server.http)), proxy
     ).setServiceParent(top)
     if tls is not None and config.server.https:
         https_proxy = ProxyFactory(
@@ -156,7 +169,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
             activity=activity,
         )
         StreamServerEndpointService(
-            serverFromString(reactor, config.server.https),
+            serverFromString(reactor, with_backlog(config.server.https)),
             tls.wrap(https_proxy),  # type: ignore[arg-type]  # zope interfaces are not Protocols
         ).setServiceParent(top)
     return top

@@ -224,3 +224,13 @@ def test_format_duration_round_trips() -> None:
     assert format_duration(604800) == "1w"
     assert format_duration(90) == "90s"
     assert format_duration(1800) == "30m"
+
+
+def test_proxy_endpoints_get_a_listen_backlog_unless_given() -> None:
+    """Bursts of new connections are not dropped by Twisted's default backlog of 50."""
+    from prevu.service import with_backlog
+
+    assert with_backlog("tcp:80") == "tcp:80:backlog=1024"
+    assert with_backlog("tcp:80:interface=127.0.0.1") == "tcp:80:interface=127.0.0.1:backlog=1024"
+    assert with_backlog("tcp:80:backlog=10") == "tcp:80:backlog=10"
+    assert with_backlog("unix:/run/prevu.sock") == "unix:/run/prevu.sock"

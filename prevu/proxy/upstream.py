@@ -148,7 +148,7 @@ class UpstreamPool:
         reactor: Any,
         connect_timeout: float,
         idle_timeout: float = 60.0,
-        max_idle: int = 64,
+        max_idle: int = 512,
         direct_write: bool = True,
     ) -> None:
         self.reactor = reactor
