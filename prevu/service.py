@@ -159,6 +159,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     StreamServerEndpointService(
         serverFromString(reactor, with_backlog(config.server.http)), proxy
     ).setServiceParent(top)
+    previews.orchestrator.metrics.sources.append(proxy.samples)
     if tls is not None and config.server.https:
         https_proxy = ProxyFactory(
             reactor=reactor,
@@ -172,4 +173,5 @@ def build_service(config: Config, reactor: Any) -> MultiService:
             serverFromString(reactor, with_backlog(config.server.https)),
             tls.wrap(https_proxy),  # type: ignore[arg-type]  # zope interfaces are not Protocols
         ).setServiceParent(top)
+        previews.orchestrator.metrics.sources.append(https_proxy.samples)
     return top

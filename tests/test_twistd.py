@@ -101,6 +101,16 @@ async def test_twistd_serves_the_configured_routes(tmp_path: Path) -> None:
         control.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         data = await control.wait_for(lambda d: b'"ok"' in d)
         assert data.startswith(b"HTTP/1.1 200 ")
+        # No api_token configured: prevu made one in state_dir; /metrics counts the request.
+        token = (tmp_path / "state" / "api_token").read_bytes().strip()
+        control.take()
+        control.send(
+            b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "
+            + token
+            + b"\r\n\r\n"
+        )
+        data = await control.wait_for(lambda d: b"prevu_proxy_upstream_idle" in d)
+        assert b'prevu_proxy_requests_total{scheme="http"} 1\n' in data
     finally:
         prevu.stop()
         await upstream.stop()

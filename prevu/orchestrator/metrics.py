@@ -8,7 +8,7 @@ hand (exposition format 0.0.4), so that /metrics needs no dependency.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from attrs import define, field
 
@@ -20,7 +20,13 @@ HELP = {
     "prevu_docker_retries_total": ("counter", "Docker calls retried because the engine was down."),
     "prevu_reconciles_total": ("counter", "Reconcile passes by result."),
     "prevu_previews": ("gauge", "Previews by status."),
+    "prevu_proxy_requests_total": ("counter", "Requests the proxy sent to an upstream."),
+    "prevu_proxy_connections": ("gauge", "Open client connections to the proxy."),
+    "prevu_proxy_upstream_connects_total": ("counter", "Upstream connections opened."),
+    "prevu_proxy_upstream_idle": ("gauge", "Idle pooled upstream connections."),
 }
+
+Sample = tuple[str, Mapping[str, str], float]
 
 
 def _labels(labels: Mapping[str, str]) -> str:
@@ -38,6 +44,8 @@ class Metrics:
     """The counters; `render` adds the gauges it is given."""
 
     counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = field(factory=Counter)
+    # Other parts' figures (the proxy's), read at each render.
+    sources: list[Callable[[], Iterable[Sample]]] = field(factory=list)
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         """Add `amount` to counter `name` with `labels`."""
@@ -52,7 +60,8 @@ class Metrics:
         samples: dict[str, list[str]] = {}
         for (counter, pairs), count in sorted(self.counters.items()):
             samples.setdefault(counter, []).append(f"{counter}{_labels(dict(pairs))} {count:g}")
-        for name, labels, value in gauges:
+        extra = [sample for source in self.sources for sample in source()]
+        for name, labels, value in [*gauges, *extra]:
             samples.setdefault(name, []).append(f"{name}{_labels(labels)} {value:g}")
         lines: list[str] = []
         for name in sorted(samples):

@@ -774,3 +774,13 @@ class ProxyFactory(Factory):
             self._sweeper.stop()
         self._sweeper = None
         self.pool.close_all()
+
+    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """The proxy's figures for /metrics, labelled with its scheme."""
+        labels = {"scheme": self.settings.scheme}
+        return [
+            ("prevu_proxy_requests_total", labels, float(self.requests)),
+            ("prevu_proxy_connections", labels, float(len(self.connections))),
+            ("prevu_proxy_upstream_connects_total", labels, float(self.pool.connects)),
+            ("prevu_proxy_upstream_idle", labels, float(self.pool.idle_count())),
+        ]
