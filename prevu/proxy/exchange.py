@@ -30,7 +30,7 @@ from prevu.proxy.http import (
     reason,
     simple_response,
 )
-from prevu.proxy.upstream import HeadResponseDone, UpstreamConnection
+from prevu.proxy.upstream import HeadResponseDone, ResponseTooLarge, UpstreamConnection
 from prevu.routing import Upstream
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class Exchange:
 
     status = 0
     reason = b""
+    body_seen = False
     # The response head for the client, as pieces to join: name, ": ", value, CRLF, ...
     response_headers: list[bytes]
     response_close = False
@@ -76,7 +77,9 @@ class Exchange:
     complete = False
     reusable = False
     finished = False
-    producing_to_client = False
+    upstream_paused = False  # the client's backpressure paused the upstream connection
+    head_size = 0  # bytes of response head, then of trailers: bounded by max_head
+    tunnel_backlog: list[bytes] | None = None  # client bytes after an Upgrade head, until 101
 
     def __init__(
         self,
@@ -103,7 +106,7 @@ class Exchange:
         self.client_http11 = client_http11
         self.upgrade = upgrade
         self.head_only = method == b"HEAD"
-        self.has_body = chunked or bool(content_length) or upgrade
+        self.has_body = chunked or bool(content_length)
         self.out: list[bytes] = []
         self.response_parser = httptools.HttpResponseParser(self)
 
@@ -126,7 +129,8 @@ class Exchange:
             connection.write(self.head)
         if self.has_body and not self.request_done:
             # Stream the rest of the body with backpressure toward the upstream.
-            connection.transport.registerProducer(self.client.transport, True)
+            connection.transport.registerProducer(self.client.upload_producer, True)
+        self.client.upstream_opened()
 
     def request_body(self, data: bytes) -> None:
         """A piece of the request body from the client."""
@@ -140,16 +144,14 @@ class Exchange:
             self.connection.write(framed)
         else:
             self._hold(framed)
+            # Not connected yet: keep at most a little of the body in memory.
+            self.client.hold_reading("connecting", self.received > 65536)
 
-    def request_complete(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        """The client's request ended (with trailers for a chunked body)."""
+    def request_complete(self, trailers: list[bytes]) -> None:
+        """The client's request ended (with trailer pieces for a chunked body)."""
         self.request_done = True
         if self.chunked:
-            if trailers:
-                tail = b"0\r\n" + b"".join(b"%s: %s\r\n" % t for t in trailers) + b"\r\n"
-            else:
-                tail = LAST_CHUNK
-            self._to_upstream(tail)
+            self._to_upstream(b"0\r\n" + b"".join(trailers) + b"\r\n" if trailers else LAST_CHUNK)
         if (
             self.has_body
             and self.ready
@@ -157,14 +159,25 @@ class Exchange:
             and self.connection.transport is not None
         ):
             self.connection.transport.unregisterProducer()
-            self.client.resume_reading()
+            self.client.hold_reading("upload", False)
+        if self.status == 0:
+            # The whole request is out: from now on the upstream owes a response.
+            self.client.set_deadline("response")
 
     def tunnel_data(self, data: bytes) -> None:
-        """Bytes the client sent after an Upgrade request head."""
+        """
+        Bytes the client sent after an Upgrade request head.
+
+        They are only spliced once the upstream has answered 101: until then
+        they are held (and the client not read), and a refusal drops them.
+        """
         if self.connection is not None and self.connection.tunnel:
             self.connection.write(data)
-        else:
-            self._to_upstream(data)
+            return
+        if self.tunnel_backlog is None:
+            self.tunnel_backlog = []
+        self.tunnel_backlog.append(data)
+        self.client.hold_reading("upgrade", True)
 
     def _to_upstream(self, data: bytes) -> None:
         if self.ready and self.connection is not None:
@@ -184,6 +197,10 @@ class Exchange:
         if self.complete:
             # A second response on the same read: the upstream is out of step.
             self.reusable = False
+            return
+        if self.status and not self.response_headers:
+            # The status line arrived in pieces: llhttp calls on_status per piece.
+            self.reason += text
             return
         status = self.status = self.response_parser.get_status_code()
         self.reason = text or reason(status)
@@ -209,6 +226,9 @@ class Exchange:
     def _late_header(self, name: bytes, value: bytes) -> None:
         if self.complete:
             return
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.client.max_head:
+            raise ResponseTooLarge("response trailers too large")
         if self.trailers is None:
             self.trailers = []
         self.trailers.append((name, value))
@@ -217,7 +237,10 @@ class Exchange:
         if lower == b"content-length":
             self.response_length = int(value)
         elif lower == b"transfer-encoding":
-            self.response_chunked = b"chunked" in value.lower()
+            if value.strip().lower() != b"chunked":
+                # Another coding would be lost in re-chunking: refuse to relay it.
+                raise ResponseTooLarge("transfer coding other than chunked")
+            self.response_chunked = True
         elif lower == b"connection":
             token = value.lower()
             if token == b"keep-alive":
@@ -241,14 +264,17 @@ class Exchange:
         headers = self.response_headers
         if self.connection_listed:
             headers = without_headers(headers, self.connection_listed)
+        self.head_size = 0  # from here on it counts trailers (see UpstreamConnection)
         if status < 200 and status != 101:
             # Interim response (100 Continue, 103 Early Hints): pass it on, wait for more.
             if self.client_http11:
                 self.out.append(_head(status, self.reason, headers))
             self.client.set_deadline("response")
             return
-        self.client.set_deadline("body")
         if status == 101:
+            if not self.upgrade:
+                # A 101 nobody asked for would turn the client's connection into a tunnel.
+                raise ResponseTooLarge("101 to a request that did not ask to upgrade")
             headers.append(b"Connection: Upgrade\r\n")
             self.out.append(_head(101, self.reason, headers))
             return
@@ -279,14 +305,16 @@ class Exchange:
             headers.append(b"Connection: keep-alive\r\n")
         self.out.append(_head(status, self.reason, headers))
         self.started = True
+        self.client.set_deadline("body")
         self.in_trailers = self.response_chunked
         if self.head_only:
-            self.on_response_complete(not self.response_close)
+            self.on_response_complete(self.response_parser.should_keep_alive())
             raise HeadResponseDone()
 
     def on_body(self, data: bytes) -> None:
         if self.complete or not data:
             return
+        self.body_seen = True
         if self.framing == b"chunked":
             self.out.append(chunk(data))
         elif self.framing != b"none":
@@ -322,15 +350,15 @@ class Exchange:
         out = self.out
         if out:
             self.out = []
-            transport = self.client.transport
             self.client.write(out[0] if len(out) == 1 else b"".join(out))
-            if not self.producing_to_client and not self.complete and self.connection:
-                # Let a slow client slow the upstream down (backpressure).
-                self.producing_to_client = True
-                transport.registerProducer(self.connection.transport, True)
+            if self.client.write_blocked and not self.complete:
+                # The client is not keeping up: stop reading the upstream until it does.
+                self.pause_upstream()
         if self.complete:
             self._finish_response()
-        elif self.status:
+        elif self.body_seen:
+            # Only body bytes count as progress: an endless head is no answer.
+            self.body_seen = False
             self.client.set_deadline("body")
 
     def response_complete(self, reusable: bool) -> None:
@@ -338,29 +366,33 @@ class Exchange:
         self.reusable = self.reusable and reusable
         self.flush_to_client()
 
+    def pause_upstream(self) -> None:
+        """The client's buffer is full: stop reading the upstream (backpressure)."""
+        connection = self.connection
+        if connection is not None and connection.transport is not None and not self.upstream_paused:
+            self.upstream_paused = True
+            connection.transport.pauseProducing()
+
+    def resume_upstream(self) -> None:
+        """The client caught up: read the upstream again."""
+        connection = self.connection
+        if self.upstream_paused and connection is not None and connection.transport is not None:
+            self.upstream_paused = False
+            connection.transport.resumeProducing()
+
     def _finish_response(self) -> None:
         connection = self.connection
+        if connection is not None:
+            self.resume_upstream()  # an idle pooled connection must read
         self.connection = None
-        was_producer = self.producing_to_client
-        self._stop_producing()
         if connection is not None:
             if self.reusable and connection.connected_:
-                if was_producer:
-                    # A slow client may have paused it; an idle pooled connection must read.
-                    connection.transport.resumeProducing()
                 factory = self.client.factory
                 factory.pool.release(connection, factory.reactor.seconds())
             else:
                 connection.abort()
         self.finished = True
         self.client.exchange_finished(self, self.keep_alive)
-
-    def _stop_producing(self) -> None:
-        if self.producing_to_client:
-            self.producing_to_client = False
-            transport = self.client.transport
-            if transport is not None:
-                transport.unregisterProducer()
 
     # --- upgrades -------------------------------------------------------------
 
@@ -371,7 +403,7 @@ class Exchange:
             return
         self.flush_to_client()
         connection.tunnel = True
-        backlog, self.backlog = self.backlog, None
+        backlog, self.tunnel_backlog = self.tunnel_backlog, None
         self.client.start_tunnel(self, connection)
         if rest:
             self.client.write(rest)
@@ -461,7 +493,6 @@ class Exchange:
             self.abort()
             self.client.close()
             return
-        self._stop_producing()
         self.finished = True
         body = page(status, title, message, self.host)
         self.client.write(simple_response(status, body, close=True, head_only=self.head_only))

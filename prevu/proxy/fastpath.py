@@ -56,6 +56,7 @@ def direct_writer(transport: Any) -> Callable[[bytes], None]:
             or not transport.connected
             or transport.disconnecting
             or transport._writeDisconnected
+            or getattr(transport, "_aborting", False)
         ):
             buffered_write(data)
             return

@@ -31,9 +31,10 @@ class RequestHead:
     headers: Sequence[tuple[bytes, bytes]]
 
     def header(self, name: bytes) -> bytes | None:
-        """The first value of header `name` (lower-case), or None."""
+        """The first value of header `name` (any case), or None."""
+        name = name.lower()
         for key, value in self.headers:
-            if key == name:
+            if key.lower() == name:
                 return value
         return None
 

@@ -16,6 +16,7 @@ than a timer per request, which keeps the per-request cost down.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,7 +31,7 @@ from twisted.python.failure import Failure
 
 from prevu.config import Config
 from prevu.proxy.exchange import Exchange, without_headers
-from prevu.proxy.fastpath import direct_writer
+from prevu.proxy.fastpath import direct_writer, supported
 from prevu.proxy.hooks import (
     AccessGate,
     Allow,
@@ -63,6 +64,13 @@ SWEEP_INTERVAL = 1.0  # seconds between two timeout sweeps
 _SPECIAL = (REQUEST_OWN | HOP_BY_HOP) - {b"host"}
 _SPECIAL_LENGTHS = frozenset(len(name) for name in (*_SPECIAL, b"host"))
 _NONE: tuple[bytes, ...] = ()
+# Never passed on from a client, in any spelling (`_` for `-` included): they
+# claim an identity or an origin that only prevu may state.
+_SPOOF_PREFIXES = (b"x-forwarded-", b"x-prevu-")
+_SPOOF_NAMES = frozenset({b"forwarded", b"x-real-ip"})
+_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+# Host: a reg-name, IPv4 or [IPv6] literal, and an optional port (RFC 9110 §7.2).
+_HOST = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(?::[0-9]{1,5})?$")
 
 
 @frozen
@@ -108,6 +116,7 @@ class ClientConnection(Protocol):
         self.factory = factory
         self.client_ip = client_ip
         self.client_ip_bytes = client_ip.encode()
+        self.max_head = factory.settings.max_head
         self.parser = httptools.HttpRequestParser(self)
         self.current: Exchange | None = None  # being answered
         self.receiving: Exchange | None = None  # request body being read
@@ -115,14 +124,25 @@ class ClientConnection(Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.upgrading: Exchange | None = None
         self.closed = False
-        self.paused = False
+        self.refusing = False  # an answer queued will close: serve no later request
+        # Why reading from the client is held back, if it is: "pipeline" (a
+        # request waits its turn), "write" (the client does not read its
+        # answers), "upload" (the upstream does not take the body),
+        # "connecting" (no upstream connection yet for the body), "upgrade"
+        # (bytes after an Upgrade head wait for the 101).
+        self.holds: set[str] = set()
+        self.reading = True
+        self.write_blocked = False
+        self.upload_producer = _UploadProducer(self)
         self.deadline_kind = ""
         self.quiet_time = 0.0
         self.write: Callable[[bytes], None] = self._buffered_write
         self.in_head = False
         self.head_bytes = 0
         self.head_raw = 0
-        self.trailers: list[tuple[bytes, bytes]] = []
+        self.quiet_bytes = 0  # bytes read since the parser last reported progress
+        self.trailers: list[bytes] = []
+        self.trailer_bytes = 0
         self._reset_head()
 
     def _buffered_write(self, data: bytes) -> None:
@@ -155,17 +175,22 @@ class ClientConnection(Protocol):
         no_delay = getattr(transport, "setTcpNoDelay", None)
         if no_delay is not None:
             no_delay(True)
+        # This connection is the producer of everything written to the client:
+        # when the client stops reading, it stops reading requests and stops
+        # the upstream it relays from.
+        transport.registerProducer(self, True)
         self.set_deadline("idle")
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return  # closing: what the client still sends is dropped
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
         if self.upgrading is not None:
             self.upgrading.tunnel_data(data)
             return
-        if self.closed:
-            return
+        self.quiet_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -182,17 +207,18 @@ class ClientConnection(Protocol):
             if isinstance(cause, _Refused):
                 self._refuse(cause.status, cause.title, cause.message)
                 return
-            raise
+            log.failure(
+                "proxy error for {client}", failure=Failure(cause or error), client=self.client_ip
+            )
+            self._refuse(500, "Internal Server Error", "The proxy failed on this request.")
+            return
         except httptools.HttpParserError as error:
             self._refuse(400, "Bad Request", f"The request could not be parsed: {error}")
             return
-        if self.in_head:
-            # A header line still being received is not counted by on_header yet.
-            self.head_raw += len(data)
-            if self.head_raw > 2 * self.factory.settings.max_head:
-                self._refuse(
-                    431, "Request Header Fields Too Large", "The request head is too large."
-                )
+        if self.quiet_bytes > 2 * self.factory.settings.max_head:
+            # A head, trailer or chunk-size line still being received is not
+            # counted by the callbacks yet; this bounds what llhttp buffers.
+            self._refuse(431, "Request Header Fields Too Large", "The request head is too large.")
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self.closed = True
@@ -210,7 +236,7 @@ class ClientConnection(Protocol):
     def on_message_begin(self) -> None:
         self.in_head = True
         self.head_bytes = 0
-        self.head_raw = 0
+        self.quiet_bytes = 0
         if self.current is None:
             self.set_deadline("head")
 
@@ -221,27 +247,52 @@ class ClientConnection(Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.in_head:
-            self.trailers.append((name, value))
+            self._trailer(name, value)
             return
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > self.factory.settings.max_head:
             raise _Refused(431, "Request Header Fields Too Large", "The request head is too large.")
-        # Only names of these lengths can be special: most headers skip lower().
-        if len(name) in _SPECIAL_LENGTHS:
+        # Only names of these lengths, or starting like x-/forwarded, or with an
+        # underscore, can be special: most headers skip the lower-casing.
+        if len(name) in _SPECIAL_LENGTHS or name[:1] in b"xXfF" or b"_" in name:
             lower = name.lower()
-            if lower == b"host":
+            if b"_" in lower:
+                # Some servers read `_` as `-`: never let X-Prevu_User or
+                # Content_Length through in any role.
+                normal = lower.replace(b"_", b"-")
+                if normal in _SPECIAL or normal == b"host" or _spoofing(normal):
+                    return
+            elif lower == b"host":
                 self.hosts.append(value)
                 return
-            if lower in _SPECIAL:
+            elif lower in _SPECIAL:
                 special = self.special
                 if special is None:
                     special = self.special = {}
                 special.setdefault(lower, []).append(value)
                 return
+            elif (lower[:2] == b"x-" or lower in _SPOOF_NAMES) and _spoofing(lower):
+                return
         self.headers += (name, b": ", value, b"\r\n")
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A request trailer: bounded, and filtered by the rules of headers."""
+        self.trailer_bytes += len(name) + len(value) + 4
+        if self.trailer_bytes > self.factory.settings.max_head:
+            raise _Refused(
+                431, "Request Header Fields Too Large", "The request trailers are too large."
+            )
+        normal = name.lower().replace(b"_", b"-")
+        if normal in _SPECIAL or normal == b"host" or _spoofing(normal):
+            return
+        self.trailers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        if self.closed or self.refusing:
+            # The connection is closing (an answer said so): nothing more is served.
+            self._reset_head()
+            return
         item = self._exchange_for_head()
         self._reset_head()
         if isinstance(item, Exchange):
@@ -252,20 +303,23 @@ class ClientConnection(Protocol):
             self._begin(item)
         else:
             self.pending.append(item)
-            self._pause()
+            self.hold_reading("pipeline", True)
 
     def on_body(self, body: bytes) -> None:
+        self.quiet_bytes = 0
         exchange = self.receiving
-        if exchange is not None:
+        if exchange is not None and not self.closed and not self.refusing:
             exchange.request_body(body)
             if self.current is exchange:
                 self.set_deadline("body")
 
     def on_message_complete(self) -> None:
+        self.quiet_bytes = 0
         exchange = self.receiving
         self.receiving = None
         trailers, self.trailers = self.trailers, []
-        if exchange is not None and not exchange.finished:
+        self.trailer_bytes = 0
+        if exchange is not None and not exchange.finished and not self.closed:
             exchange.request_complete(trailers)
 
     # --- request handling ---------------------------------------------------
@@ -287,7 +341,7 @@ class ClientConnection(Protocol):
                 405, "Method Not Allowed", "CONNECT is not supported.", "", head_only
             )
         target = self.url
-        if target[:1] != b"/":
+        if target[:1] != b"/" and not (target == b"*" and method == b"OPTIONS"):
             target, host_from_target = _origin_form(target)
             if host_from_target is None:
                 return self._local(400, "Bad Request", "Invalid request target.", "", head_only)
@@ -298,6 +352,10 @@ class ClientConnection(Protocol):
             )
         raw_host = self.hosts[0]
         host = self.factory.host_name(raw_host)
+        if not host:
+            return self._local(
+                400, "Bad Request", "The Host header is not a host name.", "", head_only
+            )
         chunked = False
         content_length = None
         if self.special is not None:
@@ -334,7 +392,7 @@ class ClientConnection(Protocol):
         for interceptor in self.factory.interceptors:
             reply = interceptor.intercept(head)  # type: ignore[arg-type]
             if reply is not None:
-                return _hook_reply(reply, keep_alive, head_only)
+                return _hook_reply(reply, not self._must_close(), head_only)
 
         route = self.factory.routes.table.lookup(host)
         if route is None:
@@ -353,17 +411,21 @@ class ClientConnection(Protocol):
             )
             decision = self.factory.gate.check(route, head)
             if not isinstance(decision, Allow):
-                return _hook_reply(decision, keep_alive, head_only)
+                return _hook_reply(decision, not self._must_close(), head_only)
             if decision.user is not None:
                 user = decision.user.encode("utf-8")
         if route.state != "ready" or route.upstream is None:
             return self._not_ready(route, host, head_only)
 
-        upgrade = (
-            self.special is not None
-            and bool(self._values(b"upgrade"))
-            and b"upgrade" in connection_tokens(self._values(b"connection"))
-        )
+        # An upgrade exactly when llhttp treats the request as one, so that the
+        # two never disagree about where the HTTP stream ends.
+        upgrade = bool(parser.should_upgrade())
+        if upgrade and (chunked or content_length):
+            # llhttp hands everything after an Upgrade head to the new protocol,
+            # so a body here has no safe meaning.
+            return self._local(
+                400, "Bad Request", "An Upgrade request cannot carry a body.", host, head_only
+            )
         request_head = self._forward_head(
             method, target, raw_host, upgrade, user, content_length, chunked, route.trusted
         )
@@ -382,14 +444,17 @@ class ClientConnection(Protocol):
         )
 
     def _headers_for_hooks(self, raw_host: bytes) -> list[tuple[bytes, bytes]]:
-        """What interceptors and the gate see: the forwarded headers plus Host, cookies, bypass."""
+        """
+        What interceptors and the gate see, names in lower case: the forwarded
+        headers plus Host, cookies, the bypass token and the client's
+        X-Forwarded-* (whether to believe those is the hook's call).
+        """
         pieces = self.headers
-        return [
-            (b"host", raw_host),
-            *[(pieces[i], pieces[i + 2]) for i in range(0, len(pieces), 4)],
-            *[(b"cookie", c) for c in self._values(b"cookie")],
-            *[(b"x-prevu-bypass", v) for v in self._values(b"x-prevu-bypass")],
-        ]
+        seen = [(b"host", raw_host)]
+        seen += [(pieces[i].lower(), pieces[i + 2]) for i in range(0, len(pieces), 4)]
+        for name in (b"cookie", b"x-prevu-bypass", *_FORWARDED):
+            seen += [(name, value) for value in self._values(name)]
+        return seen
 
     def _forward_head(
         self,
@@ -435,12 +500,10 @@ class ClientConnection(Protocol):
                     self._value(b"upgrade") or b"",
                     b"\r\n",
                 )
-            forwarded_for = self._value(b"x-forwarded-for")
-            if forwarded_for is not None and self.factory.trusts(self.client_ip):
+            if self.factory.trusts(self.client_ip):
+                forwarded_for = self._value(b"x-forwarded-for")
                 forwarded_proto = self._value(b"x-forwarded-proto")
                 forwarded_host = self._value(b"x-forwarded-host")
-            else:
-                forwarded_for = None
         if forwarded_for is not None:
             parts += (b"X-Forwarded-For: ", forwarded_for, b", ", self.client_ip_bytes, b"\r\n")
         else:
@@ -460,7 +523,7 @@ class ClientConnection(Protocol):
     def _local(
         self, status: int, title: str, message: str, host: str, head_only: bool
     ) -> _LocalReply:
-        close = status != 404 or not self.parser.should_keep_alive()
+        close = status != 404 or self._must_close()
         data = simple_response(
             status, page(status, title, message, host), close=close, head_only=head_only
         )
@@ -473,7 +536,7 @@ class ClientConnection(Protocol):
             message = "This preview was asleep and is waking up. This page refreshes by itself."
         else:
             message = "This preview is being built. This page refreshes by itself."
-        close = not self.parser.should_keep_alive()
+        close = self._must_close()
         data = simple_response(
             503,
             waiting_page(host, message, retry),
@@ -482,6 +545,15 @@ class ClientConnection(Protocol):
             head_only=head_only,
         )
         return _LocalReply(data, close)
+
+    def _must_close(self) -> bool:
+        """Whether a reply prevu writes itself must close the connection."""
+        if not self.parser.should_keep_alive():
+            return True
+        # The client waits for 100 Continue before sending its body, which will
+        # now never be read: only closing keeps the two sides in step.
+        expect = self._value(b"expect")
+        return expect is not None and b"100-continue" in expect.lower()
 
     def _begin(self, item: Exchange | _LocalReply) -> None:
         if isinstance(item, Exchange):
@@ -511,12 +583,16 @@ class ClientConnection(Protocol):
         self._next()
 
     def _next(self) -> None:
+        if self.write_blocked:
+            self.hold_reading("write", True)
         if self.pending:
-            self._begin(self.pending.popleft())
-            if not self.pending and self.current is None:
-                self._resume()
+            item = self.pending.popleft()
+            if not self.pending:
+                self.hold_reading("pipeline", False)
+            self._begin(item)
             return
-        self._resume()
+        if "pipeline" in self.holds:
+            self.hold_reading("pipeline", False)
         self.set_deadline("head" if self.in_head else "idle")
 
     def body_too_large(self, exchange: Exchange) -> None:
@@ -525,14 +601,31 @@ class ClientConnection(Protocol):
         if exchange is self.current:
             exchange.fail(413, "Content Too Large", "The request body is too large.")
             exchange.abort()
-        self.close_after_write()
+            return
+        # A pipelined request: its 413 takes its place in the queue, then we close.
+        exchange.abort()
+        too_large = page(413, "Content Too Large", "The request body is too large.", exchange.host)
+        reply = _LocalReply(simple_response(413, too_large, close=True), close=True)
+        queue = list(self.pending)
+        self.pending.clear()
+        for item in queue:
+            if item is exchange:
+                self.pending.append(reply)
+                break
+            self.pending.append(item)
+        self.closed_for_reading()
+
+    def closed_for_reading(self) -> None:
+        """Read nothing more from this client (an answer will close the connection)."""
+        self.hold_reading("closing", True)
+        self.refusing = True
 
     def _finish_with_close(self) -> None:
         if self.current is None and not self.pending:
             self.close_after_write()
         else:
             self.pending.append(_LocalReply(b"", close=True))
-            self._pause()
+            self.closed_for_reading()
 
     def start_tunnel(self, exchange: Exchange, connection: UpstreamConnection) -> None:
         """Switch to splicing raw bytes both ways (after a 101 response)."""
@@ -540,14 +633,13 @@ class ClientConnection(Protocol):
         self.upgrading = None
         self.current = None
         self.deadline_kind = ""
-        client: Any = self.transport
-        upstream: Any = connection.transport
-        # Each side slows the other down when it cannot keep up.
-        if exchange.producing_to_client:
-            exchange.producing_to_client = False
-            client.unregisterProducer()
-        client.registerProducer(upstream, True)
-        upstream.registerProducer(client, True)
+        # Each side slows the other down when it cannot keep up: this
+        # connection (the client transport's producer) pauses the tunnel, the
+        # upload producer pauses reading the client.
+        connection.transport.registerProducer(self.upload_producer, True)
+        self.hold_reading("upgrade", False)
+        if self.write_blocked:
+            connection.transport.pauseProducing()
 
     def close(self) -> None:
         """Drop the connection now (mid-response failures)."""
@@ -556,27 +648,73 @@ class ClientConnection(Protocol):
             self.transport.abortConnection()
 
     def close_after_write(self) -> None:
-        """Close once what was written has been sent."""
+        """Close once what was written has been sent (or after `idle_timeout` at most)."""
         if not self.closed and self.transport is not None:
             self.closed = True
-            self.transport.loseConnection()
+            # Read (and drop) whatever the client still sends until the close:
+            # closing with unread bytes makes the kernel reset the connection,
+            # which can destroy the answer just written.
+            self.holds.clear()
+            self.write_blocked = False
+            self.hold_reading("closing", False)
+            # TLS waits for its producer to go away before it shuts down.
+            self.transport.unregisterProducer()
+            # Half-close where the transport can (plain TCP): our FIN goes out
+            # after the answer, and we go on reading until the client closes.
+            half_close = getattr(self.transport, "loseWriteConnection", None)
+            if half_close is not None and supported(self.transport):
+                half_close()
+            else:
+                self.transport.loseConnection()
+            self.set_deadline("closing")
 
     # --- flow control and deadlines -------------------------------------------
 
-    def _pause(self) -> None:
-        if not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pauseProducing()
+    def hold_reading(self, reason: str, hold: bool) -> None:
+        """Hold back (or stop holding back) reading from the client for `reason`."""
+        if hold:
+            self.holds.add(reason)
+        else:
+            self.holds.discard(reason)
+        want = not self.holds
+        if want != self.reading and self.transport is not None:
+            self.reading = want
+            if want:
+                self.transport.resumeProducing()
+            else:
+                self.transport.pauseProducing()
 
-    def resume_reading(self) -> None:
-        """Read again after the upstream's backpressure let go (unless pipelining holds us)."""
-        if not self.paused and self.transport is not None and not self.closed:
-            self.transport.resumeProducing()
+    def upstream_opened(self) -> None:
+        """The current exchange has its upstream connection: buffered body bytes are out."""
+        if "connecting" in self.holds:
+            self.hold_reading("connecting", False)
 
-    def _resume(self) -> None:
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resumeProducing()
+    # IPushProducer, registered on our own transport: the client stopped or
+    # started reading what we write.
+
+    def pauseProducing(self) -> None:
+        self.write_blocked = True
+        if self.tunnel is not None and self.tunnel.transport is not None:
+            self.tunnel.transport.pauseProducing()
+        elif self.current is not None and self.current.connection is not None:
+            # Stop the upstream we relay from; later requests wait their turn anyway.
+            self.current.pause_upstream()
+        else:
+            # prevu's own answers pile up: stop taking requests.
+            self.hold_reading("write", True)
+
+    def resumeProducing(self) -> None:
+        self.write_blocked = False
+        if "write" in self.holds:
+            self.hold_reading("write", False)
+        if self.current is not None:
+            self.current.resume_upstream()
+        if self.tunnel is not None and self.tunnel.transport is not None:
+            self.tunnel.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        # The transport is going away (connectionLost follows): nothing to do.
+        self.closed = True
 
     def set_deadline(self, kind: str) -> None:
         """
@@ -591,7 +729,16 @@ class ClientConnection(Protocol):
     def check_deadline(self, elapsed: float) -> None:
         """Called by the sweep `elapsed` seconds after the last one: act on an expired deadline."""
         kind = self.deadline_kind
-        if not kind or self.closed:
+        if not kind:
+            return
+        if self.closed:
+            if kind == "closing":
+                self.quiet_time += elapsed
+                if self.quiet_time >= self.factory.settings.idle_timeout:
+                    # A client that never reads its last answer, or never closes
+                    # its side, keeps nothing alive for long.
+                    self.deadline_kind = ""
+                    self.transport.abortConnection()
             return
         self.quiet_time += elapsed
         settings = self.factory.settings
@@ -615,13 +762,24 @@ class ClientConnection(Protocol):
 
     def _refuse(self, status: int, title: str, message: str) -> None:
         """Answer a request that cannot be parsed or accepted, then close."""
-        if self.current is not None:
+        current = self.current
+        if current is not None and self.receiving is current:
+            # The broken request is the one being answered: its upstream
+            # request can never be completed.
+            self.receiving = None
+            if current.started:
+                current.abort()
+                self.close()
+                return
+            current.abort()
+            self.current = None
+        elif current is not None:
             # An answer is in progress; the broken request follows it by closing.
             self.pending.clear()
             self.pending.append(
                 _LocalReply(simple_response(status, page(status, title, message), close=True), True)
             )
-            self._pause()
+            self.closed_for_reading()
             return
         self.write(simple_response(status, page(status, title, message), close=True))
         self.close_after_write()
@@ -643,6 +801,28 @@ def _hook_reply(reply: Reply, keep_alive: bool, head_only: bool) -> _LocalReply:
     return _LocalReply(data, close=not keep_alive)
 
 
+def _spoofing(lower: bytes) -> bool:
+    """A client header that claims an identity or origin only prevu may state."""
+    return lower in _SPOOF_NAMES or lower.startswith(_SPOOF_PREFIXES)
+
+
+class _UploadProducer:
+    """Registered on an upstream transport: a slow upstream holds back reading the client."""
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+
+    def pauseProducing(self) -> None:
+        self.client.hold_reading("upload", True)
+
+    def resumeProducing(self) -> None:
+        self.client.hold_reading("upload", False)
+
+    def stopProducing(self) -> None:
+        # The upstream connection is going away; the exchange handles that.
+        self.client.hold_reading("upload", False)
+
+
 class _Refused(Exception):
     """Raised inside the parser to refuse a request with a status."""
 
@@ -654,17 +834,19 @@ class _Refused(Exception):
 
 
 def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:
-    """Split an absolute-form target (http://host/path) into path and host."""
+    """Split an absolute-form target (http://host/path?q) into origin form and host."""
     lower = target[:8].lower()
     for prefix in (b"http://", b"https://"):
         if lower.startswith(prefix):
             rest = target[len(prefix) :]
-            slash = rest.find(b"/")
-            if slash == -1:
-                return b"/", rest or None
-            return rest[slash:], rest[:slash] or None
-    if target == b"*":
-        return target, None
+            end = min(
+                (i for i in (rest.find(c) for c in (b"/", b"?", b"#")) if i != -1),
+                default=len(rest),
+            )
+            host, path = rest[:end], rest[end:]
+            if path[:1] != b"/":
+                path = b"/" + path
+            return path.partition(b"#")[0], host or None
     return target, None
 
 
@@ -730,12 +912,18 @@ class ProxyFactory(Factory):
                 self.per_client.pop(connection.client_ip, None)
 
     def host_name(self, raw_host: bytes) -> str:
-        """The route lookup key for a Host value (cached: clients repeat themselves)."""
+        """
+        The route lookup key for a Host value, "" when it is not a host name.
+
+        Cached: clients repeat themselves, and this runs for every request.
+        """
         host = self.host_names.get(raw_host)
         if host is None:
             if len(self.host_names) >= 4096:
                 self.host_names.clear()
-            host = self.host_names[raw_host] = normalize_host(raw_host.decode("latin-1"))
+            valid = _HOST.match(raw_host) is not None
+            host = normalize_host(raw_host.decode("latin-1")) if valid else ""
+            self.host_names[raw_host] = host
         return host
 
     def trusts(self, client_ip: str) -> bool:

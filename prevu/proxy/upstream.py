@@ -78,6 +78,10 @@ class UpstreamConnection(Protocol):
             # Bytes on an idle pooled connection: it is out of step, drop it.
             self.abort()
             return
+        if not exchange.started:
+            # Bytes of a response head not complete yet: bounded, however the
+            # upstream splits its header lines (llhttp buffers them meanwhile).
+            exchange.head_size += len(data)
         try:
             exchange.response_parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -91,6 +95,9 @@ class UpstreamConnection(Protocol):
         except httptools.HttpParserError as error:
             exchange.upstream_invalid(f"invalid upstream response: {error}")
         else:
+            if not exchange.started and exchange.head_size > exchange.client.max_head:
+                exchange.upstream_invalid("response head too large")
+                return
             exchange.flush_to_client()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
@@ -115,6 +122,13 @@ class UpstreamConnection(Protocol):
 
 class HeadResponseDone(Exception):
     """Raised inside the parser to end a response that has no body (HEAD)."""
+
+
+class ResponseTooLarge(Exception):
+    """Raised inside the parser for a response prevu will not relay (head over max_head, ...)."""
+
+    def __init__(self, reason: str = "response head too large") -> None:
+        super().__init__(reason)
 
 
 class _UpstreamFactory(ClientFactory):

@@ -1,0 +1,448 @@
+"""The proxy against hostile or broken peers: bounded memory, no desync, no spoofing."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from prevu.proxy.hooks import Allow, Reply, RequestHead
+from prevu.proxy.server import ProxyFactory, ProxySettings
+from prevu.routing import Route, RouteRegistry, Upstream
+from tests.support.net import (
+    ScriptedServer,
+    ScriptedUpstream,
+    answer_each_head,
+    connect_raw,
+    reactor_,
+    sleep,
+    split_responses,
+    within,
+)
+from tests.test_proxy_loopback import OK, Proxy, get, started, stop_all
+
+
+def buffered(connection: Any) -> int:
+    """Bytes Twisted holds for a TCP transport that the kernel has not taken yet."""
+    transport = connection.transport
+    return int(transport._tempDataLen + len(transport.dataBuffer) - transport.offset)
+
+
+# --- bounded memory ----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_endless_response_head_is_cut_with_502() -> None:
+    """A preview that sends header lines forever gets a 502 once past max_head."""
+
+    def endless(connection: ScriptedUpstream, data: bytes) -> None:
+        if getattr(connection, "started", False):
+            return
+        connection.started = True  # type: ignore[attr-defined]
+        connection.transport.write(b"HTTP/1.1 200 OK\r\n")  # type: ignore[union-attr]
+        for _ in range(100):
+            connection.transport.write(b"X-Pad: " + b"a" * 1000 + b"\r\n")  # type: ignore[union-attr]
+
+    upstream = ScriptedServer(endless)
+    (port,) = await started(upstream)
+    proxy = Proxy(ProxySettings(max_head=16 * 1024))
+    proxy.route("app.test", port)
+    client = await connect_raw(proxy.port)
+    client.send(get(b"app.test"))
+    data = await client.wait_for(lambda d: b"</html>" in d)
+    assert data.startswith(b"HTTP/1.1 502 ")
+    await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_endless_request_trailers_get_431() -> None:
+    """Trailers count against max_head like headers do."""
+    proxy = Proxy(ProxySettings(max_head=8 * 1024))
+    client = await connect_raw(proxy.port)
+    client.send(b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+    client.send(b"1\r\na\r\n0\r\n")
+    for _ in range(30):
+        client.send(b"X-T: " + b"b" * 1000 + b"\r\n")
+    data = await client.wait_for(lambda d: b"431 " in d, seconds=5)
+    assert b"HTTP/1.1 431 " in data
+    await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_reads_is_not_read_either() -> None:
+    """Pipelined requests whose answers are not read: prevu stops reading, buffers stay small."""
+    proxy = Proxy()
+    client = await connect_raw(proxy.port)
+    client.transport.pauseProducing()  # type: ignore[union-attr]  # never read answers
+    request = get(b"nowhere.test")
+    for _ in range(200):
+        client.send(request * 500)  # 200 x 500 pipelined 404s, ~20 MB of requests
+    await sleep(1.0)
+    [connection] = proxy.factory.connections
+    assert "write" in connection.holds
+    assert buffered(connection) < 4 * 1024 * 1024
+    client.transport.abortConnection()  # type: ignore[union-attr]
+    await proxy.stop()
+
+
+def test_a_closing_connection_whose_client_never_reads_is_aborted() -> None:
+    """After the last answer, a client has idle_timeout to take it and close."""
+    reactor = MemoryReactorClock()
+    factory = ProxyFactory(reactor, RouteRegistry(), ProxySettings(idle_timeout=10.0))
+    factory.doStart()
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
+    assert protocol is not None
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET / HTTP/1.1\r\n\r\n")  # no Host: 400 and close
+    assert transport.value().startswith(b"HTTP/1.1 400 ")
+    assert protocol.closed
+    reactor.advance(11)
+    assert transport.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_while_connecting_is_held_back() -> None:
+    """Body bytes for an upstream not connected yet: reading pauses past 64 KiB."""
+    reactor = MemoryReactorClock()
+    routes = RouteRegistry()
+    routes.put("static", Route("app.test", Upstream("10.0.0.9", 80)))
+    factory = ProxyFactory(reactor, routes, ProxySettings())
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
+    assert protocol is not None
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000000\r\n\r\n")
+    protocol.dataReceived(b"x" * 100_000)
+    assert transport.producerState == "paused"
+    upstream = reactor.tcpClients[0][2].buildProtocol(None)
+    upstream.makeConnection(StringTransport())
+    assert transport.producerState == "producing"
+
+
+# --- no desync, no smuggling ----------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytes_after_a_refused_upgrade_never_reach_the_upstream() -> None:
+    """Upgrade answered 200: the request pipelined behind it is dropped, not smuggled."""
+    upstream = ScriptedServer(answer_each_head(OK))
+    (port,) = await started(upstream)
+    proxy = Proxy()
+    proxy.route("app.test", port)
+    client = await connect_raw(proxy.port)
+    client.send(
+        b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        b"GET /admin HTTP/1.1\r\nHost: app.test\r\nX-Prevu-User: root\r\n\r\n"
+    )
+    await within(client.closed, 5)
+    assert client.received.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in client.received
+    assert b"/admin" not in upstream.received
+    await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unrequested_101_is_a_502() -> None:
+    """A preview cannot turn a client's connection into a tunnel it did not ask for."""
+    upstream = ScriptedServer(
+        answer_each_head(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
+        )
+    )
+    (port,) = await started(upstream)
+    proxy = Proxy()
+    proxy.route("evil.test", port)
+    client = await connect_raw(proxy.port)
+    client.send(get(b"evil.test"))
+    data = await client.wait_for(lambda d: b"</html>" in d)
+    assert data.startswith(b"HTTP/1.1 502 ")
+    await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upgrade_request_with_a_body_is_refused() -> None:
+    proxy = Proxy()
+    proxy.route("app.test", 9)
+    client = await connect_raw(proxy.port)
+    client.send(
+        b"POST / HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: x\r\n"
+        b"Content-Length: 5\r\n\r\nhello"
+    )
+    await within(client.closed, 5)
+    assert client.received.startswith(b"HTTP/1.1 400 ")
+    await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pipelined_request_body_arriving_later_is_read() -> None:
+    """GET then a POST whose body comes in a later packet: the POST is answered."""
+
+    def script(connection: ScriptedUpstream, data: bytes) -> None:
+        buffer = connection.buffer
+        if buffer.startswith(b"GET") and b"\r\n\r\n" in buffer:
+            connection.buffer = buffer.split(b"\r\n\r\n", 1)[1]
+            connection.transport.write(OK)  # type: ignore[union-attr]
+        if connection.buffer.startswith(b"POST") and connection.buffer.endswith(b"helloworld"):
+            connection.buffer = b""
+            connection.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npost")  # type: ignore[union-attr]
+
+    upstream = ScriptedServer(script)
+    (port,) = await started(upstream)
+    proxy = Proxy()
+    proxy.route("app.test", port)
+    client = await connect_raw(proxy.port)
+    client.send(
+        get(b"app.test") + b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nhello"
+    )
+    await sleep(0.3)
+    client.send(b"world")
+    data = await client.wait_for(lambda d: d.endswith(b"post"))
+    assert [status for status, _, _ in split_responses(data)] == [200, 200]
+    await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_expect_continue_answered_locally_closes_the_connection() -> None:
+    """The client's unsent body cannot be mistaken for its next request."""
+    proxy = Proxy()
+    client = await connect_raw(proxy.port)
+    client.send(
+        b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 20\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    await within(client.closed, 5)
+    assert client.received.startswith(b"HTTP/1.1 404 ") and b"Connection: close" in client.received
+    await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_after_a_closing_answer_are_not_forwarded() -> None:
+    upstream = ScriptedServer(answer_each_head(OK))
+    (port,) = await started(upstream)
+    proxy = Proxy()
+    proxy.route("app.test", port)
+    client = await connect_raw(proxy.port)
+    client.send(b"GET / HTTP/1.1\r\n\r\n" + b"DELETE /b HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    await within(client.closed, 5)
+    assert client.received.startswith(b"HTTP/1.1 400 ")
+    await sleep(0.1)
+    assert upstream.received == b""
+    await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pipelined_upload_over_the_limit_gets_413_after_the_earlier_answer() -> None:
+    upstream = ScriptedServer(answer_each_head(OK))
+    (port,) = await started(upstream)
+    proxy = Proxy(ProxySettings(max_body=1000))
+    proxy.route("app.test", port)
+    client = await connect_raw(proxy.port)
+    client.send(
+        get(b"app.test", b"/first")
+        + b"POST /big HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"800\r\n"
+        + b"x" * 0x800
+        + b"\r\n"
+    )
+    await within(client.closed, 5)
+    statuses = [status for status, _, _ in split_responses(bytes(client.received))]
+    assert statuses == [200, 413]
+    await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_chunk_mid_body_is_400_at_once() -> None:
+    upstream = ScriptedServer(lambda c, d: None)
+    (port,) = await started(upstream)
+    proxy = Proxy(ProxySettings(response_timeout=30))
+    proxy.route("app.test", port)
+    client = await connect_raw(proxy.port)
+    client.send(
+        b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    await sleep(0.2)
+    client.send(b"zz\r\n")
+    await within(client.closed, 3)
+    assert client.received.startswith(b"HTTP/1.1 400 ")
+    await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_from_an_http10_upstream_is_not_pooled() -> None:
+    """A HEAD answered by an HTTP/1.0 upstream leaves no dead connection in the pool."""
+
+    def http10(connection: ScriptedUpstream, data: bytes) -> None:
+        if b"\r\n\r\n" in connection.buffer:
+            head = connection.buffer
+            connection.buffer = b""
+            body = b"" if head.startswith(b"HEAD") else b"0123456789"
+            connection.transport.write(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\n" + body)  # type: ignore[union-attr]
+            connection.transport.loseConnection()  # type: ignore[union-attr]
+
+    upstream = ScriptedServer(http10)
+    (port,) = await started(upstream)
+    proxy = Proxy()
+    proxy.route("app.test", port)
+    client = await connect_raw(proxy.port)
+    client.send(b"HEAD / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    await client.wait_for(lambda d: d.endswith(b"\r\n\r\n"))
+    client.take()
+    client.send(b"POST /submit HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\nhi")
+    data = await client.wait_for(lambda d: d.endswith(b"0123456789"))
+    assert data.startswith(b"HTTP/1.1 200 ")
+    await stop_all(proxy, upstream)
+
+
+def test_post_gets_the_response_timeout_once_its_body_is_sent() -> None:
+    reactor = MemoryReactorClock()
+    routes = RouteRegistry()
+    routes.put("static", Route("app.test", Upstream("10.0.0.9", 80)))
+    factory = ProxyFactory(reactor, routes, ProxySettings(response_timeout=2, idle_timeout=60))
+    factory.doStart()
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
+    assert protocol is not None
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\nhi")
+    reactor.tcpClients[0][2].buildProtocol(None).makeConnection(StringTransport())
+    reactor.advance(3)
+    assert transport.value().startswith(b"HTTP/1.1 504 ")
+
+
+# --- spoofing -----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_identity_and_origin_headers_cannot_be_spoofed_in_any_spelling() -> None:
+    upstream = ScriptedServer(answer_each_head(OK))
+    (port,) = await started(upstream)
+
+    class Gate:
+        def check(self, route: Route, head: RequestHead) -> Allow | Reply:
+            return Allow(user="alice")
+
+    proxy = Proxy(gate=Gate())
+    proxy.route("app.test", port, access="private")
+    client = await connect_raw(proxy.port)
+    client.send(
+        get(
+            b"app.test",
+            extra=b"X-Prevu_User: root\r\nX_Forwarded_For: 10.9.9.9\r\nForwarded: for=10.8.8.8\r\n"
+            b"X-Real-IP: 10.7.7.7\r\nX-Forwarded-Port: 1\r\nContent_Length: 5\r\nX-Kept: yes\r\n",
+        )
+    )
+    await client.wait_for(lambda d: d.endswith(b"ok"))
+    head = upstream.received.lower()
+    for spoofed in (
+        b"root",
+        b"10.9.9.9",
+        b"10.8.8.8",
+        b"10.7.7.7",
+        b"x-forwarded-port",
+        b"content_length",
+        b"x-prevu_user",
+    ):
+        assert spoofed not in head, spoofed
+    assert b"x-prevu-user: alice\r\n" in head and b"x-kept: yes\r\n" in head
+    await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_trailers_are_filtered_like_headers() -> None:
+    def script(connection: ScriptedUpstream, data: bytes) -> None:
+        if connection.buffer.endswith(b"\r\n\r\n") and b"\r\n0\r\n" in connection.buffer:
+            connection.transport.write(OK)  # type: ignore[union-attr]
+
+    upstream = ScriptedServer(script)
+    (port,) = await started(upstream)
+    proxy = Proxy()
+    proxy.route("app.test", port)
+    client = await connect_raw(proxy.port)
+    client.send(
+        b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n"
+        b"X-Prevu-User: root\r\nCookie: prevu_session=SECRET\r\nX-Checksum: 7\r\n\r\n"
+    )
+    await client.wait_for(lambda d: d.endswith(b"ok"))
+    assert upstream.received.endswith(b"2\r\nhi\r\n0\r\nX-Checksum: 7\r\n\r\n")
+    await stop_all(proxy, upstream)
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        (b"app.test:1@evil.example", 400),
+        (b"app.test/evil", 400),
+        (b"app.test:80", 200),
+        (b"APP.test", 200),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_host_must_be_a_host_name(host: bytes, status: int) -> None:
+    upstream = ScriptedServer(answer_each_head(OK))
+    (port,) = await started(upstream)
+    proxy = Proxy()
+    proxy.route("app.test", port)
+    client = await connect_raw(proxy.port)
+    client.send(get(host))
+    data = await client.wait_for(lambda d: d.endswith(b"ok") or b"</html>" in d)
+    assert data.startswith(b"HTTP/1.1 %d " % status)
+    await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_absolute_form_targets_keep_their_query() -> None:
+    upstream = ScriptedServer(answer_each_head(OK))
+    (port,) = await started(upstream)
+    proxy = Proxy()
+    proxy.route("app.test", port)
+    client = await connect_raw(proxy.port)
+    client.send(b"GET http://app.test?x=1 HTTP/1.1\r\nHost: other.test\r\n\r\n")
+    await client.wait_for(lambda d: d.endswith(b"ok"))
+    assert upstream.received.startswith(b"GET /?x=1 HTTP/1.1\r\nHost: app.test\r\n")
+    await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_hooks_see_forwarded_headers_with_lower_case_names() -> None:
+    """An HTTPS redirect behind a trusted TLS proxy can read X-Forwarded-Proto."""
+    seen: list[RequestHead] = []
+
+    class Look:
+        def intercept(self, head: RequestHead) -> Reply | None:
+            seen.append(head)
+            return None
+
+    settings = ProxySettings(trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
+    proxy = Proxy(settings, interceptors=(Look(),))
+    client = await connect_raw(proxy.port)
+    client.send(get(b"nowhere.test", extra=b"X-FORWARDED-PROTO: https\r\nUser-Agent: t\r\n"))
+    await client.wait_for(lambda d: b"</html>" in d)
+    assert seen[0].header(b"x-forwarded-proto") == b"https"
+    assert seen[0].header(b"User-Agent") == b"t"
+    assert (b"user-agent", b"t") in list(seen[0].headers)
+    await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reason_phrase_split_across_reads_is_kept_whole() -> None:
+    def split(connection: ScriptedUpstream, data: bytes) -> None:
+        if b"\r\n\r\n" in connection.buffer:
+            connection.buffer = b""
+            connection.transport.write(b"HTTP/1.1 200 All Fi")  # type: ignore[union-attr]
+            reactor_().callLater(
+                0.05, connection.transport.write, b"ne\r\nContent-Length: 2\r\n\r\nok"
+            )
+
+    upstream = ScriptedServer(split)
+    (port,) = await started(upstream)
+    proxy = Proxy()
+    proxy.route("app.test", port)
+    client = await connect_raw(proxy.port)
+    client.send(get(b"app.test"))
+    data = await client.wait_for(lambda d: d.endswith(b"ok"))
+    assert data.startswith(b"HTTP/1.1 200 All Fine\r\n")
+    await stop_all(proxy, upstream)
