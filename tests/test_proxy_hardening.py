@@ -23,7 +23,7 @@ from tests.support.net import (
     split_responses,
     within,
 )
-from tests.test_proxy_loopback import OK, Proxy, get, started, stop_all
+from tests.test_proxy_loopback import OK, Proxy, get, started, stop_all, through_proxy
 
 
 def buffered(connection: Any) -> int:
@@ -47,11 +47,9 @@ async def test_an_endless_response_head_is_cut_with_502() -> None:
         for _ in range(100):
             connection.transport.write(b"X-Pad: " + b"a" * 1000 + b"\r\n")  # type: ignore[union-attr]
 
-    upstream = ScriptedServer(endless)
-    (port,) = await started(upstream)
-    proxy = Proxy(ProxySettings(max_head=16 * 1024))
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(
+        endless, "app.test", settings=ProxySettings(max_head=16 * 1024)
+    )
     client.send(get(b"app.test"))
     data = await client.wait_for(lambda d: b"</html>" in d)
     assert data.startswith(b"HTTP/1.1 502 ")
@@ -130,11 +128,7 @@ async def test_upload_while_connecting_is_held_back() -> None:
 @pytest_twisted.ensureDeferred
 async def test_bytes_after_a_refused_upgrade_never_reach_the_upstream() -> None:
     """Upgrade answered 200: the request pipelined behind it is dropped, not smuggled."""
-    upstream = ScriptedServer(answer_each_head(OK))
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(answer_each_head(OK), "app.test")
     client.send(
         b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
         b"GET /admin HTTP/1.1\r\nHost: app.test\r\nX-Prevu-User: root\r\n\r\n"
@@ -190,11 +184,7 @@ async def test_a_pipelined_request_body_arriving_later_is_read() -> None:
             connection.buffer = b""
             connection.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npost")  # type: ignore[union-attr]
 
-    upstream = ScriptedServer(script)
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(script, "app.test")
     client.send(
         get(b"app.test") + b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nhello"
     )
@@ -221,11 +211,7 @@ async def test_expect_continue_answered_locally_closes_the_connection() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_requests_after_a_closing_answer_are_not_forwarded() -> None:
-    upstream = ScriptedServer(answer_each_head(OK))
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(answer_each_head(OK), "app.test")
     client.send(b"GET / HTTP/1.1\r\n\r\n" + b"DELETE /b HTTP/1.1\r\nHost: app.test\r\n\r\n")
     await within(client.closed, 5)
     assert client.received.startswith(b"HTTP/1.1 400 ")
@@ -236,11 +222,9 @@ async def test_requests_after_a_closing_answer_are_not_forwarded() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_pipelined_upload_over_the_limit_gets_413_after_the_earlier_answer() -> None:
-    upstream = ScriptedServer(answer_each_head(OK))
-    (port,) = await started(upstream)
-    proxy = Proxy(ProxySettings(max_body=1000))
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(
+        answer_each_head(OK), "app.test", settings=ProxySettings(max_body=1000)
+    )
     client.send(
         get(b"app.test", b"/first")
         + b"POST /big HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -256,11 +240,9 @@ async def test_a_pipelined_upload_over_the_limit_gets_413_after_the_earlier_answ
 
 @pytest_twisted.ensureDeferred
 async def test_a_malformed_chunk_mid_body_is_400_at_once() -> None:
-    upstream = ScriptedServer(lambda c, d: None)
-    (port,) = await started(upstream)
-    proxy = Proxy(ProxySettings(response_timeout=30))
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(
+        lambda c, d: None, "app.test", settings=ProxySettings(response_timeout=30)
+    )
     client.send(
         b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
     )
@@ -283,11 +265,7 @@ async def test_head_from_an_http10_upstream_is_not_pooled() -> None:
             connection.transport.write(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\n" + body)  # type: ignore[union-attr]
             connection.transport.loseConnection()  # type: ignore[union-attr]
 
-    upstream = ScriptedServer(http10)
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(http10, "app.test")
     client.send(b"HEAD / HTTP/1.1\r\nHost: app.test\r\n\r\n")
     await client.wait_for(lambda d: d.endswith(b"\r\n\r\n"))
     client.take()
@@ -357,11 +335,7 @@ async def test_request_trailers_are_filtered_like_headers() -> None:
         if connection.buffer.endswith(b"\r\n\r\n") and b"\r\n0\r\n" in connection.buffer:
             connection.transport.write(OK)  # type: ignore[union-attr]
 
-    upstream = ScriptedServer(script)
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(script, "app.test")
     client.send(
         b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n"
         b"X-Prevu-User: root\r\nCookie: prevu_session=SECRET\r\nX-Checksum: 7\r\n\r\n"
@@ -382,11 +356,7 @@ async def test_request_trailers_are_filtered_like_headers() -> None:
 )
 @pytest_twisted.ensureDeferred
 async def test_host_must_be_a_host_name(host: bytes, status: int) -> None:
-    upstream = ScriptedServer(answer_each_head(OK))
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(answer_each_head(OK), "app.test")
     client.send(get(host))
     data = await client.wait_for(lambda d: d.endswith(b"ok") or b"</html>" in d)
     assert data.startswith(b"HTTP/1.1 %d " % status)
@@ -395,11 +365,7 @@ async def test_host_must_be_a_host_name(host: bytes, status: int) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_absolute_form_targets_keep_their_query() -> None:
-    upstream = ScriptedServer(answer_each_head(OK))
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(answer_each_head(OK), "app.test")
     client.send(b"GET http://app.test?x=1 HTTP/1.1\r\nHost: other.test\r\n\r\n")
     await client.wait_for(lambda d: d.endswith(b"ok"))
     assert upstream.received.startswith(b"GET /?x=1 HTTP/1.1\r\nHost: app.test\r\n")
@@ -437,11 +403,7 @@ async def test_a_reason_phrase_split_across_reads_is_kept_whole() -> None:
                 0.05, connection.transport.write, b"ne\r\nContent-Length: 2\r\n\r\nok"
             )
 
-    upstream = ScriptedServer(split)
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(split, "app.test")
     client.send(get(b"app.test"))
     data = await client.wait_for(lambda d: d.endswith(b"ok"))
     assert data.startswith(b"HTTP/1.1 200 All Fine\r\n")

@@ -52,6 +52,18 @@ async def started(*servers: ScriptedServer) -> list[int]:
     return [server.listen() for server in servers]
 
 
+async def through_proxy(
+    script: Any, host: str = "app.test", settings: ProxySettings | None = None, **kwargs: Any
+) -> tuple[Proxy, ScriptedServer, Any]:
+    """An upstream running `script`, a proxy routing `host` to it, and a client connected."""
+    upstream = ScriptedServer(script)
+    (port,) = await started(upstream)
+    proxy = Proxy(settings, **kwargs)
+    proxy.route(host, port)
+    client = await connect_raw(proxy.port)
+    return proxy, upstream, client
+
+
 async def stop_all(*things: Any) -> None:
     for thing in things:
         await thing.stop()
@@ -67,11 +79,7 @@ def get(host: bytes, path: bytes = b"/", extra: bytes = b"") -> bytes:
 @pytest_twisted.ensureDeferred
 async def test_routes_by_host_keeps_host_and_adds_forwarded_headers() -> None:
     """Host is kept; X-Forwarded-* are set; hop-by-hop and session cookie are removed."""
-    upstream = ScriptedServer(answer_each_head(OK))
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(answer_each_head(OK), "app.test")
     client.send(
         b"GET /x?y=1 HTTP/1.1\r\nHost: App.test:8000\r\nConnection: keep-alive, X-Drop\r\n"
         b"X-Drop: secret\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Authorization: x\r\n"
@@ -231,11 +239,7 @@ async def test_private_route_asks_the_gate_and_passes_the_user() -> None:
 @pytest_twisted.ensureDeferred
 async def test_two_hundred_requests_on_one_connection_reuse_upstream_connections() -> None:
     """200 keep-alive requests from one client use one pooled upstream connection."""
-    upstream = ScriptedServer(answer_each_head(OK))
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(answer_each_head(OK), "app.test")
     for _ in range(200):
         client.send(get(b"app.test"))
         await client.wait_for(lambda d: d.endswith(b"ok"))
@@ -304,11 +308,7 @@ async def test_head_204_and_304_have_no_body_and_the_connection_is_reused() -> N
             else:
                 connection.transport.write(OK)
 
-    upstream = ScriptedServer(script)
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(script, "app.test")
     client.send(b"HEAD / HTTP/1.1\r\nHost: app.test\r\n\r\n")
     data = await client.wait_for(lambda d: d.endswith(b"\r\n\r\n"))
     assert data.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 1000" in data
@@ -335,11 +335,7 @@ async def test_stale_pooled_connection_is_retried_for_idempotent_requests() -> N
             # Close silently later, as a server's idle timeout would, racing the next request.
             reactor_().callLater(0.05, connection.transport.loseConnection)
 
-    upstream = ScriptedServer(close_after_answer)
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(close_after_answer, "app.test")
     client.send(get(b"app.test"))
     await client.wait_for(lambda d: d.endswith(b"ok"))
     client.take()
@@ -367,11 +363,7 @@ async def test_stale_connection_without_response_retries_get_but_not_post() -> N
         else:
             connection.transport.write(OK)
 
-    upstream = ScriptedServer(drop_second_request)
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(drop_second_request, "app.test")
     client.send(get(b"app.test"))
     await client.wait_for(lambda d: d.endswith(b"ok"))
     client.take()
@@ -400,11 +392,7 @@ async def test_chunked_bodies_both_ways_keep_trailers() -> None:
                 b"3\r\nabc\r\n0\r\nX-Sum: 42\r\n\r\n"
             )
 
-    upstream = ScriptedServer(script)
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(script, "app.test")
     client.send(
         b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"4\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Checksum: 7\r\n\r\n"
@@ -429,11 +417,7 @@ async def test_interim_responses_and_expect_continue_are_passed_on() -> None:
                 b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + OK
             )
 
-    upstream = ScriptedServer(script)
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(script, "app.test")
     client.send(
         b"PUT / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
     )
@@ -461,11 +445,7 @@ async def test_interim_responses_and_expect_continue_are_passed_on() -> None:
 @pytest_twisted.ensureDeferred
 async def test_ambiguous_requests_are_refused_and_never_forwarded(request_: bytes) -> None:
     """Smuggling shapes get a 4xx/5xx and the connection is closed; nothing goes upstream."""
-    upstream = ScriptedServer(answer_each_head(OK))
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(answer_each_head(OK), "app.test")
     client.send(request_)
     await within(client.closed, 5)
     status = int(bytes(client.received)[9:12])
@@ -501,11 +481,7 @@ async def test_oversized_heads_and_targets_are_refused() -> None:
 @pytest_twisted.ensureDeferred
 async def test_invalid_upstream_responses_become_502(response: bytes) -> None:
     """An upstream that answers with an ambiguous or invalid head yields 502."""
-    upstream = ScriptedServer(answer_each_head(response))
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(answer_each_head(response), "app.test")
     client.send(get(b"app.test"))
     data = await client.wait_for(lambda d: b"</html>" in d)
     assert data.startswith(b"HTTP/1.1 502 ")
@@ -515,11 +491,9 @@ async def test_invalid_upstream_responses_become_502(response: bytes) -> None:
 @pytest_twisted.ensureDeferred
 async def test_body_over_the_limit_is_413() -> None:
     """A declared or streamed body over max_body is refused with 413."""
-    upstream = ScriptedServer(lambda c, d: None)
-    (port,) = await started(upstream)
-    proxy = Proxy(ProxySettings(max_body=1000))
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(
+        lambda c, d: None, "app.test", settings=ProxySettings(max_body=1000)
+    )
     client.send(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5000\r\n\r\n")
     await within(client.closed, 5)
     assert client.received.startswith(b"HTTP/1.1 413 ")
@@ -603,11 +577,7 @@ async def test_twenty_mib_upload_arrives_whole() -> None:
 @pytest_twisted.ensureDeferred
 async def test_websocket_echo_through_the_proxy() -> None:
     """An Upgrade: websocket request is spliced after the 101; frames echo both ways."""
-    upstream = ScriptedServer(websocket_echo)
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("ws.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(websocket_echo, "ws.test")
     client.send(
         b"GET /socket HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
         b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
@@ -634,11 +604,7 @@ async def test_client_leaving_mid_download_cancels_upstream_and_pool_stays_healt
             head, _, connection.buffer = connection.buffer.partition(b"\r\n\r\n")
             connection.transport.write(big if b" /big " in head else OK)
 
-    upstream = ScriptedServer(script)
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(script, "app.test")
     client.send(get(b"app.test", b"/big"))
     await client.wait_for(lambda d: len(d) > 1000)
     client.transport.abortConnection()  # type: ignore[union-attr]
@@ -662,11 +628,7 @@ async def test_close_delimited_upstream_body_is_rechunked_for_http11_clients() -
             connection.transport.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil-close")
             connection.transport.loseConnection()
 
-    upstream = ScriptedServer(script)
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
+    proxy, upstream, client = await through_proxy(script, "app.test")
     client.send(get(b"app.test"))
     data = await client.wait_for(lambda d: d.endswith(b"0\r\n\r\n"))
     [(status, headers, body)] = split_responses(data)
