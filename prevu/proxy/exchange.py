@@ -62,7 +62,6 @@ class Exchange:
 
     status = 0
     reason = b""
-    body_seen = False
     # The response head for the client, as pieces to join: name, ": ", value, CRLF, ...
     response_headers: list[bytes]
     response_close = False
@@ -127,10 +126,11 @@ class Exchange:
             self.backlog = None
         else:
             connection.write(self.head)
-        if self.has_body and not self.request_done:
-            # Stream the rest of the body with backpressure toward the upstream.
-            connection.transport.registerProducer(self.client.upload_producer, True)
-        self.client.upstream_opened()
+        if self.has_body:
+            if not self.request_done:
+                # Stream the rest of the body with backpressure toward the upstream.
+                connection.transport.registerProducer(self.client.upload_producer, True)
+            self.client.upstream_opened()
 
     def request_body(self, data: bytes) -> None:
         """A piece of the request body from the client."""
@@ -160,8 +160,8 @@ class Exchange:
         ):
             self.connection.transport.unregisterProducer()
             self.client.hold_reading("upload", False)
-        if self.status == 0:
-            # The whole request is out: from now on the upstream owes a response.
+        if self.has_body and self.status == 0:
+            # The whole body is out: from now on the upstream owes a response.
             self.client.set_deadline("response")
 
     def tunnel_data(self, data: bytes) -> None:
@@ -314,7 +314,6 @@ class Exchange:
     def on_body(self, data: bytes) -> None:
         if self.complete or not data:
             return
-        self.body_seen = True
         if self.framing == b"chunked":
             self.out.append(chunk(data))
         elif self.framing != b"none":
@@ -356,9 +355,9 @@ class Exchange:
                 self.pause_upstream()
         if self.complete:
             self._finish_response()
-        elif self.body_seen:
-            # Only body bytes count as progress: an endless head is no answer.
-            self.body_seen = False
+        elif self.started:
+            # Only bytes after the head count as progress: an endless head is no
+            # answer (and is cut at max_head).
             self.client.set_deadline("body")
 
     def response_complete(self, reusable: bool) -> None:
@@ -382,7 +381,7 @@ class Exchange:
 
     def _finish_response(self) -> None:
         connection = self.connection
-        if connection is not None:
+        if self.upstream_paused:
             self.resume_upstream()  # an idle pooled connection must read
         self.connection = None
         if connection is not None:

@@ -62,7 +62,11 @@ SWEEP_INTERVAL = 1.0  # seconds between two timeout sweeps
 
 # Request headers the proxy reads, rewrites or drops itself (Host aside).
 _SPECIAL = (REQUEST_OWN | HOP_BY_HOP) - {b"host"}
-_SPECIAL_LENGTHS = frozenset(len(name) for name in (*_SPECIAL, b"host"))
+_SPECIAL_FIRST = frozenset(
+    letter
+    for name in (*_SPECIAL, b"host", b"forwarded", b"x-real-ip", b"x-forwarded-", b"x-prevu-")
+    for letter in (name[0], name[:1].upper()[0])
+)
 _NONE: tuple[bytes, ...] = ()
 # Never passed on from a client, in any spelling (`_` for `-` included): they
 # claim an identity or an origin that only prevu may state.
@@ -117,6 +121,7 @@ class ClientConnection(Protocol):
         self.client_ip = client_ip
         self.client_ip_bytes = client_ip.encode()
         self.max_head = factory.settings.max_head
+        self.quiet_limit = 2 * self.max_head
         self.parser = httptools.HttpRequestParser(self)
         self.current: Exchange | None = None  # being answered
         self.receiving: Exchange | None = None  # request body being read
@@ -215,7 +220,7 @@ class ClientConnection(Protocol):
         except httptools.HttpParserError as error:
             self._refuse(400, "Bad Request", f"The request could not be parsed: {error}")
             return
-        if self.quiet_bytes > 2 * self.factory.settings.max_head:
+        if self.quiet_bytes > self.quiet_limit:
             # A head, trailer or chunk-size line still being received is not
             # counted by the callbacks yet; this bounds what llhttp buffers.
             self._refuse(431, "Request Header Fields Too Large", "The request head is too large.")
@@ -250,11 +255,11 @@ class ClientConnection(Protocol):
             self._trailer(name, value)
             return
         self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > self.factory.settings.max_head:
+        if self.head_bytes > self.max_head:
             raise _Refused(431, "Request Header Fields Too Large", "The request head is too large.")
-        # Only names of these lengths, or starting like x-/forwarded, or with an
-        # underscore, can be special: most headers skip the lower-casing.
-        if len(name) in _SPECIAL_LENGTHS or name[:1] in b"xXfF" or b"_" in name:
+        # Only names starting like a special one, or with an underscore, can be
+        # special: most headers (Accept*, Referer, Sec-*, ...) skip lower().
+        if name[0] in _SPECIAL_FIRST or b"_" in name:
             lower = name.lower()
             if b"_" in lower:
                 # Some servers read `_` as `-`: never let X-Prevu_User or
