@@ -408,3 +408,27 @@ async def test_a_reason_phrase_split_across_reads_is_kept_whole() -> None:
     data = await client.wait_for(lambda d: d.endswith(b"ok"))
     assert data.startswith(b"HTTP/1.1 200 All Fine\r\n")
     await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_websocket_is_closed_after_the_idle_timeout() -> None:
+    """Traffic keeps a tunnel open; silence both ways for timeouts.idle closes it."""
+    from tests.support.net import websocket_echo, ws_frame, ws_parse
+
+    proxy, upstream, client = await through_proxy(
+        websocket_echo, "ws.test", settings=ProxySettings(idle_timeout=2.0)
+    )
+    client.send(
+        b"GET / HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    await client.wait_for(lambda d: b"\r\n\r\n" in d)
+    client.take()
+    for _ in range(3):  # 3 s of traffic, every second: stays open
+        client.send(ws_frame(b"ping", mask=b"\x01\x02\x03\x04"))
+        await client.wait_for(lambda d: ws_parse(d) is not None)
+        client.take()
+        await sleep(1.0)
+    assert not client.is_closed
+    await within(client.closed, 5)  # then silence: closed by the sweep
+    await stop_all(proxy, upstream)

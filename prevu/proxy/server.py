@@ -190,6 +190,7 @@ class ClientConnection(Protocol):
         if self.closed:
             return  # closing: what the client still sends is dropped
         if self.tunnel is not None:
+            self.quiet_time = 0.0
             self.tunnel.write(data)
             return
         if self.upgrading is not None:
@@ -637,7 +638,9 @@ class ClientConnection(Protocol):
         self.tunnel = connection
         self.upgrading = None
         self.current = None
-        self.deadline_kind = ""
+        # A tunnel idle in both directions for timeouts.idle is closed (like
+        # nginx's proxy_read_timeout; WebSocket apps ping to stay open).
+        self.set_deadline("tunnel")
         # Each side slows the other down when it cannot keep up: this
         # connection (the client transport's producer) pauses the tunnel, the
         # upload producer pauses reading the client.

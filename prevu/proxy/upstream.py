@@ -71,6 +71,7 @@ class UpstreamConnection(Protocol):
         if self.tunnel:
             exchange = self.exchange
             if exchange is not None:
+                exchange.client.quiet_time = 0.0
                 exchange.client.write(data)
             return
         exchange = self.exchange
