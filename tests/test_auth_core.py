@@ -263,8 +263,13 @@ def test_cookie_domain_is_dropped_for_single_label_domains() -> None:
     assert local.cookie_domain is None
     assert not local.covered_by_cookie("pr-1.localhost")
     assert SETTINGS.cookie_domain == "preview.example.com"
-    assert SETTINGS.covered_by_cookie("pr-1.preview.example.com")
-    assert not SETTINGS.covered_by_cookie("prevu.example.com")
+    # The control host is outside the domain: no domain cookie is set, so handoffs.
+    assert not SETTINGS.covered_by_cookie("pr-1.preview.example.com")
+    inside = AuthSettings(
+        public_url="https://prevu.preview.example.com", domain="preview.example.com"
+    )
+    assert inside.covered_by_cookie("pr-1.preview.example.com")
+    assert not inside.covered_by_cookie("prevu.example.com")
     assert SETTINGS.secure and not local.secure
 
 

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest_twisted
 import treq
 from treq.testing import StubTreq
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
 from prevu.auth.authority import Authority
@@ -169,7 +170,12 @@ async def test_cookie_is_secure_when_public_url_is_https() -> None:
 @pytest_twisted.ensureDeferred
 async def test_localhost_login_hands_off_to_the_preview_host() -> None:
     """With domain localhost the cookie is host-only and next gets a prevu_auth handoff."""
+    private = {
+        host: Route(host, Upstream("127.0.0.1", 9), "private", repo="acme/shop")
+        for host in ("pr-1.localhost", "pr-2.localhost")
+    }
     pages = make_pages(domain="localhost", public_url="http://prevu.localhost:8000")
+    pages.route_lookup = private.get
     browser = Browser(pages)
     response, _ = await log_in(browser, "http://pr-1.localhost:8000/x")
     [cookie] = [c for c in response.headers.getRawHeaders("set-cookie") if "prevu_session" in c]
@@ -180,6 +186,51 @@ async def test_localhost_login_hands_off_to_the_preview_host() -> None:
     again, _ = await browser.get("/login?next=http://pr-2.localhost:8000/")
     assert again.code == 303
     assert "prevu_auth=" in again.headers.getRawHeaders("location")[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_handoff_is_given_to_a_public_or_unrouted_host() -> None:
+    """A public preview runs untrusted code: it must never see a login handoff."""
+    public = {"pr-9.localhost": Route("pr-9.localhost", Upstream("127.0.0.1", 9), "public")}
+    pages = make_pages(domain="localhost", public_url="http://prevu.localhost:8000")
+    pages.route_lookup = public.get
+    browser = Browser(pages)
+    await log_in(browser)
+    for target in ("http://pr-9.localhost:8000/", "http://pr-404.localhost:8000/"):
+        response, _ = await browser.get("/login?next=" + target)
+        assert response.code == 303
+        assert "prevu_auth" not in response.headers.getRawHeaders("location")[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_guesses_cannot_outrun_the_limiter() -> None:
+    """Each attempt counts before its (threaded) check: of 30 at once, at most 5 are checked."""
+    from twisted.internet.defer import gatherResults
+    from twisted.internet.task import deferLater
+
+    checked: list[int] = []
+
+    async def slow_check(call: Any) -> bool:
+        checked.append(1)
+        await deferLater(reactor_(), 0.2, lambda: None)  # like scrypt on the thread pool
+        return bool(call())
+
+    browser = Browser(make_pages(run_blocking=slow_check), listen=True)
+    try:
+        _, page = await browser.get("/login")
+        token = csrf_of(page)
+
+        async def guess(index: int) -> int:
+            response, _ = await browser.post(
+                "/login", {"username": "alice", "password": f"guess{index}", "csrf": token}
+            )
+            return int(response.code)
+
+        codes = await within(gatherResults([ensureDeferred(guess(i)) for i in range(30)]), 20)
+    finally:
+        await browser.close()
+    assert len(checked) <= 5
+    assert codes.count(429) >= 25
 
 
 @pytest_twisted.ensureDeferred

@@ -10,6 +10,7 @@ checking the password, until the oldest failure leaves the window.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 
 from attrs import define, field
@@ -41,9 +42,16 @@ class LoginLimiter:
         for key in (f"user:{user.lower()}", f"addr:{address}"):
             self._failures.setdefault(key, deque()).append(now)
 
-    def succeeded(self, user: str) -> None:
-        """Forget the failures of `user` (not of the address) after a good login."""
+    def succeeded(self, user: str, address: str | None = None, at: float | None = None) -> None:
+        """
+        Forget the failures of `user` after a good login, and the attempt made
+        `at` from `address` (counted as failed until the password was checked).
+        """
         self._failures.pop(f"user:{user.lower()}", None)
+        times = self._failures.get(f"addr:{address}") if address is not None else None
+        if times and at is not None:
+            with contextlib.suppress(ValueError):
+                times.remove(at)
 
     def _wait(self, key: str, limit: int, now: float) -> float:
         times = self._failures.get(key)

@@ -80,9 +80,18 @@ class AuthSettings:
         return host.endswith("." + self.domain) and len(host) > len(self.domain) + 1
 
     def covered_by_cookie(self, host: str) -> bool:
-        """Whether the domain-wide session cookie reaches `host`."""
+        """
+        Whether the domain-wide session cookie reaches `host`: only when one is
+        set, which needs the control host itself under the domain.
+        """
         domain = self.cookie_domain
-        return domain is not None and (host == domain or host.endswith("." + domain))
+        if domain is None:
+            return False
+
+        def under(name: str) -> bool:
+            return name == domain or name.endswith("." + domain)
+
+        return under(self.control_host) and under(host)
 
     def login_url(self, next_url: str | None = None) -> str:
         """The login page, with `next` when given."""

@@ -37,7 +37,11 @@ def _b64encode(data: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict: one spelling per value, so a token cannot be varied (`=`, stray bytes)."""
+    data = base64.urlsafe_b64decode((text + "=" * (-len(text) % 4)).encode("ascii"))
+    if _b64encode(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def _non_empty(instance: Any, attribute: Any, value: Sequence[bytes]) -> None:

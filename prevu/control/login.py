@@ -157,13 +157,15 @@ class LoginPages:
             message = "Too many failed attempts. Please wait and try again later."
             return self._form(request, next_url, message, 429, username)
         users = self.users.current()
+        # Count the attempt as failed before the (threaded) check, so that
+        # concurrent guesses cannot all pass the limiter; a success clears it.
+        self.limiter.failed(username, address, now)
         ok = await self.run_blocking(lambda: users.check(username, password))
         if not ok:
-            self.limiter.failed(username, address, self.now())
             log.info("login failed for {user} from {address}", user=username, address=address)
             message = "Wrong user name or password."
             return self._form(request, next_url, message, 401, username)
-        self.limiter.succeeded(username)
+        self.limiter.succeeded(username, address, now)
         log.info("login by {user} from {address}", user=username, address=address)
         session = self.authority.new_session(username, self.now())
         return self._logged_in(request, session, next_url)
@@ -367,6 +369,11 @@ class LoginPages:
             return self.settings.home()
         host = (urlsplit(next_url).hostname or "").lower()
         if host == self.settings.control_host or self.settings.covered_by_cookie(host):
+            return next_url
+        route = self.route_lookup(host)
+        if route is None or route.access != "private":
+            # Only prevu's gate in front of a private route redeems a handoff;
+            # anything else (a public preview runs untrusted code) would see it.
             return next_url
         token = encode_handoff(self.authority.signer, session, host, self.now())
         return add_param(next_url, HANDOFF_PARAM, token)
