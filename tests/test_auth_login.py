@@ -457,3 +457,28 @@ async def test_control_app_without_login_answers_404() -> None:
     treq = StubTreq(ControlApp(config=parse_config({})).resource())
     response = await within(treq.get("http://h/login"), 10)
     assert response.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_verify_never_redeems_a_login_handoff() -> None:
+    """A handoff seen by a preview's code cannot be traded for a session through verify."""
+    from prevu.auth.tokens import encode_handoff
+
+    pages = make_pages()
+    session = pages.authority.new_session("alice", NOW)
+    token = encode_handoff(pages.authority.signer, session, "pr-1.preview.test", NOW)
+    headers = {**FORWARDED, "X-Forwarded-Uri": "/?prevu_auth=" + token, "Accept": "*/*"}
+    response, _ = await Browser(pages).get("/auth/verify", headers=headers)
+    assert response.code == 401
+    assert not response.headers.getRawHeaders("set-cookie")
+
+
+def test_a_token_with_an_extra_padding_character_is_refused() -> None:
+    """Tokens decode strictly: `=` appended to a spent handoff does not make a new one."""
+    from prevu.auth.tokens import decode_handoff, encode_handoff
+
+    pages = make_pages()
+    session = pages.authority.new_session("alice", NOW)
+    token = encode_handoff(pages.authority.signer, session, "pr-1.preview.test", NOW)
+    assert decode_handoff(pages.authority.signer, token, "pr-1.preview.test", NOW) is not None
+    assert decode_handoff(pages.authority.signer, token + "=", "pr-1.preview.test", NOW) is None

@@ -43,6 +43,7 @@ from prevu.auth.rules import (
     safe_next,
     set_cookie,
     share_url,
+    split_param,
 )
 from prevu.auth.tokens import (
     Session,
@@ -195,6 +196,9 @@ class LoginPages:
         target = _header(request, b"x-forwarded-uri") or "/"
         if not target.startswith("/"):
             target = "/" + target
+        # A login handoff is redeemed only by prevu's own gate: through this
+        # endpoint anyone holding one (a preview's code) could trade it for a session.
+        _, target = split_param(target, HANDOFF_PARAM)
         head = RequestHead(
             method=(_header(request, b"x-forwarded-method") or "GET").encode(),
             target=target.encode("latin-1", "replace"),
