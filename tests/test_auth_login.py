@@ -482,3 +482,20 @@ def test_a_token_with_an_extra_padding_character_is_refused() -> None:
     token = encode_handoff(pages.authority.signer, session, "pr-1.preview.test", NOW)
     assert decode_handoff(pages.authority.signer, token, "pr-1.preview.test", NOW) is not None
     assert decode_handoff(pages.authority.signer, token + "=", "pr-1.preview.test", NOW) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_post_from_another_origin_is_refused_even_with_a_planted_csrf_pair() -> None:
+    """A sibling preview can plant prevu_csrf, but its form's Origin gives it away."""
+    browser = Browser(make_pages())
+    _, page = await browser.get("/login")
+    token = csrf_of(page)
+    data = {"username": "alice", "password": "wonderland", "csrf": token}
+    response, _ = await browser.post(
+        "/login", data, headers={"Origin": "http://pr-1.preview.test:8000"}
+    )
+    assert response.code == 403
+    response, _ = await browser.post("/login", data, headers={"Sec-Fetch-Site": "same-site"})
+    assert response.code == 403
+    response, _ = await browser.post("/login", data, headers={"Origin": PUBLIC})
+    assert response.code == 303

@@ -53,6 +53,12 @@ class AuthSettings:
         return self.https_port if scheme == "https" else self.http_port
 
     @property
+    def origin(self) -> str:
+        """The Origin browsers send for pages of the control app (scheme://host[:port])."""
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc}".lower()
+
+    @property
     def control_host(self) -> str:
         """The host name of `public_url`."""
         return (urlsplit(self.public_url).hostname or "").lower()

@@ -249,7 +249,7 @@ class LoginPages:
         state = self.authority.signer.unsign(OAUTH_STATE, _arg(request, "state"), now)
         nonces = _cookies(request, CSRF_COOKIE)
         if state is None or not any(
-            hmac.compare_digest(str(state.get("n")), nonce) for nonce in nonces
+            hmac.compare_digest(str(state.get("n")).encode(), nonce.encode()) for nonce in nonces
         ):
             return self._form(request, None, "GitHub login expired. Please try again.", 403)
         next_url = safe_next(self.settings, str(state.get("next") or ""))
@@ -346,6 +346,15 @@ class LoginPages:
         return nonce
 
     def _csrf_ok(self, request: Request, now: float) -> bool:
+        # A preview under the same site can plant a `prevu_csrf` cookie, so the
+        # token alone is not enough: a browser's POST must also come from the
+        # control host itself (Origin, or Sec-Fetch-Site when Origin is absent).
+        origin = _header(request, b"origin")
+        if origin is not None and origin.rstrip("/") != self.settings.origin:
+            return False
+        fetch_site = _header(request, b"sec-fetch-site")
+        if origin is None and fetch_site not in (None, "same-origin", "none"):
+            return False
         token = _arg(request, "csrf")
         return any(
             check_csrf(self.authority.signer, token, nonce, now)
