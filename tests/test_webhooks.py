@@ -383,3 +383,13 @@ def test_metrics_and_dashboard(client: Client) -> None:
     assert 'prevu_builds_total{result="succeeded"} 1' in text
     code, headers, body = client.request("GET", "/")
     assert code == 200 and b"pr-2-hello-world" in body and b"<script" not in body
+
+
+def test_a_captured_delivery_replayed_under_a_new_id_is_a_no_op(client: Client) -> None:
+    """The delivery id is not signed: the same signed body under another id changes nothing."""
+    publish(client)
+    raw = (FIXTURES / "github/pull_request-opened.json").read_bytes()
+    assert client.github("pull_request", raw, delivery="first")[0] == 202
+    code, body = client.github("pull_request", raw, delivery="attacker-chosen")
+    assert (code, body["status"]) == (200, "duplicate")
+    assert len(client.h.docker.builds) == 1

@@ -17,6 +17,7 @@ them into JSON answers.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Protocol
 
 from attrs import define, field
@@ -93,7 +94,7 @@ class Webhooks:
         if not event_name or not delivery:
             raise self._refuse("github", 400, "missing X-GitHub-Event or X-GitHub-Delivery")
         event = self._parse("github", lambda: github.parse(event_name, delivery, body))
-        return self._handle(request, "github", event)
+        return self._handle(request, "github", event, body)
 
     def gitlab(self, request: Any) -> bytes:
         """POST /webhooks/gitlab."""
@@ -110,7 +111,7 @@ class Webhooks:
         if not event_name or not delivery:
             raise self._refuse("gitlab", 400, "missing X-Gitlab-Event or X-Gitlab-Event-UUID")
         event = self._parse("gitlab", lambda: gitlab.parse(event_name, delivery, body))
-        return self._handle(request, "gitlab", event)
+        return self._handle(request, "gitlab", event, body)
 
     # --- steps ------------------------------------------------------------------
 
@@ -143,7 +144,7 @@ class Webhooks:
         self.metrics.inc("prevu_webhooks_total", forge=forge, result=result)
         return json_response(request, body, code)
 
-    def _handle(self, request: Any, forge: str, event: ForgeEvent) -> bytes:
+    def _handle(self, request: Any, forge: str, event: ForgeEvent, raw: bytes) -> bytes:
         delivery = event.delivery
         if isinstance(event, Ping):
             body: dict[str, Any] = {"status": "pong", "delivery": delivery}
@@ -151,7 +152,12 @@ class Webhooks:
         if isinstance(event, Ignored):
             body = {"status": "ignored", "reason": event.reason, "delivery": delivery}
             return self._answer(request, forge, "ignored", body, 200)
-        if not self.store.remember_delivery(f"{forge}:{delivery}"):
+        # The delivery id is not covered by GitHub's signature: a captured
+        # delivery replayed under a new id is recognised by its body.
+        digest = hashlib.sha256(raw).hexdigest()
+        fresh_id = self.store.remember_delivery(f"{forge}:{delivery}")
+        fresh_body = self.store.remember_delivery(f"{forge}:sha256:{digest}")
+        if not (fresh_id and fresh_body):
             body = {"status": "duplicate", "reason": "already handled", "delivery": delivery}
             return self._answer(request, forge, "duplicate", body, 200)
         decision = policy.decide(self.config, event)
