@@ -49,3 +49,29 @@ async def test_dashboard_is_open_when_no_login_is_configured(tmp_path: Path) -> 
     stub, _ = app_for(tmp_path, login_configured=False)
     response = await within(stub.get(f"{PUBLIC}/"), 5)
     assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repo_limited_session_sees_only_its_repositories(tmp_path: Path) -> None:
+    """A GitHub repo-reader session does not learn of other repositories' previews."""
+    from prevu.ports import PreviewRecord
+
+    config = Config(server=ServerConfig(state_dir=str(tmp_path / "state"), public_url=PUBLIC))
+    harness = Harness(tmp_path, config)
+    for repo, number in (("acme/shop", 1), ("acme/secret-merger", 2)):
+        harness.store.upsert(PreviewRecord(id=f"pr-{number}", repo=repo, number=number))
+    from twisted.internet.defer import ensureDeferred
+
+    await within(ensureDeferred(harness.orchestrator.start()), 5)
+    api = PreviewsApi(config, harness.orchestrator, harness.store, harness.docker)
+    pages = make_pages(login_configured=True)
+    stub = StubTreq(ControlApp(config=config, login=pages, previews=api).resource())
+    session = pages.authority.new_session("octo", NOW, repos=("acme/shop",))
+    cookie = encode_session(pages.authority.signer, session)
+    response = await within(
+        stub.get(f"{PUBLIC}/", headers={"Cookie": f"prevu_session={cookie}"}), 5
+    )
+    page = await within(response.content(), 5)
+    assert b"acme/shop#1" in page
+    assert b"secret-merger" not in page
+    harness.orchestrator.stop()

@@ -240,12 +240,13 @@ class PreviewsApi:
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
         return self.metrics.render(self.orchestrator.gauges()).encode()
 
-    def dashboard(self, request: Any) -> bytes:
+    def dashboard(self, request: Any, visible: Callable[[str], bool] | None = None) -> bytes:
         """A plain HTML list of previews (no scripts, no external assets)."""
-        rows = "\n".join(_row(record) for record in self.orchestrator.previews())
+        records = [r for r in self.orchestrator.previews() if visible is None or visible(r.repo)]
+        rows = "\n".join(_row(record) for record in records)
         page = DASHBOARD.format(
             rows=rows or '<tr><td colspan="6">No previews yet.</td></tr>',
-            count=len(self.orchestrator.previews()),
+            count=len(records),
         )
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")

@@ -130,11 +130,14 @@ class ControlApp:
 
     @app.route("/", methods=["GET", "HEAD"])
     def dashboard(self, request: IRequest) -> bytes:
+        visible = None
         if self.login is not None:
             refused = self.login.require_reviewer(request, "/")
             if refused is not None:
                 return refused
-        return _need(self.previews, "the dashboard").dashboard(request)
+            # A GitHub session limited to some repositories sees only those.
+            visible = self.login.repo_filter(request)
+        return _need(self.previews, "the dashboard").dashboard(request, visible)
 
     # --- errors -------------------------------------------------------------
 

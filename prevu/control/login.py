@@ -131,6 +131,15 @@ class LoginPages:
         session = self.authority.session(_cookies(request, SESSION_COOKIE), self.now())
         return session.user if session is not None else None
 
+    def repo_filter(self, request: Request) -> Callable[[str], bool]:
+        """Which repositories the reviewer of `request` may see (all without a login)."""
+        if not self.login_configured:
+            return lambda repo: True
+        session = self.authority.session(_cookies(request, SESSION_COOKIE), self.now())
+        if session is None:
+            return lambda repo: False
+        return session.allows_repo
+
     def require_reviewer(self, request: Request, path: str) -> bytes | None:
         """None when `request` has a session; otherwise the redirect to the login page."""
         if not self.login_configured:
