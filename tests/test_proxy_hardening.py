@@ -432,3 +432,26 @@ async def test_an_idle_websocket_is_closed_after_the_idle_timeout() -> None:
     assert not client.is_closed
     await within(client.closed, 5)  # then silence: closed by the sweep
     await stop_all(proxy, upstream)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_preview_cannot_set_prevus_own_cookies() -> None:
+    """Set-Cookie: prevu_session from a preview is dropped; the control app's passes."""
+    response = (
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: prevu_session=attacker; Domain=test\r\n"
+        b"Set-Cookie: PREVU_csrf=x\r\nSet-Cookie: theme=dark\r\nContent-Length: 2\r\n\r\nok"
+    )
+    proxy, upstream, client = await through_proxy(answer_each_head(response), "pr-1.test")
+    control = ScriptedServer(answer_each_head(response))
+    (control_port,) = await started(control)
+    proxy.route("prevu.test", control_port, trusted=True)
+    client.send(get(b"pr-1.test"))
+    data = await client.wait_for(lambda d: d.endswith(b"ok"))
+    [(_, headers, _)] = split_responses(data)
+    assert headers[b"set-cookie"] == [b"theme=dark"]
+    client.take()
+    client.send(get(b"prevu.test"))
+    data = await client.wait_for(lambda d: d.endswith(b"ok"))
+    [(_, headers, _)] = split_responses(data)
+    assert len(headers[b"set-cookie"]) == 3
+    await stop_all(proxy, upstream, control)

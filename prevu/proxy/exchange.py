@@ -44,7 +44,7 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 
 # Response headers the proxy frames itself.
 _RESPONSE_OWN = HOP_BY_HOP | {b"content-length", b"trailer"}
-_OWN_LENGTHS = frozenset(len(name) for name in _RESPONSE_OWN)
+_OWN_LENGTHS = frozenset(len(name) for name in (*_RESPONSE_OWN, b"set-cookie"))
 
 
 class Exchange:
@@ -93,6 +93,7 @@ class Exchange:
         keep_alive: bool,
         client_http11: bool,
         upgrade: bool,
+        trusted: bool = False,
     ) -> None:
         self.client = client
         self.method = method
@@ -104,6 +105,7 @@ class Exchange:
         self.keep_alive = keep_alive
         self.client_http11 = client_http11
         self.upgrade = upgrade
+        self.trusted = trusted
         self.head_only = method == b"HEAD"
         self.has_body = chunked or bool(content_length)
         self.out: list[bytes] = []
@@ -220,6 +222,14 @@ class Exchange:
             lower = name.lower()
             if lower in _RESPONSE_OWN:
                 self._own_header(lower, name, value)
+                return
+            if (
+                lower == b"set-cookie"
+                and not self.trusted
+                and value.lstrip()[:6].lower() == b"prevu_"
+            ):
+                # A preview may not set prevu's own cookies (session fixation,
+                # forced logout): only prevu's control app does.
                 return
         self.response_headers += (name, b": ", value, b"\r\n")
 

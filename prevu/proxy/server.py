@@ -447,6 +447,7 @@ class ClientConnection(Protocol):
             keep_alive=keep_alive,
             client_http11=http11,
             upgrade=upgrade,
+            trusted=route.trusted,
         )
 
     def _headers_for_hooks(self, raw_host: bytes) -> list[tuple[bytes, bytes]]:
