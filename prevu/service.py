@@ -15,7 +15,6 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
 from prevu.auth.authority import Authority
 from prevu.auth.gate import AuthGate
@@ -23,6 +22,7 @@ from prevu.auth.revocations import load_revoked
 from prevu.auth.revocations import saver as revocation_saver
 from prevu.config import Config
 from prevu.control.app import ControlApp
+from prevu.control.limits import control_site as control_site_for
 from prevu.control.login import build_login
 from prevu.idle import IdleService
 from prevu.orchestrator.wiring import build_previews
@@ -133,8 +133,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         webhooks=previews.webhooks,
         previews=previews.api,
     )
-    control_site = Site(control.resource())
-    control_site.displayTracebacks = False
+    control_site = control_site_for(control.resource())
     StreamServerEndpointService(
         serverFromString(reactor, config.server.control), control_site
     ).setServiceParent(top)
