@@ -142,15 +142,12 @@ async def test_bytes_after_a_refused_upgrade_never_reach_the_upstream() -> None:
 @pytest_twisted.ensureDeferred
 async def test_an_unrequested_101_is_a_502() -> None:
     """A preview cannot turn a client's connection into a tunnel it did not ask for."""
-    upstream = ScriptedServer(
+    proxy, upstream, client = await through_proxy(
         answer_each_head(
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
-        )
+        ),
+        "evil.test",
     )
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("evil.test", port)
-    client = await connect_raw(proxy.port)
     client.send(get(b"evil.test"))
     data = await client.wait_for(lambda d: b"</html>" in d)
     assert data.startswith(b"HTTP/1.1 502 ")

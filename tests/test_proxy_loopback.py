@@ -131,16 +131,13 @@ async def test_trusted_proxy_gets_its_forwarded_for_extended() -> None:
 @pytest_twisted.ensureDeferred
 async def test_repeated_response_headers_are_all_kept() -> None:
     """Two Set-Cookie headers both reach the client; hop-by-hop response headers do not."""
-    upstream = ScriptedServer(
+    proxy, upstream, client = await through_proxy(
         answer_each_head(
             b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nConnection: X-Secret\r\n"
             b"X-Secret: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok"
-        )
+        ),
+        "app.test",
     )
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
     client.send(get(b"app.test"))
     data = await client.wait_for(lambda d: d.endswith(b"ok"))
     [(status, headers, body)] = split_responses(data)
@@ -274,15 +271,12 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
 @pytest_twisted.ensureDeferred
 async def test_http10_client_gets_a_close_delimited_answer() -> None:
     """An HTTP/1.0 client gets the body and the connection closed after it."""
-    upstream = ScriptedServer(
+    proxy, upstream, client = await through_proxy(
         answer_each_head(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-        )
+        ),
+        "app.test",
     )
-    (port,) = await started(upstream)
-    proxy = Proxy()
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
     client.send(b"GET / HTTP/1.0\r\nHost: app.test\r\n\r\n")
     await within(client.closed, 5)
     head, _, body = bytes(client.received).partition(b"\r\n\r\n")

@@ -217,15 +217,21 @@ def dns_names(certificate: x509.Certificate) -> list[str]:
     return san.value.get_values_for_type(x509.DNSName)
 
 
-async def https_get(pebble: Pebble, host: str) -> bytes:
+async def https_get(pebble: Pebble, host: str, trusted: bool = True) -> bytes:
+    """GET / over TLS by SNI, verifying against pebble's root unless `trusted` is False."""
     import socket
     import ssl
 
     def get() -> bytes:
-        root = os.path.join(pebble.workdir, "root.pem")
-        with open(root, "wb") as handle:
-            handle.write(pebble.root_pem())
-        context = ssl.create_default_context(cafile=root)
+        if trusted:
+            root = os.path.join(pebble.workdir, "root.pem")
+            with open(root, "wb") as handle:
+                handle.write(pebble.root_pem())
+            context = ssl.create_default_context(cafile=root)
+        else:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
         with (
             socket.create_connection(("127.0.0.1", pebble.tls_port), timeout=10) as raw,
             context.wrap_socket(raw, server_hostname=host) as tls,
@@ -404,22 +410,4 @@ async def test_pebble_down_keeps_serving_and_retries(
 
 
 async def https_get_untrusted(pebble: Pebble, host: str) -> bytes:
-    import socket
-    import ssl
-
-    def get() -> bytes:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with (
-            socket.create_connection(("127.0.0.1", pebble.tls_port), timeout=10) as raw,
-            context.wrap_socket(raw, server_hostname=host) as tls,
-        ):
-            tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-            return data
-
-    result: bytes = await within(deferToThread(get))
-    return result
+    return await https_get(pebble, host, trusted=False)
