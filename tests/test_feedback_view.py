@@ -25,7 +25,13 @@ URL = "http://pr-7.preview.test"
 def record(status: str, sha: str = A, **kwargs: Any) -> PreviewRecord:
     data = kwargs.pop("data", {"clean": "0"})
     return PreviewRecord(
-        id="pr-7", repo="acme/shop", number=7, sha=sha, status=status, url=URL, data=data,
+        id="pr-7",
+        repo="acme/shop",
+        number=7,
+        sha=sha,
+        status=status,
+        url=URL,
+        data=data,
         **kwargs,
     )  # type: ignore[arg-type]
 
@@ -46,7 +52,10 @@ def visible(*records: PreviewRecord) -> list[str]:
 @pytest.mark.parametrize(
     ("statuses", "expected"),
     [
-        (["queued", "building", "starting", "running"], ["queued", "building", "building", "running"]),
+        (
+            ["queued", "building", "starting", "running"],
+            ["queued", "building", "building", "running"],
+        ),
         # Sleep and wake, and a self-healing restart, change nothing visible.
         (["running", "sleeping", "starting", "running"], ["running"] * 4),
         (["running", "queued", "starting", "running"], ["running"] * 4),

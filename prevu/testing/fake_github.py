@@ -195,7 +195,7 @@ class FakeGithub:
         self.requests.append(f"repo {owner}/{name}")
         user = self._user(request)
         full = f"{owner}/{name}"
-        if full.lower() in self.repositories and user is None:
+        if full.lower() in self.repositories:
             _actor, _, early = self._begin(request)
             if early is not None:
                 return early
