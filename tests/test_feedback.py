@@ -188,11 +188,18 @@ async def test_a_502_after_create_leaves_exactly_one_comment(
 async def test_a_restart_mid_pr_edits_the_same_comment(
     fake: FakeGithub, clock: Clock, tmp_path: Path
 ) -> None:
-    await feed_all(clock, publisher(fake, clock, tmp_path), "queued", "building")
+    first = publisher(fake, clock, tmp_path)
+    await feed_all(clock, first, "queued", "building")
+    first.stop()
+    lookups = sum(1 for call in fake.calls if call.method == "GET" and "/comments" in call.path)
     restarted = publisher(fake, clock, tmp_path)
     await feed_all(clock, restarted, "running")
     [comment] = fake.comments_on(REPO, 7)
     assert comment["_edits"] == 2 and "Preview ready" in comment["body"]
+    # The stored comment id was used: no lookup by marker.
+    assert lookups == sum(
+        1 for call in fake.calls if call.method == "GET" and "/comments" in call.path
+    )
     # Even with prevu's memory lost, the marker among its own comments finds it.
     (tmp_path / FILE_NAME).unlink()
     amnesic = publisher(fake, clock, tmp_path)

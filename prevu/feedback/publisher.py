@@ -58,6 +58,9 @@ class Publisher:
     _dirty: set[str] = field(factory=set, init=False)
     _failures: dict[str, int] = field(factory=dict, init=False)
     _timers: dict[str, Any] = field(factory=dict, init=False)
+    _saving: Any = field(default=None, init=False)
+    save_delay: float = 0.2
+    """Seconds writes to the memory file are gathered for (one write per burst)."""
     published: list[tuple[str, float]] = field(factory=list, init=False)
     """(what, clock time) of each publication (bench/webhooks.py reads it)."""
 
@@ -118,11 +121,28 @@ class Publisher:
             self.kick(key)
 
     def stop(self) -> None:
-        """Cancel pending retries (shutdown)."""
+        """Cancel pending retries and write the memory now (shutdown)."""
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+        if self._saving is not None and self._saving.active():
+            self._saving.cancel()
+        self._save()
+
+    def _save_soon(self) -> None:
+        # The file holds every pull request: write it once per burst of changes,
+        # not once per call. A crash loses at most `save_delay` seconds of it, and
+        # the marker lookup finds a comment whose id was lost.
+        if self._saving is None or not self._saving.active():
+            self._saving = self.clock.callLater(self.save_delay, self._save)
+
+    def _save(self) -> None:
+        self._saving = None
+        try:
+            self.memory.save()
+        except OSError as error:
+            self.log.warn("feedback memory not saved: {error}", error=str(error))
 
     def kick(self, key: str) -> None:
         """Publish `key`'s difference soon (on the next reactor turn)."""
@@ -146,7 +166,7 @@ class Publisher:
                 item = self.memory.items.get(key)
                 if item is None:
                     continue
-                self.memory.save()
+                self._save_soon()
                 await self._publish(item)
             self._failures.pop(key, None)
         except ForgeApiError as error:
@@ -165,7 +185,7 @@ class Publisher:
             self.log.failure("feedback for {key} failed", key=key)
         finally:
             self._running.discard(key)
-            self.memory.save()
+            self._save_soon()
 
     async def _publish(self, item: PrFeedback) -> None:
         if item.view is None:
@@ -215,7 +235,7 @@ class Publisher:
             item.comment = await self.api.create_comment(item.repo, item.number, body, find)
             what = "created"
         item.body = body
-        self.memory.save()
+        self._save_soon()
         self.published.append((f"comment {what} {view.state}", self.clock.seconds()))
         self.log.info(
             "comment {what} on {repo}#{number}: {state}",
@@ -241,7 +261,7 @@ class Publisher:
                     continue
                 deployment = await self.api.create_deployment(item.repo, sha, environment)
             item.deployment_ids[sha] = deployment
-            self.memory.save()
+            self._save_soon()
             url = item.view.url if state == "success" else ""
             await self.api.set_deployment_status(
                 item.repo, deployment, state, url, links.logs, f"prevu: {state}"

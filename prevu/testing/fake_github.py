@@ -23,6 +23,7 @@ for what the user cannot see.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -39,9 +40,14 @@ from klein import Klein
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "github-api"
 
 
+@functools.cache
+def _example_text(name: str) -> str:
+    return (FIXTURES / f"{name}.json").read_text()
+
+
 def example(name: str) -> dict[str, Any]:
     """A response example of tests/fixtures/github-api (a fresh copy)."""
-    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
+    data: dict[str, Any] = json.loads(_example_text(name))
     return data
 
 
@@ -63,6 +69,8 @@ class Call:
     path: str
     body: Any
     authorization: str
+    at: float = field(factory=time.perf_counter)
+    """When it arrived (`time.perf_counter()`; the bench measures with it)."""
 
 
 @define
