@@ -264,6 +264,8 @@ async def test_an_app_installation_token_is_fetched_cached_and_renewed(
         return sum(1 for call in fake.calls if call.path.endswith("/access_tokens"))
 
     assert token_calls() == 1, "the installation token is cached"
+    assert await within(api.clone_token(REPO), 5) in fake.installation_tokens
+    assert token_calls() == 1, "clones use the same cached installation token"
     assert sum(1 for call in fake.calls if call.path.endswith("/installation")) == 1
     assert fake.statuses[-1]["state"] == "success"
     clock.advance(fake.token_lifetime - 200)  # within the renewal margin

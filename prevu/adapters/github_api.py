@@ -305,6 +305,14 @@ class GithubApi:
         self._installations[repo.lower()] = installation
         return installation
 
+    async def clone_token(self, repo: str) -> str:
+        """
+        The credential for an HTTPS clone of `repo` (user `x-access-token`): the
+        token, or a cached installation token of the App. Never logged.
+        """
+        authorization = await self._authorization(repo, as_app=False)
+        return authorization.split(" ", 1)[1]
+
     # --- the request loop -----------------------------------------------------------
 
     async def _call(
