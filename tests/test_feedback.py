@@ -285,3 +285,16 @@ async def test_feedback_kinds_can_be_chosen(fake: FakeGithub, clock: Clock, tmp_
     await feed_all(clock, feed, "building", "running")
     assert fake.comments == {} and fake.deployments == {}
     assert states(fake, A) == ["pending", "success"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_comment_does_not_hold_back_the_status(
+    fake: FakeGithub, clock: Clock, tmp_path: Path
+) -> None:
+    refusal = {"message": "Resource not accessible by integration"}
+    fake.fail("/issues/7/comments", 403, times=100, body=refusal)
+    feed = publisher(fake, clock, tmp_path)
+    await feed_all(clock, feed, "building", "running")
+    assert fake.comments == {}
+    assert states(fake, A) == ["pending", "success"]
+    assert deployment_states(fake) == ["in_progress", "success"]

@@ -89,6 +89,16 @@ class Publisher:
         links = cm.Links.for_preview(self.public_url, record.id)
         if view.state == "failed":
             item.tail = [self.mask(line) for line in self.read_tail(record.id, TAIL_LINES)]
+        if view.sha:
+            self._want_commit(item, view, links, before)
+        item.remove_environment = view.state in ("removed", "expired")
+        if not item.remove_environment:
+            item.environment_removed = False
+        self.kick(key)
+
+    def _want_commit(
+        self, item: PrFeedback, view: vw.View, links: cm.Links, before: vw.View | None
+    ) -> None:
         state, description = vw.commit_status(view)
         target = (
             view.url
@@ -108,10 +118,6 @@ class Publisher:
         deployment = vw.deployment_state(view)
         if deployment is not None and (deployment != "inactive" or view.sha in item.deployments):
             item.deployments[view.sha] = deployment
-        item.remove_environment = view.state in ("removed", "expired")
-        if not item.remove_environment:
-            item.environment_removed = False
-        self.kick(key)
 
     # --- published ------------------------------------------------------------------
 
@@ -190,19 +196,31 @@ class Publisher:
     async def _publish(self, item: PrFeedback) -> None:
         if item.view is None:
             return
-        if "comment" in self.kinds:
-            await self._comment(item)
-        if "status" in self.kinds:
-            for sha, wanted in list(item.statuses.items()):
-                if item.statuses_published.get(sha) != wanted:
-                    state, description, target = wanted
-                    await self.api.set_status(
-                        item.repo, sha, state, description, target, vw.STATUS_CONTEXT
-                    )
-                    item.statuses_published[sha] = wanted
-                    self.published.append((f"status {sha[:7]} {state}", self.clock.seconds()))
-        if "deployment" in self.kinds:
-            await self._deployments(item)
+        # Each kind on its own: a credential without one permission still gets the others.
+        failed: ForgeApiError | None = None
+        for kind, publish in (
+            ("comment", self._comment),
+            ("status", self._statuses),
+            ("deployment", self._deployments),
+        ):
+            if kind not in self.kinds:
+                continue
+            try:
+                await publish(item)
+            except ForgeApiError as error:
+                failed = failed or error
+        if failed is not None:
+            raise failed
+
+    async def _statuses(self, item: PrFeedback) -> None:
+        for sha, wanted in list(item.statuses.items()):
+            if item.statuses_published.get(sha) != wanted:
+                state, description, target = wanted
+                await self.api.set_status(
+                    item.repo, sha, state, description, target, vw.STATUS_CONTEXT
+                )
+                item.statuses_published[sha] = wanted
+                self.published.append((f"status {sha[:7]} {state}", self.clock.seconds()))
 
     async def _comment(self, item: PrFeedback) -> None:
         assert item.view is not None

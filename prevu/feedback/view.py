@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from attrs import evolve, frozen
+from attrs import frozen
 
 from prevu.ports import PreviewRecord
 
@@ -103,8 +103,8 @@ def next_view(record: PreviewRecord, previous: View | None, now: float) -> View:
         if previous is not None and previous.state in ("queued", "building", "awaiting"):
             superseded = previous.sha
         since = now if state == "building" else None
-        view = View(state, sha, record.url, reason, since, None, superseded)
-        return evolve(view, duration=0.0) if state == "running" else view
+        # A SHA first seen running (adopted after a restart) has no known build time.
+        return View(state, sha, record.url, reason, since, None, superseded)
     since = previous.since
     duration = previous.duration
     if state == "building" and since is None:
