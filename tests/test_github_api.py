@@ -52,6 +52,11 @@ async def until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
     raise AssertionError("condition not reached")
 
 
+async def retrying(fake: FakeGithub, clock: Clock, calls: int) -> None:
+    """Until the fake got `calls` calls and the client waits on the clock to retry."""
+    await until(lambda: len(fake.calls) == calls and bool(clock.getDelayedCalls()))
+
+
 def rsa_pem() -> tuple[str, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private = key.private_bytes(
@@ -109,12 +114,12 @@ async def test_5xx_is_retried_after_the_backoff_on_the_clock(
     api = token_api(fake, clock)
     fake.fail("/statuses/", 503, times=2)
     done = ensureDeferred(api.set_status(REPO, SHA, "success", "ok", "", "prevu"))
-    await until(lambda: len(fake.calls) == 1)
+    await retrying(fake, clock, 1)
     clock.advance(4.9)
     await sleep(0.05)
     assert len(fake.calls) == 1 and not done.called
     clock.advance(0.1)
-    await until(lambda: len(fake.calls) == 2)
+    await retrying(fake, clock, 2)
     clock.advance(5)
     await within(done, 5)
     assert len(fake.calls) == 3 and len(fake.statuses) == 1
@@ -127,7 +132,7 @@ async def test_a_secondary_rate_limit_waits_what_retry_after_says(
     api = token_api(fake, clock, backoff=constant(1.0))
     fake.rate_limit("/statuses/", 30)
     done = ensureDeferred(api.set_status(REPO, SHA, "success", "ok", "", "prevu"))
-    await until(lambda: len(fake.calls) == 1)
+    await retrying(fake, clock, 1)
     clock.advance(29)
     await sleep(0.05)
     assert len(fake.calls) == 1, "retried before Retry-After"
@@ -149,7 +154,7 @@ async def test_an_exhausted_primary_limit_waits_until_the_reset(
         body={"message": "API rate limit exceeded for installation"},
     )
     done = ensureDeferred(api.set_status(REPO, SHA, "success", "ok", "", "prevu"))
-    await until(lambda: len(fake.calls) == 1)
+    await retrying(fake, clock, 1)
     clock.advance(39)
     await sleep(0.05)
     assert len(fake.calls) == 1
@@ -162,7 +167,7 @@ async def test_429_is_retried(fake: FakeGithub, clock: Clock) -> None:
     api = token_api(fake, clock)
     fake.fail("/statuses/", 429)
     done = ensureDeferred(api.set_status(REPO, SHA, "success", "ok", "", "prevu"))
-    await until(lambda: len(fake.calls) == 1)
+    await retrying(fake, clock, 1)
     clock.advance(5)
     await within(done, 5)
     assert len(fake.statuses) == 1
@@ -175,7 +180,7 @@ async def test_when_retries_run_out_the_error_names_no_token(
     api = token_api(fake, clock, attempts=2)
     fake.down = True
     done = ensureDeferred(api.set_status(REPO, SHA, "success", "ok", "", "prevu"))
-    await until(lambda: len(fake.calls) == 1)
+    await retrying(fake, clock, 1)
     clock.advance(5)
     with pytest.raises(ForgeUnavailable) as caught:
         await within(done, 5)
@@ -207,7 +212,7 @@ async def test_a_comment_created_before_a_502_is_found_not_sent_again(
         return None
 
     done = ensureDeferred(api.create_comment(REPO, 7, "<!-- mine --> hello", recover))
-    await until(lambda: len(fake.calls) == 1)
+    await retrying(fake, clock, 1)
     clock.advance(5)
     made = await within(done, 5)
     assert [c["id"] for c in fake.comments_on(REPO, 7)] == [made]
