@@ -298,3 +298,18 @@ async def test_a_refused_comment_does_not_hold_back_the_status(
     assert fake.comments == {}
     assert states(fake, A) == ["pending", "success"]
     assert deployment_states(fake) == ["in_progress", "success"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_pull_request_is_forgotten_a_week_later(
+    fake: FakeGithub, clock: Clock, tmp_path: Path
+) -> None:
+    feed = publisher(fake, clock, tmp_path)
+    await feed_all(clock, feed, "running")
+    feed.on_record(record("stopped", closed=True, data={"detail": "pull request closed"}))
+    await settle(clock, feed)
+    clock.advance(1)  # the memory is written
+    assert FeedbackMemory.load(str(tmp_path)).items
+    clock.advance(8 * 86400)
+    feed.stop()
+    assert FeedbackMemory.load(str(tmp_path)).items == {}

@@ -45,6 +45,8 @@ class PrFeedback:
     deployment_ids: dict[str, int] = field(factory=dict)
     remove_environment: bool = False
     environment_removed: bool = False
+    closed_at: float | None = None
+    """When the pull request was seen closed (its entry is pruned a week later)."""
 
     @property
     def key(self) -> str:

@@ -61,8 +61,8 @@ class Publisher:
     _saving: Any = field(default=None, init=False)
     save_delay: float = 0.2
     """Seconds writes to the memory file are gathered for (one write per burst)."""
-    published: list[tuple[str, float]] = field(factory=list, init=False)
-    """(what, clock time) of each publication (bench/webhooks.py reads it)."""
+    keep_closed: float = 7 * 86400.0
+    """Seconds a closed pull request's entry is kept once all is published (then pruned)."""
 
     # --- wanted --------------------------------------------------------------------
 
@@ -94,6 +94,7 @@ class Publisher:
         item.remove_environment = view.state in ("removed", "expired")
         if not item.remove_environment:
             item.environment_removed = False
+        item.closed_at = self.clock.seconds() if item.remove_environment else None
         self.kick(key)
 
     def _want_commit(
@@ -143,8 +144,17 @@ class Publisher:
         if self._saving is None or not self._saving.active():
             self._saving = self.clock.callLater(self.save_delay, self._save)
 
+    def _prune(self) -> None:
+        """Forget pull requests closed more than `keep_closed` ago whose feedback is all out."""
+        cutoff = self.clock.seconds() - self.keep_closed
+        for key, item in list(self.memory.items.items()):
+            busy = key in self._running or key in self._dirty or key in self._timers
+            if item.closed_at is not None and item.closed_at < cutoff and not busy:
+                del self.memory.items[key]
+
     def _save(self) -> None:
         self._saving = None
+        self._prune()
         try:
             self.memory.save()
         except OSError as error:
@@ -220,7 +230,6 @@ class Publisher:
                     item.repo, sha, state, description, target, vw.STATUS_CONTEXT
                 )
                 item.statuses_published[sha] = wanted
-                self.published.append((f"status {sha[:7]} {state}", self.clock.seconds()))
 
     async def _comment(self, item: PrFeedback) -> None:
         assert item.view is not None
@@ -254,7 +263,6 @@ class Publisher:
             what = "created"
         item.body = body
         self._save_soon()
-        self.published.append((f"comment {what} {view.state}", self.clock.seconds()))
         self.log.info(
             "comment {what} on {repo}#{number}: {state}",
             what=what,
@@ -285,7 +293,6 @@ class Publisher:
                 item.repo, deployment, state, url, links.logs, f"prevu: {state}"
             )
             item.deployments_published[sha] = state
-            self.published.append((f"deployment {sha[:7]} {state}", self.clock.seconds()))
         if item.remove_environment and not item.environment_removed:
             deleted = await self.api.delete_environment(item.repo, environment)
             if not deleted:
