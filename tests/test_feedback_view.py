@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from prevu.feedback import comment as cm
 from prevu.feedback.view import (
@@ -143,3 +145,24 @@ def test_removed_says_so() -> None:
     links = cm.Links.for_preview("https://prevu.example.com", "pr-7")
     text = cm.render(View("removed", A, URL, reason="pull request closed"), links, "<!-- m -->")
     assert "removed" in text.lower() and "pull request closed" in text
+
+
+@given(
+    st.lists(st.sampled_from(["queued", "building", "starting", "running", "failed"]), max_size=12)
+)
+def test_sleeping_and_waking_never_change_what_is_shown(statuses: list[str]) -> None:
+    """Any life of one SHA, with a sleep and a wake after each time it runs: same comment."""
+    with_sleeps: list[str] = []
+    for status in statuses:
+        with_sleeps.append(status)
+        if status == "running":
+            with_sleeps += ["sleeping", "starting", "running"]
+    shown = [v.shown() for v in replay(*(record(s) for s in statuses))]
+    shown_with_sleeps = [v.shown() for v in replay(*(record(s) for s in with_sleeps))]
+    assert _changes(shown) == _changes(shown_with_sleeps)
+
+
+def _changes(shown: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    # The build time is left out: the replay's clock moves with each record.
+    plain = [s[:4] + s[5:] for s in shown]
+    return [s for i, s in enumerate(plain) if i == 0 or plain[i - 1] != s]
