@@ -16,6 +16,14 @@ Webhook answer latency, and what prevu adds to a preview's start, in one run.
    start), and the difference, which is what prevu adds: fetch, network,
    health check, route switch, scheduling (target <= 1 s).
 
+3. Feedback, against the fake GitHub on 127.0.0.1 (prevu/testing/fake_github.py):
+   the webhook answer latency of part 1 again with GitHub feedback on (a comment,
+   a status and a deployment published for every pull request while the
+   webhooks arrive; target p99 <= 20 ms), and the time from a preview's state
+   change (the record written: building, then running) to the fake having
+   received both the comment edit and the commit status of that state, over 40
+   pull requests whose builds are held and released (target p99 <= 2 s).
+
 Needs Docker, git and busybox-static (as the tests). Run it with the project's
 venv from the repository root: `.venv/bin/python bench/webhooks.py`.
 Every Docker object it creates is labelled `prevu.test=true` and removed.
@@ -27,6 +35,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import treq
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater, react
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import HTTPConnectionPool
@@ -47,6 +56,7 @@ from prevu.adapters.git import GitCli
 from prevu.config import Config, DockerConfig, GithubConfig, ServerConfig
 from prevu.control.app import ControlApp
 from prevu.control.webhooks import Webhooks
+from prevu.feedback.wiring import build_feedback
 from prevu.forge.github import sign
 from prevu.orchestrator import Orchestrator
 from prevu.orchestrator.health import NetworkHealthChecker
@@ -54,6 +64,7 @@ from prevu.ports import BuildRequest, Image, LogSink, RunningContainer, RunReque
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import RouteRegistry
 from prevu.store import SqliteStore
+from prevu.testing.fake_github import FakeGithub, FakeUser, listen
 from prevu.testing.fakes import FakeDocker, FakeGit
 from prevu.testing.health import FakeHealth
 
@@ -62,6 +73,7 @@ FIXTURES = ROOT.parent / "shared" / "fixtures"
 if not FIXTURES.exists():
     FIXTURES = Path("/work/shared/fixtures")
 SECRET = "bench-secret"
+FEEDBACK_TOKEN = "ghp_benchfeedback0123456789"
 LABELS = {"prevu.test": "true", "prevu.bench": "webhooks"}
 DOCKERFILE = """\
 FROM scratch
@@ -95,11 +107,35 @@ def headers(body: bytes, delivery: str) -> dict[str, str]:
     }
 
 
-async def latency(reactor: Any, tmp: Path) -> list[float]:
+def fake_github(reactor: Any) -> tuple[FakeGithub, Any]:
+    fake = FakeGithub()
+    fake.users["prevu-bot"] = FakeUser("prevu-bot")
+    fake.tokens[FEEDBACK_TOKEN] = "prevu-bot"
+    fake.repositories["codertocat/hello-world"] = False
+    return fake, listen(reactor, fake)
+
+
+def serve_fake() -> None:
+    """`--fake-github`: serve the fake on 127.0.0.1 and print its port (GitHub is not in
+    prevu's process, so the latency run keeps the fake's work off prevu's reactor)."""
+
+    def run(reactor: Any) -> Deferred[None]:
+        _, port = fake_github(reactor)
+        print(port.getHost().port, flush=True)
+        return Deferred()
+
+    react(run)
+
+
+async def latency(reactor: Any, tmp: Path, github_url: str | None = None) -> list[float]:
     """200 webhooks through the real request path; git paused so no build runs."""
+    name = "latency-feedback" if github_url is not None else "latency"
+    github = GithubConfig(webhook_secret=SECRET)
+    if github_url is not None:
+        github = GithubConfig(webhook_secret=SECRET, token=FEEDBACK_TOKEN, api_url=github_url)
     config = Config(
-        server=ServerConfig(state_dir=str(tmp / "latency")),
-        github=GithubConfig(webhook_secret=SECRET),
+        server=ServerConfig(state_dir=str(tmp / name), public_url="https://prevu.example.com"),
+        github=github,
         docker=DockerConfig(max_previews=1000),
     )
     store = SqliteStore.in_state_dir(config.server.state_dir, reactor)
@@ -114,6 +150,9 @@ async def latency(reactor: Any, tmp: Path) -> list[float]:
         store=store,
         health=FakeHealth(),
     )
+    feedback = build_feedback(config, reactor, orchestrator.watch, store)
+    if feedback is not None:
+        feedback.startService()
     webhooks = Webhooks(config, orchestrator, store, orchestrator.metrics)
     site = Site(ControlApp(config=config, webhooks=webhooks).resource())
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
@@ -131,12 +170,113 @@ async def latency(reactor: Any, tmp: Path) -> list[float]:
             assert response.code == 202, response.code
             if n >= 20:
                 timings.append(elapsed)
+        if feedback is not None:
+            items = feedback.publisher.memory.items
+            for _ in range(1200):  # let the publisher finish before the store closes
+                if feedback.publisher.idle() and sum(1 for i in items.values() if i.body) == 220:
+                    break
+                await deferLater(reactor, 0.05, lambda: None)
+            assert sum(1 for i in items.values() if i.body) == 220, "comments missing"
     finally:
+        if feedback is not None:
+            feedback.stopService()
         orchestrator.stop()
         await pool.closeCachedConnections()
         await port.stopListening()
         store.close()
     return timings
+
+
+async def feedback_delay(reactor: Any, tmp: Path, fake: FakeGithub) -> list[float]:
+    """
+    Seconds from each visible state change (building, running) written to the
+    store to the fake holding both that state's comment and its status.
+    """
+    config = Config(
+        server=ServerConfig(
+            state_dir=str(tmp / "feedback"), public_url="https://prevu.example.com"
+        ),
+        github=GithubConfig(webhook_secret=SECRET, token=FEEDBACK_TOKEN, api_url=fake.base),
+        docker=DockerConfig(max_previews=1000),
+    )
+    store = SqliteStore.in_state_dir(config.server.state_dir, reactor)
+    docker = FakeDocker()
+    git = FakeGit(root=str(tmp / "feedback" / "workspaces"))
+    orchestrator = Orchestrator(
+        config=config,
+        clock=reactor,
+        routes=RouteRegistry(),
+        docker=docker,
+        git=git,
+        store=store,
+        health=FakeHealth(),
+    )
+    changed: dict[tuple[int, str], float] = {}
+
+    def note(record: Any) -> None:
+        changed.setdefault((record.number, record.status), time.perf_counter())
+
+    orchestrator.watch(note)
+    feedback = build_feedback(config, reactor, orchestrator.watch, store)
+    assert feedback is not None
+    feedback.startService()
+    webhooks = Webhooks(config, orchestrator, store, orchestrator.metrics)
+    port = reactor.listenTCP(
+        0, Site(ControlApp(config=config, webhooks=webhooks).resource()), interface="127.0.0.1"
+    )
+    url = f"http://127.0.0.1:{port.getHost().port}/webhooks/github"
+
+    async def published(number: int, status: str, title: str, state: str) -> float:
+        since = changed[(number, status)]
+        for _ in range(2000):
+            comment = [
+                call.at
+                for call in fake.calls
+                if "/comments" in call.path
+                and call.method in ("POST", "PATCH")
+                and call.body
+                and title in call.body["body"]
+                and f"#{number} " in call.body["body"]
+            ]
+            sha = f"{number:040x}"
+            status_at = [
+                call.at
+                for call in fake.calls
+                if call.path.endswith(f"/statuses/{sha}") and call.body["state"] == state
+            ]
+            if comment and status_at:
+                return max(comment[0], status_at[0]) - since
+            await deferLater(reactor, 0.002, lambda: None)
+        raise RuntimeError(f"feedback for #{number} {status} never arrived")
+
+    delays: list[float] = []
+    try:
+        for number in range(1, 41):
+            docker.pause("build")
+            clone_url, sha = "https://example.invalid/x.git", f"{number:040x}"
+            git.remote(clone_url, f"refs/pull/{number}/head", sha, {"Dockerfile": "FROM scratch\n"})
+            body = payload(number, sha, clone_url)
+            response = await treq.post(
+                url, data=body, headers=headers(body, f"f{number}"), persistent=False
+            )
+            await treq.content(response)
+            for _ in range(2000):
+                if (number, "building") in changed:
+                    break
+                await deferLater(reactor, 0.002, lambda: None)
+            delays.append(await published(number, "building", "Building the preview", "pending"))
+            docker.release("build")
+            for _ in range(2000):
+                if (number, "running") in changed:
+                    break
+                await deferLater(reactor, 0.002, lambda: None)
+            delays.append(await published(number, "running", "Preview ready", "success"))
+    finally:
+        feedback.stopService()
+        orchestrator.stop()
+        await port.stopListening()
+        store.close()
+    return delays
 
 
 class TimedDocker:
@@ -276,6 +416,35 @@ async def main(reactor: Any) -> None:
             f"  p50 {statistics.median(ms):.2f} ms   p99 {p99:.2f} ms   max {max(ms):.2f} ms"
             f"   (target p99 <= 20 ms: {'ok' if p99 <= 20 else 'MISSED'})"
         )
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--fake-github"], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert server.stdout is not None
+            github_url = f"http://127.0.0.1:{int(server.stdout.readline())}"
+            with_feedback = [t * 1000 for t in await latency(reactor, tmp, github_url)]
+        finally:
+            server.terminate()
+            server.wait(10)
+        fake, github_port = fake_github(reactor)
+        try:
+            p99 = percentile(with_feedback, 0.99)
+            print("webhook answer latency with GitHub feedback on (fake GitHub on 127.0.0.1):")
+            print(
+                f"  p50 {statistics.median(with_feedback):.2f} ms   p99 {p99:.2f} ms"
+                f"   max {max(with_feedback):.2f} ms"
+                f"   (target p99 <= 20 ms: {'ok' if p99 <= 20 else 'MISSED'})"
+            )
+            delays = [t * 1000 for t in await feedback_delay(reactor, tmp, fake)]
+            p99 = percentile(delays, 0.99)
+            print(f"state change -> comment edit and status, {len(delays)} changes:")
+            print(
+                f"  p50 {statistics.median(delays):.1f} ms   p99 {p99:.1f} ms"
+                f"   max {max(delays):.1f} ms"
+                f"   (target p99 <= 2000 ms: {'ok' if p99 <= 2000 else 'MISSED'})"
+            )
+        finally:
+            await github_port.stopListening()
         serving, inside, added = await overhead(reactor, tmp)
         print("open -> serving through the proxy, real Docker engine:")
         print(
@@ -287,4 +456,7 @@ async def main(reactor: Any) -> None:
 
 
 if __name__ == "__main__":
-    react(lambda reactor: ensureDeferred(main(reactor)))
+    if sys.argv[1:] == ["--fake-github"]:
+        serve_fake()
+    else:
+        react(lambda reactor: ensureDeferred(main(reactor)))

@@ -95,6 +95,10 @@ class AcmeConfig:
     orders_per_hour: int = 20
 
 
+FEEDBACK_KINDS = ("comment", "status", "deployment")
+"""What prevu may publish on a pull request: `[github] feedback` (docs/forge.md)."""
+
+
 @frozen
 class GithubConfig:
     """The `[github]` table."""
@@ -102,6 +106,19 @@ class GithubConfig:
     webhook_secret: str | None = None
     token: str | None = None
     api_url: str = "https://api.github.com"
+    app_id: int | None = None
+    private_key_file: str | None = None
+    feedback: tuple[str, ...] = FEEDBACK_KINDS
+
+    @property
+    def credential(self) -> bool:
+        """True when prevu can call GitHub's API (a token or a GitHub App)."""
+        return bool(self.token or self.app_id)
+
+    @property
+    def publishing(self) -> tuple[str, ...]:
+        """The feedback kinds to publish: none without a credential (docs/forge.md)."""
+        return self.feedback if self.credential else ()
 
 
 @frozen
@@ -121,6 +138,8 @@ class RepoConfig:
     access: Access = "private"
     trigger: Literal["auto", "label"] = "auto"
     forks: Literal["approve", "deny", "allow"] = "approve"
+    comment_logs: bool | None = None
+    """Log tail in PR comments: None means only when the repository is private on the forge."""
 
 
 @frozen
@@ -547,7 +566,16 @@ def _github(t: _Table) -> GithubConfig:
         webhook_secret=t.secret("webhook_secret"),
         token=t.secret("token"),
         api_url=t.url("api_url", GithubConfig().api_url).rstrip("/"),
+        app_id=t.integer("app_id", 0, minimum=1) if t.has("app_id") else None,
+        private_key_file=t.optional_string("private_key_file"),
+        feedback=t.strings("feedback") if t.has("feedback") else FEEDBACK_KINDS,
     )
+    for kind in config.feedback:
+        if kind not in FEEDBACK_KINDS:
+            choices = ", ".join(f'"{k}"' for k in FEEDBACK_KINDS)
+            raise t.error("feedback", f"unknown kind {kind!r}; use {choices}")
+    if (config.app_id is None) != (config.private_key_file is None):
+        raise t.error("app_id", "a GitHub App needs both app_id and private_key_file")
     t.finish()
     return config
 
@@ -568,6 +596,7 @@ def _repo(t: _Table) -> RepoConfig:
         access=t.choice("access", "private", ("private", "public")),
         trigger=t.choice("trigger", "auto", ("auto", "label")),
         forks=t.choice("forks", "approve", ("approve", "deny", "allow")),
+        comment_logs=t.boolean("comment_logs", False) if t.has("comment_logs") else None,
     )
     if "/" not in config.name:
         raise t.error("name", f"expected a forge path like owner/name, got {config.name!r}")

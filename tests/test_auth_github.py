@@ -16,7 +16,7 @@ from prevu.auth.github import GithubIdentity, GithubOAuth, decide
 from prevu.config import GithubAuthConfig
 from prevu.proxy.hooks import Allow, Reply, RequestHead
 from prevu.routing import Route, Upstream
-from prevu.testing.fake_github_oauth import FakeGithub, FakeUser
+from prevu.testing.fake_github import FakeGithub, FakeUser
 from tests.support.net import reactor_
 from tests.support.timeouts import within
 from tests.test_auth_login import NOW, PUBLIC, Browser, make_pages

@@ -178,6 +178,7 @@ class Orchestrator:
     _tasks: set[Deferred[Any]] = field(factory=set)
     _reconciling: Deferred[None] | None = None
     _stopped: bool = False
+    _watchers: list[Callable[[PreviewRecord], None]] = field(factory=list)
 
     def __attrs_post_init__(self) -> None:
         self._semaphore = DeferredSemaphore(self.config.docker.build_concurrency)
@@ -216,6 +217,16 @@ class Orchestrator:
         for slot in self._slots.values():
             counts[slot.state.status] += 1
         return [("prevu_previews", {"status": s}, float(n)) for s, n in counts.items()]
+
+    def watch(self, callback: Callable[[PreviewRecord], None]) -> Callable[[], None]:
+        """Call `callback` with each record once stored (reactor thread); returns unsubscribe."""
+        self._watchers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._watchers:
+                self._watchers.remove(callback)
+
+        return unsubscribe
 
     # --- requests -----------------------------------------------------------------
 
@@ -385,7 +396,13 @@ class Orchestrator:
         slot.epoch += 1
         if result.state != before:
             slot.updated_at = self.clock.seconds()
-            self.store.upsert(self._record(slot))
+            record = self._record(slot)
+            self.store.upsert(record)
+            for watcher in list(self._watchers):
+                try:
+                    watcher(record)
+                except Exception:
+                    self.log.failure("record watcher failed")
         if result.state.status != before.status:
             detail = result.state.detail
             self.log.info(

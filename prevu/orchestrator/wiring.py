@@ -18,6 +18,7 @@ from prevu.adapters.git import GitCli
 from prevu.config import Config
 from prevu.control.api import PreviewsApi
 from prevu.control.webhooks import Webhooks
+from prevu.feedback.wiring import build_feedback
 from prevu.orchestrator.engine import Orchestrator, OrchestratorService
 from prevu.orchestrator.health import NetworkHealthChecker
 from prevu.routing import RouteRegistry
@@ -68,5 +69,8 @@ def build_previews(
     )
     webhooks = Webhooks(config, orchestrator, store, orchestrator.metrics)
     api = PreviewsApi(config, orchestrator, store, docker, orchestrator.metrics)
-    services = (_StoreService(store), OrchestratorService(orchestrator))
+    services: tuple[Service, ...] = (_StoreService(store), OrchestratorService(orchestrator))
+    feedback = build_feedback(config, reactor, orchestrator.watch, store)
+    if feedback is not None:
+        services += (feedback,)
     return Previews(orchestrator, webhooks, api, services)

@@ -1,0 +1,550 @@
+"""
+GitHub's REST API for pull request feedback, on treq (I/O edge).
+
+`GithubApi` implements the `ForgeApi` Protocol: issue comments, commit
+statuses, deployments and their statuses, environments. It authenticates with
+a token, or as a GitHub App (`AppKey`): an RS256 JWT made with PyJWT (`iat` 60 s
+in the past, `exp` 9 minutes ahead: GitHub refuses more than 10 minutes) is
+exchanged for an installation token per repository, cached until 5 minutes
+before it expires. The installation of a repository is remembered when a
+webhook names it (`remember_installation`), else looked up with
+`GET /repos/{owner}/{repo}/installation`.
+
+Retries (docs/forge.md): every call is retried on 5xx, 429, GitHub's
+secondary rate limits (403 with `Retry-After` or a "secondary rate limit"
+message) and exhausted primary limits (`X-RateLimit-Remaining: 0`), waiting
+what the forge says (`Retry-After` seconds, else until `X-RateLimit-Reset`)
+or, when it says nothing, what the shared backoff policy answers, on the
+injected clock. Creates are idempotent: before re-sending a comment or a
+deployment create, the caller's `recover` looks for the one the failed
+attempt may have made anyway (a 502 after creating).
+
+Errors: `ForgeApiError(method, path, status, reason)` for an answer that
+retrying will not change (401, 404, 409, 422…), `ForgeUnavailable` (a
+subclass) when the retries ran out. Neither carries a header, a token or a
+JWT: tokens never reach logs, errors or prevu's API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode
+
+import jwt
+from attrs import define, field, frozen
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from prevu.backoff import BackoffPolicy, exponential
+from prevu.errors import ConfigError, PrevuError
+
+API_VERSION = "2022-11-28"
+JWT_BACKDATE = 60.0
+"""Seconds `iat` is set in the past, for clock drift (GitHub's advice)."""
+JWT_LIFETIME = 540.0
+"""Seconds from now to `exp`; GitHub refuses more than 600."""
+TOKEN_MARGIN = 300.0
+"""An installation token is renewed this many seconds before it expires."""
+
+
+@frozen(auto_exc=True)
+class ForgeApiError(PrevuError):
+    """GitHub refused a call (`status` 0: no answer at all). Carries no credential."""
+
+    method: str
+    path: str
+    status: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"GitHub {self.method} {self.path}: {self.status or 'no answer'} {self.reason}"
+
+
+class ForgeUnavailable(ForgeApiError):
+    """GitHub did not answer usefully after every retry (down, rate limited): try later."""
+
+
+@frozen
+class Comment:
+    """An issue comment: its id, its author's login and its Markdown."""
+
+    id: int
+    author: str
+    body: str
+
+
+class ForgeApi(Protocol):
+    """What feedback needs of a forge's API (reactor thread; methods raise ForgeApiError)."""
+
+    async def identity(self) -> str:
+        """The login prevu writes as (`GET /user`, or `<slug>[bot]` for an App)."""
+        ...
+
+    async def repository_private(self, repo: str) -> bool:
+        """True when the repository is private on the forge."""
+        ...
+
+    async def comments(self, repo: str, number: int) -> list[Comment]:
+        """The comments of an issue or pull request, oldest first."""
+        ...
+
+    async def create_comment(
+        self, repo: str, number: int, body: str, recover: Callable[[], Awaitable[int | None]]
+    ) -> int:
+        """Post a comment; `recover` finds it when a failed attempt made it anyway."""
+        ...
+
+    async def edit_comment(self, repo: str, comment: int, body: str) -> bool:
+        """Replace a comment's body; False when it no longer exists."""
+        ...
+
+    async def set_status(
+        self, repo: str, sha: str, state: str, description: str, target_url: str, context: str
+    ) -> None:
+        """Set the commit status `context` of `sha`."""
+        ...
+
+    async def find_deployment(self, repo: str, sha: str, environment: str) -> int | None:
+        """The id of the deployment of `sha` to `environment`, if one exists."""
+        ...
+
+    async def create_deployment(self, repo: str, sha: str, environment: str) -> int:
+        """Create a transient deployment of `sha` (idempotent: finds it before re-sending)."""
+        ...
+
+    async def set_deployment_status(
+        self,
+        repo: str,
+        deployment: int,
+        state: str,
+        environment_url: str,
+        log_url: str,
+        description: str,
+    ) -> None:
+        """Add a status to a deployment."""
+        ...
+
+    async def delete_environment(self, repo: str, environment: str) -> bool:
+        """Delete an environment; False when the credential may not (Administration: write)."""
+        ...
+
+
+def load_private_key(path: str) -> str:
+    """
+    The PEM text of a GitHub App's private key.
+
+    :raises ConfigError: when the file cannot be read, is readable by group
+        or others (start-up refuses it), or is not an RSA private key.
+    """
+    key = "github.private_key_file"
+    try:
+        mode = os.stat(path).st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                path, key, f"readable by group or others (mode {mode & 0o777:o}); chmod 600 it"
+            )
+        with open(path, encoding="ascii") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise ConfigError(path, key, f"cannot read: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, key, "not a PEM file") from None
+    try:
+        loaded = load_pem_private_key(text.encode(), password=None)
+    except ValueError:
+        raise ConfigError(path, key, "not a PEM private key") from None
+    if not isinstance(loaded, RSAPrivateKey):
+        raise ConfigError(path, key, "GitHub Apps use RSA keys")
+    return text
+
+
+@define(repr=False)
+class AppKey:
+    """A GitHub App: its id and private key; makes the JWTs that ask for installation tokens."""
+
+    app_id: int
+    pem: str
+    _key: Any = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._key = load_pem_private_key(self.pem.encode(), password=None)
+
+    def __repr__(self) -> str:
+        return f"AppKey(app_id={self.app_id})"
+
+    def token(self, now: float) -> str:
+        """An RS256 JWT valid from `now - 60` to `now + 540` (seconds since the epoch)."""
+        claims = {
+            "iat": int(now - JWT_BACKDATE),
+            "exp": int(now + JWT_LIFETIME),
+            "iss": str(self.app_id),
+        }
+        return jwt.encode(claims, self._key, algorithm="RS256")
+
+
+@frozen
+class _Installation:
+    token: str = field(repr=False)
+    renew_at: float
+
+
+def _retry_delay(headers: Any, body: Any, status: int, now: float) -> float | None:
+    """Seconds the forge asks to wait (None: no say), for a retryable answer."""
+    after = headers.getRawHeaders(b"retry-after") or []
+    if after:
+        try:
+            return max(0.0, float(after[0].decode()))
+        except ValueError:
+            pass
+    remaining = headers.getRawHeaders(b"x-ratelimit-remaining") or []
+    reset = headers.getRawHeaders(b"x-ratelimit-reset") or []
+    if remaining and remaining[0] == b"0" and reset:
+        try:
+            return max(0.0, float(reset[0].decode()) - now)
+        except ValueError:
+            pass
+    return None
+
+
+def _retryable(status: int, headers: Any, body: Any) -> bool:
+    if status >= 500 or status == 429:
+        return True
+    if status == 403:
+        message = str(body.get("message", "")).lower() if isinstance(body, dict) else ""
+        remaining = headers.getRawHeaders(b"x-ratelimit-remaining") or []
+        return (
+            "rate limit" in message
+            or bool(headers.getRawHeaders(b"retry-after"))
+            or (bool(remaining) and remaining[0] == b"0")
+        )
+    return False
+
+
+def _reason(body: Any) -> str:
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])[:200]
+    return ""
+
+
+def _expiry(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@define
+class GithubApi:
+    """
+    `ForgeApi` for GitHub at `api_url`. `reactor` makes connections and
+    bounds each request (`timeout` seconds); `clock` times retries and token
+    expiry (a `Clock` in tests). Exactly one of `token` and `app` is set.
+    """
+
+    reactor: Any
+    clock: Any
+    api_url: str
+    token: str | None = field(default=None, repr=False)
+    app: AppKey | None = None
+    backoff: BackoffPolicy = field(factory=lambda: exponential(1.0, 2.0, 60.0))
+    attempts: int = 5
+    timeout: float = 30.0
+    log: Logger = field(factory=Logger)
+    _http: HTTPClient = field(init=False)
+    _installations: dict[str, int] = field(factory=dict, init=False)
+    _tokens: dict[int, _Installation] = field(factory=dict, init=False, repr=False)
+    _identity: str | None = field(default=None, init=False)
+    _private: dict[str, bool] = field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.token is None) == (self.app is None):
+            raise ValueError("GithubApi needs exactly one of a token and an App")
+        pool = HTTPConnectionPool(self.reactor, persistent=True)
+        pool.maxPersistentPerHost = 4
+        agent: Any = Agent(self.reactor, pool=pool)  # an IAgent (zope, not a Protocol)
+        self._http = HTTPClient(agent)
+        self.api_url = self.api_url.rstrip("/")
+
+    # --- authentication ---------------------------------------------------------
+
+    def remember_installation(self, repo: str, installation: int) -> None:
+        """The App installation a webhook named for `repo` (saves a look-up)."""
+        self._installations[repo.lower()] = installation
+
+    async def _authorization(self, repo: str | None, as_app: bool) -> str:
+        if self.token is not None:
+            return f"Bearer {self.token}"
+        assert self.app is not None
+        if as_app or repo is None:
+            return f"Bearer {self.app.token(self.clock.seconds())}"
+        installation = await self._installation(repo)
+        cached = self._tokens.get(installation)
+        if cached is not None and self.clock.seconds() < cached.renew_at:
+            return f"Bearer {cached.token}"
+        _, body = await self._call(
+            "POST", f"/app/installations/{installation}/access_tokens", as_app=True, ok=(201,)
+        )
+        token = _Installation(str(body["token"]), _expiry(str(body["expires_at"])) - TOKEN_MARGIN)
+        self._tokens[installation] = token
+        self.log.info("GitHub App installation token renewed for {repo}", repo=repo)
+        return f"Bearer {token.token}"
+
+    async def _installation(self, repo: str) -> int:
+        known = self._installations.get(repo.lower())
+        if known is not None:
+            return known
+        _, body = await self._call("GET", f"/repos/{_path(repo)}/installation", as_app=True)
+        installation = int(body["id"])
+        self._installations[repo.lower()] = installation
+        return installation
+
+    async def clone_token(self, repo: str) -> str:
+        """
+        The credential for an HTTPS clone of `repo` (user `x-access-token`): the
+        token, or a cached installation token of the App. Never logged.
+        """
+        authorization = await self._authorization(repo, as_app=False)
+        return authorization.split(" ", 1)[1]
+
+    # --- the request loop -----------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        repo: str | None = None,
+        as_app: bool = False,
+        ok: tuple[int, ...] = (200,),
+        absent: tuple[int, ...] = (),
+        recover: Callable[[], Awaitable[Any]] | None = None,
+    ) -> tuple[int, Any]:
+        """
+        One API call with retries; answers (status, decoded JSON or None).
+        A status in `absent` is returned rather than raised (404 on a lookup).
+        """
+        failures = 0
+        while True:
+            if failures and recover is not None:
+                found = await recover()
+                if found is not None:
+                    return 200, found
+            authorization = await self._authorization(repo, as_app)
+            try:
+                status, headers, decoded = await self._send(method, path, body, authorization)
+            except Exception as error:  # connection refused, reset, timeout: retry
+                failures += 1
+                reason = type(error).__name__
+                if failures >= self.attempts:
+                    raise ForgeUnavailable(method, path, 0, reason) from None
+                await self._wait(self.backoff(failures))
+                continue
+            if status in ok or status in absent:
+                return status, decoded
+            if status == 401 and self.app is not None and not as_app and failures == 0:
+                self._tokens.clear()  # revoked or expired early: one fresh token
+                failures += 1
+                continue
+            if not _retryable(status, headers, decoded):
+                raise ForgeApiError(method, path, status, _reason(decoded))
+            failures += 1
+            if failures >= self.attempts:
+                raise ForgeUnavailable(method, path, status, _reason(decoded))
+            said = _retry_delay(headers, decoded, status, self.clock.seconds())
+            delay = said if said is not None else self.backoff(failures)
+            self.log.warn(
+                "GitHub {method} {path} answered {status}; retry {failures} in {delay:.1f}s",
+                method=method,
+                path=path,
+                status=status,
+                failures=failures,
+                delay=delay,
+            )
+            await self._wait(delay)
+
+    async def _send(
+        self, method: str, path: str, body: Any, authorization: str
+    ) -> tuple[int, Any, Any]:
+        headers: dict[bytes | str, list[bytes | str]] = {
+            b"accept": [b"application/vnd.github+json"],
+            b"x-github-api-version": [API_VERSION.encode()],
+            b"user-agent": [b"prevu"],
+            b"authorization": [authorization.encode()],
+        }
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers[b"content-type"] = [b"application/json"]
+        requested: Deferred[Any] = self._http.request(
+            method, self.api_url + path, headers=headers, data=data
+        )
+        requested.addTimeout(self.timeout, self.reactor)
+        response = await requested
+        content: Deferred[bytes] = response.content()
+        content.addTimeout(self.timeout, self.reactor)
+        raw = await content
+        try:
+            decoded = json.loads(raw) if raw else None
+        except ValueError:
+            decoded = None
+        return int(response.code), response.headers, decoded
+
+    async def _wait(self, delay: float) -> None:
+        await deferLater(self.clock, delay, lambda: None)
+
+    # --- ForgeApi -----------------------------------------------------------------------
+
+    async def identity(self) -> str:
+        if self._identity is None:
+            if self.app is not None:
+                _, body = await self._call("GET", "/app", as_app=True)
+                self._identity = f"{body['slug']}[bot]"
+            else:
+                _, body = await self._call("GET", "/user")
+                self._identity = str(body["login"])
+        return self._identity
+
+    async def repository_private(self, repo: str) -> bool:
+        known = self._private.get(repo.lower())
+        if known is None:
+            _, body = await self._call("GET", f"/repos/{_path(repo)}", repo=repo)
+            known = self._private[repo.lower()] = bool(body.get("private"))
+        return known
+
+    async def comments(self, repo: str, number: int) -> list[Comment]:
+        found: list[Comment] = []
+        for page in range(1, 31):
+            query = urlencode({"per_page": 100, "page": page})
+            _, body = await self._call(
+                "GET", f"/repos/{_path(repo)}/issues/{number}/comments?{query}", repo=repo
+            )
+            items = body if isinstance(body, list) else []
+            found += [
+                Comment(
+                    int(c["id"]),
+                    str((c.get("user") or {}).get("login", "")),
+                    str(c.get("body") or ""),
+                )
+                for c in items
+            ]
+            if len(items) < 100:
+                break
+        return found
+
+    async def create_comment(
+        self, repo: str, number: int, body: str, recover: Callable[[], Awaitable[int | None]]
+    ) -> int:
+        _, made = await self._call(
+            "POST",
+            f"/repos/{_path(repo)}/issues/{number}/comments",
+            {"body": body},
+            repo=repo,
+            ok=(201,),
+            recover=recover,
+        )
+        return int(made) if isinstance(made, int) else int(made["id"])
+
+    async def edit_comment(self, repo: str, comment: int, body: str) -> bool:
+        status, _ = await self._call(
+            "PATCH",
+            f"/repos/{_path(repo)}/issues/comments/{comment}",
+            {"body": body},
+            repo=repo,
+            absent=(404,),
+        )
+        return status != 404
+
+    async def set_status(
+        self, repo: str, sha: str, state: str, description: str, target_url: str, context: str
+    ) -> None:
+        payload = {
+            "state": state,
+            "description": description,
+            "target_url": target_url or None,
+            "context": context,
+        }
+        await self._call(
+            "POST", f"/repos/{_path(repo)}/statuses/{sha}", payload, repo=repo, ok=(201,)
+        )
+
+    async def find_deployment(self, repo: str, sha: str, environment: str) -> int | None:
+        query = urlencode({"sha": sha, "environment": environment, "per_page": 100})
+        _, body = await self._call("GET", f"/repos/{_path(repo)}/deployments?{query}", repo=repo)
+        for deployment in body if isinstance(body, list) else []:
+            if deployment.get("sha") == sha and deployment.get("environment") == environment:
+                return int(deployment["id"])
+        return None
+
+    async def create_deployment(self, repo: str, sha: str, environment: str) -> int:
+        payload = {
+            "ref": sha,
+            "environment": environment,
+            "description": f"prevu preview of {sha[:7]}",
+            "auto_merge": False,
+            "required_contexts": [],  # without it GitHub answers 409 while checks are pending
+            "transient_environment": True,
+            "production_environment": False,
+        }
+
+        async def recover() -> int | None:
+            return await self.find_deployment(repo, sha, environment)
+
+        _, made = await self._call(
+            "POST",
+            f"/repos/{_path(repo)}/deployments",
+            payload,
+            repo=repo,
+            ok=(201,),
+            recover=recover,
+        )
+        return int(made) if isinstance(made, int) else int(made["id"])
+
+    async def set_deployment_status(
+        self,
+        repo: str,
+        deployment: int,
+        state: str,
+        environment_url: str,
+        log_url: str,
+        description: str,
+    ) -> None:
+        payload: dict[str, Any] = {"state": state, "description": description[:140]}
+        if environment_url:
+            payload["environment_url"] = environment_url
+        if log_url:
+            payload["log_url"] = log_url
+        await self._call(
+            "POST",
+            f"/repos/{_path(repo)}/deployments/{deployment}/statuses",
+            payload,
+            repo=repo,
+            ok=(201,),
+        )
+
+    async def delete_environment(self, repo: str, environment: str) -> bool:
+        status, _ = await self._call(
+            "DELETE",
+            f"/repos/{_path(repo)}/environments/{quote(environment, safe='')}",
+            repo=repo,
+            ok=(204,),
+            absent=(403, 404),
+        )
+        return status == 204
+
+
+def _path(repo: str) -> str:
+    owner, _, name = repo.partition("/")
+    return f"{quote(owner, safe='')}/{quote(name, safe='')}"
+
+
+def _conforms(api: GithubApi) -> ForgeApi:
+    """mypy checks here that GithubApi satisfies ForgeApi."""
+    return api
