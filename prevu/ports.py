@@ -31,6 +31,8 @@ from typing import Literal, Protocol
 
 from attrs import Factory, field, frozen, validators
 
+from prevu.revisions import SHA_PATTERN
+
 Access = Literal["private", "public"]
 PreviewStatus = Literal[
     "queued", "building", "starting", "running", "sleeping", "failed", "stopped"
@@ -67,7 +69,7 @@ class GitSource:
 
     url: str = field(validator=validators.min_len(1))
     ref: str = field(validator=validators.min_len(1))
-    sha: str = field(validator=validators.matches_re(r"^[0-9a-f]{40}([0-9a-f]{24})?$"))
+    sha: str = field(validator=validators.matches_re(SHA_PATTERN))
     token: str | None = field(default=None, repr=False)
     timeout: float = field(default=300.0, validator=validators.gt(0))
 
