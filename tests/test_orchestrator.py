@@ -10,11 +10,12 @@ import pytest
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
+from prevu import labels as lb
+from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.config import Config, DockerConfig, RepoConfig, ServerConfig
 from prevu.forge import policy
 from prevu.forge.events import PullRequest
-from prevu.orchestrator import Orchestrator
-from prevu.orchestrator import labels as lb
+from prevu.orchestrator import Orchestrator, OrchestratorSettings
 from prevu.routing import RouteRegistry
 from prevu.testing.fakes import FakeDocker, FakeGit, FakeStore
 from prevu.testing.health import FakeHealth
@@ -41,17 +42,11 @@ class Harness:
         self.orchestrator = self.make()
 
     def make(self) -> Orchestrator:
-        return Orchestrator(
-            config=self.config,
-            clock=self.clock,
-            routes=self.routes,
-            docker=self.docker,
-            git=self.git,
-            store=self.store,
-            health=self.health,
-            drain_delay=1.0,
-            **self.kwargs,
+        settings = OrchestratorSettings.from_config(self.config, drain_delay=1.0, **self.kwargs)
+        runtime = DockerRuntime.from_config(
+            self.docker, self.health, self.config.docker, settings.instance
         )
+        return Orchestrator(settings, self.clock, self.routes, runtime, self.git, self.store)
 
     def publish(self, number: int, sha: str, files: Mapping[str, str] | None = None) -> None:
         self.git.remote(URL, f"refs/pull/{number}/head", sha, {**DOCKERFILE, **(files or {})})

@@ -19,16 +19,17 @@ import treq
 from twisted.internet.defer import ensureDeferred
 from twisted.web.server import Site
 
+from prevu import labels as lb
 from prevu.adapters.docker import DockerEngine
+from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.git import GitCli
+from prevu.adapters.health import NetworkHealthChecker
 from prevu.config import Config, DockerConfig, GithubConfig, RepoConfig, ServerConfig
 from prevu.control.api import PreviewsApi
 from prevu.control.app import ControlApp
 from prevu.control.webhooks import Webhooks
 from prevu.forge.github import sign
-from prevu.orchestrator import Orchestrator
-from prevu.orchestrator import labels as lb
-from prevu.orchestrator.health import NetworkHealthChecker
+from prevu.orchestrator import Orchestrator, OrchestratorSettings
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import RouteRegistry
 from prevu.store import SqliteStore
@@ -101,16 +102,14 @@ class Stack:
         """(Re)start prevu: a new store connection, route table, orchestrator, proxy, app."""
         self.store = SqliteStore.in_state_dir(self.config.server.state_dir, self.reactor)
         self.routes = RouteRegistry()
+        settings = OrchestratorSettings.from_config(
+            self.config, drain_delay=0.5, start_timeout=20.0
+        )
+        runtime = DockerRuntime.from_config(
+            self.docker, NetworkHealthChecker(self.reactor), self.config.docker, settings.instance
+        )
         self.orchestrator = Orchestrator(
-            config=self.config,
-            clock=self.reactor,
-            routes=self.routes,
-            docker=self.docker,
-            git=self.git,
-            store=self.store,
-            health=NetworkHealthChecker(self.reactor),
-            drain_delay=0.5,
-            start_timeout=20.0,
+            settings, self.reactor, self.routes, runtime, self.git, self.store
         )
         webhooks = Webhooks(self.config, self.orchestrator, self.store, self.orchestrator.metrics)
         api = PreviewsApi(self.config, self.orchestrator, self.store, self.docker)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from attrs import define, evolve, field
@@ -30,6 +30,7 @@ from prevu.ports import (
     Checkout,
     ContainerInfo,
     Docker,
+    ExecResult,
     Git,
     GitSource,
     Image,
@@ -44,6 +45,7 @@ from prevu.ports import (
     RunningContainer,
     RunRequest,
     Store,
+    VolumeInfo,
 )
 
 MANAGED = {"prevu.managed": "true"}
@@ -161,6 +163,9 @@ class FakeDocker:
     images: dict[str, ImageInfo] = field(factory=dict)
     networks: dict[str, NetworkInfo] = field(factory=dict)
     containers: dict[str, ContainerInfo] = field(factory=dict)
+    volumes: dict[str, VolumeInfo] = field(factory=dict)
+    exec_answers: dict[tuple[str, ...], ExecResult] = field(factory=dict)
+    """argv → what `exec_in` answers (default: exit code 0, no output)."""
     ports: dict[str, int] = field(factory=dict)
     runs: dict[str, RunRequest] = field(factory=dict)
     builds: list[BuildRequest] = field(factory=list)
@@ -278,9 +283,20 @@ class FakeDocker:
         await self._enter("remove_network", name)
         self.networks.pop(name, None)
 
+    async def remove_volume(self, name: str) -> None:
+        await self._enter("remove_volume", name)
+        self.volumes.pop(name, None)
+
     async def inspect_container(self, container: str) -> ContainerInfo | None:
         await self._enter("inspect_container", container)
         return self._find(container)
+
+    async def exec_in(self, container: str, argv: Sequence[str]) -> ExecResult:
+        await self._enter("exec_in", container)
+        info = self._find(container)
+        if info is None or not info.running:
+            raise DockerError("exec", f"container {container} is not running")
+        return self.exec_answers.get(tuple(argv), ExecResult(0, ""))
 
     async def container_logs(self, container: str, tail: int = 200) -> list[str]:
         await self._enter("container_logs", container)
@@ -292,13 +308,14 @@ class FakeDocker:
             containers=tuple(self.containers.values()),
             networks=tuple(self.networks.values()),
             images=tuple(self.images.values()),
+            volumes=tuple(self.volumes.values()),
         )
 
     def crash(self, container: str) -> None:
         """Make a container exit, as if its process died."""
         info = self._find(container)
         if info is not None:
-            self.containers[info.id] = evolve(info, state="exited")
+            self.containers[info.id] = evolve(info, state="exited", exit_code=137)
 
     def vanish(self, container: str) -> None:
         """Make a container disappear behind prevu's back (`docker rm -f`)."""
