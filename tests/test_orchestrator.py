@@ -425,3 +425,21 @@ def test_label_collision_between_repos_gets_a_distinct_id(h: Harness) -> None:
     other = PullRequest("github", "other/shop", 1, SHAS[1], "b", URL, "refs/pull/1/head")
     receipt = h.orchestrator.apply(policy.Deploy(other, RepoConfig("other/shop")))
     assert receipt.preview != "pr-1-shop" and (receipt.preview or "").startswith("pr-1-shop-")
+
+
+def test_watchers_see_every_stored_record_and_a_failing_one_breaks_nothing(h: Harness) -> None:
+    """watch(): called after each store write with the new record; errors are only logged."""
+    seen: list[tuple[str, str]] = []
+
+    def broken(record: Any) -> None:
+        raise RuntimeError("watcher bug")
+
+    h.orchestrator.watch(broken)
+    stop = h.orchestrator.watch(lambda record: seen.append((record.id, record.status)))
+    h.publish(24, SHAS[0])
+    h.deploy(24, SHAS[0])
+    assert seen[0] == ("pr-24-shop", "queued") and seen[-1] == ("pr-24-shop", "running")
+    assert h.store.get("pr-24-shop") is not None and h.status("pr-24-shop") == "running"
+    stop()
+    h.close(24, SHAS[0])
+    assert seen[-1] == ("pr-24-shop", "running"), "no calls after unsubscribing"

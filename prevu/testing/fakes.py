@@ -24,6 +24,7 @@ from typing import Any
 from attrs import define, evolve, field
 from twisted.internet.defer import CancelledError, Deferred
 
+from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.errors import DockerError, DockerUnavailable, GitError
 from prevu.ports import (
     BuildRequest,
@@ -47,6 +48,7 @@ from prevu.ports import (
     Store,
     VolumeInfo,
 )
+from prevu.runtime import HealthChecker, Runtime
 
 MANAGED = {"prevu.managed": "true"}
 
@@ -379,6 +381,15 @@ class FakeStore:
     def lines(self, preview: str) -> list[str]:
         """Just the text of a preview's log lines (for assertions)."""
         return [x.line for x in self.read_logs(preview)]
+
+
+def fake_runtime(docker: FakeDocker, health: HealthChecker, instance: str) -> Runtime:
+    """
+    A `Runtime` on the fake engine: the real Docker runtime over `FakeDocker`
+    (as treq's StubTreq is the real client over a fake transport), so that
+    tests exercise the runtime's choreography and inspect the fake engine.
+    """
+    return DockerRuntime(docker, health, instance)
 
 
 def _conforms(git: FakeGit, docker: FakeDocker, store: FakeStore) -> tuple[Git, Docker, Store]:
