@@ -32,7 +32,7 @@ class DockerRuntime:
     `Runtime` over the `Docker` port. `network` is the prefix of preview
     networks and containers; `memory` (bytes), `cpus` and `pids` are the
     server's limits (a service may ask for less, never more); `build_timeout`
-    is seconds; `instance` scopes listings and removals to this prevu.
+    and `stop_timeout` are seconds; `instance` scopes listings and removals to this prevu.
     """
 
     docker: Docker
@@ -43,6 +43,8 @@ class DockerRuntime:
     cpus: float = 1.0
     pids: int = 512
     build_timeout: float = 900.0
+    stop_timeout: float = 10.0
+    """Seconds a container gets to exit after SIGTERM before it is killed (sleep)."""
 
     @classmethod
     def from_config(
@@ -133,7 +135,7 @@ class DockerRuntime:
 
     async def stop(self, deployed: Deployed) -> None:
         for container in deployed.containers.values():
-            await self.docker.stop(container)
+            await self.docker.stop(container, self.stop_timeout)
 
     async def resume(self, deployed: Deployed) -> Deployed:
         endpoints = dict(deployed.endpoints)

@@ -1,8 +1,11 @@
-"""The Docker runtime on the real engine: a one-service model built, run, probed and removed."""
+"""The app model, the Docker runtime's refusals and `[docker] runtime`.
+
+The Docker runtime on the real engine (exec, observe, volumes removed with their
+preview) is exercised by tests/test_previews_e2e.py.
+"""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,64 +18,10 @@ from prevu.adapters.health import NetworkHealthChecker
 from prevu.appmodel import AppModel, Service, single_dockerfile
 from prevu.config import parse_config
 from prevu.errors import ConfigError, DockerError
-from prevu.labels import Identity
 from prevu.lifecycle import Revision
 from prevu.repoconfig import RepoSettings
 from prevu.runtime import Release
-from tests.support.docker import TEST_LABELS, BusyboxContext
-from tests.support.timeouts import sleep, within
-
-pytestmark = pytest.mark.docker
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_model_runs_end_to_end_and_remove_leaves_nothing(
-    reactor: Any, thread_pool: Any, busybox_context: BusyboxContext, docker_client: Any
-) -> None:
-    """build -> start -> healthy -> exec -> observe -> stop/resume -> remove(data) -> nothing."""
-    instance = uuid.uuid4().hex[:12]
-    engine = DockerEngine(reactor, thread_pool, labels=TEST_LABELS, self_container="none")
-    runtime = DockerRuntime(
-        engine, NetworkHealthChecker(reactor), instance, network=f"prevu-{instance[:8]}",
-        memory=64 << 20, cpus=0.5, pids=64,
-    )
-    context = busybox_context()
-    model = single_dockerfile(str(context), RepoSettings(health="/index.html"))
-    identity = Identity(instance, "pr-1-rt", "acme/rt", 1, "github")
-    release = Release("pr-1-rt", Revision("a" * 40, "main", 1), "pr-1-rt.localhost",
-                      identity.labels(), {"PREVU_PR": "1"})
-    lines: list[str] = []
-    volume = docker_client.volumes.create(
-        f"prevu-{instance}-data", labels={**TEST_LABELS, **identity.labels()}
-    )
-    built = await within(runtime.build(model, release, lines.append), 120)
-    assert built.image.startswith("sha256:") and lines[0].startswith("building prevu/pr-1-rt:")
-    deployed = await within(runtime.start(built), 60)
-    for _ in range(100):
-        health = await within(runtime.health(deployed), 30)
-        if health.healthy:
-            break
-        await sleep(0.05)
-    assert health.healthy and deployed.endpoint.port == 8080
-    result = await within(
-        runtime.exec(deployed, "app", ["/bin/busybox", "sh", "-c", "echo hi; exit 3"]), 30
-    )
-    assert (result.exit_code, result.output) == (3, "hi\n")
-    (seen,) = await within(runtime.observe(), 30)
-    assert (seen.preview, seen.service, seen.state, seen.oom_killed) == (
-        "pr-1-rt", "app", "running", False,
-    )
-    owned = await within(runtime.list_owned(), 30)
-    assert [v.name for v in owned.volumes] == [volume.name]
-    assert len(owned.containers) == len(owned.images) == len(owned.networks) == 1
-    await within(runtime.stop(deployed), 30)
-    (stopped,) = await within(runtime.observe(), 30)
-    assert stopped.state == "exited" and stopped.exit_code is not None
-    resumed = await within(runtime.resume(deployed), 30)
-    assert resumed.container == deployed.container and resumed.endpoint.port == 8080
-    await within(runtime.remove("pr-1-rt", data=True), 60)
-    owned = await within(runtime.list_owned(), 30)
-    assert (owned.containers, owned.images, owned.networks, owned.volumes) == ((), (), (), ())
+from tests.support.docker import TEST_LABELS
 
 
 @pytest_twisted.ensureDeferred
