@@ -52,14 +52,15 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
 from prevu.adapters.docker import DockerEngine
+from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.git import GitCli
+from prevu.adapters.health import NetworkHealthChecker
 from prevu.config import Config, DockerConfig, GithubConfig, ServerConfig
 from prevu.control.app import ControlApp
 from prevu.control.webhooks import Webhooks
 from prevu.feedback.wiring import build_feedback
 from prevu.forge.github import sign
-from prevu.orchestrator import Orchestrator
-from prevu.orchestrator.health import NetworkHealthChecker
+from prevu.orchestrator import Orchestrator, OrchestratorSettings
 from prevu.ports import BuildRequest, Image, LogSink, RunningContainer, RunRequest
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import RouteRegistry
@@ -141,15 +142,11 @@ async def latency(reactor: Any, tmp: Path, github_url: str | None = None) -> lis
     store = SqliteStore.in_state_dir(config.server.state_dir, reactor)
     git = FakeGit(root=str(tmp / "latency" / "workspaces"))
     git.pause("fetch")
-    orchestrator = Orchestrator(
-        config=config,
-        clock=reactor,
-        routes=RouteRegistry(),
-        docker=FakeDocker(),
-        git=git,
-        store=store,
-        health=FakeHealth(),
+    settings = OrchestratorSettings.from_config(config)
+    runtime = DockerRuntime.from_config(
+        FakeDocker(), FakeHealth(), config.docker, settings.instance
     )
+    orchestrator = Orchestrator(settings, reactor, RouteRegistry(), runtime, git, store)
     feedback = build_feedback(config, reactor, orchestrator.watch, store)
     if feedback is not None:
         feedback.startService()
@@ -353,15 +350,15 @@ async def overhead(reactor: Any, tmp: Path) -> tuple[float, float, float]:
     store = SqliteStore.in_state_dir(str(state), reactor)
     docker = TimedDocker(DockerEngine(reactor, threads, labels=LABELS, self_container="none"))
     routes = RouteRegistry()
-    orchestrator = Orchestrator(
-        config=config,
-        clock=reactor,
-        routes=routes,
-        docker=docker,  # type: ignore[arg-type]
-        git=GitCli(reactor, str(state / "workspaces"), threads),
-        store=store,
-        health=NetworkHealthChecker(reactor),
+    settings = OrchestratorSettings.from_config(config)
+    runtime = DockerRuntime.from_config(
+        docker,  # type: ignore[arg-type]
+        NetworkHealthChecker(reactor),
+        config.docker,
+        settings.instance,
     )
+    git_cli = GitCli(reactor, str(state / "workspaces"), threads)
+    orchestrator = Orchestrator(settings, reactor, routes, runtime, git_cli, store)
     webhooks = Webhooks(config, orchestrator, store, orchestrator.metrics)
     control = reactor.listenTCP(
         0, Site(ControlApp(config=config, webhooks=webhooks).resource()), interface="127.0.0.1"

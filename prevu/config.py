@@ -182,6 +182,8 @@ class DockerConfig:
     reconcile_interval: float = 60.0
     host: str | None = None
     self_container: str = "auto"
+    runtime: Literal["docker"] = "docker"
+    """The engine runtime (prevu.runtime); "swarm" is refused until it exists."""
 
 
 @frozen
@@ -657,6 +659,7 @@ def _docker(t: _Table) -> DockerConfig:
         reconcile_interval=t.duration("reconcile_interval", d.reconcile_interval),
         host=t.optional_string("host"),
         self_container=t.string("self_container", d.self_container),
+        runtime=_runtime(t, d.runtime),
     )
     if config.memory < 6 << 20:
         raise t.error("memory", "must be at least 6m (Docker's minimum)")
@@ -664,6 +667,12 @@ def _docker(t: _Table) -> DockerConfig:
         raise t.error("reconcile_interval", "must be more than 0")
     t.finish()
     return config
+
+
+def _runtime(t: _Table, default: str) -> Any:
+    if t.string("runtime", default) == "swarm":
+        raise t.error("runtime", '"swarm" is not available yet: use "docker"')
+    return t.choice("runtime", default, ("docker",))
 
 
 def _previews(t: _Table) -> PreviewsConfig:

@@ -68,7 +68,7 @@ def idle_actions(
     return actions
 
 
-class Previews(Protocol):
+class IdlePreviews(Protocol):
     """What the idle service needs of the orchestrator."""
 
     def previews(self) -> list[PreviewRecord]: ...
@@ -84,7 +84,7 @@ class IdleService(Service):
     def __init__(
         self,
         clock: Any,
-        previews: Previews,
+        previews: IdlePreviews,
         last_request: Mapping[str, float],
         sleep_after: float,
         ttl: float,

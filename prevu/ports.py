@@ -31,6 +31,8 @@ from typing import Literal, Protocol
 
 from attrs import Factory, field, frozen, validators
 
+from prevu.revisions import SHA_PATTERN
+
 Access = Literal["private", "public"]
 PreviewStatus = Literal[
     "queued", "building", "starting", "running", "sleeping", "failed", "stopped"
@@ -67,7 +69,7 @@ class GitSource:
 
     url: str = field(validator=validators.min_len(1))
     ref: str = field(validator=validators.min_len(1))
-    sha: str = field(validator=validators.matches_re(r"^[0-9a-f]{40}([0-9a-f]{24})?$"))
+    sha: str = field(validator=validators.matches_re(SHA_PATTERN))
     token: str | None = field(default=None, repr=False)
     timeout: float = field(default=300.0, validator=validators.gt(0))
 
@@ -187,6 +189,12 @@ class ContainerInfo:
     labels: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
     networks: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
     """Network name → this container's IP address on it."""
+    exit_code: int | None = None
+    """The exit code of a container that ran and stopped (inspect only; None otherwise)."""
+    oom_killed: bool = False
+    """True when the kernel killed the container for exceeding its memory limit (inspect)."""
+    restart_count: int = 0
+    """How often the engine restarted the container (inspect)."""
 
     @property
     def running(self) -> bool:
@@ -212,12 +220,29 @@ class ImageInfo:
 
 
 @frozen
+class VolumeInfo:
+    """A named volume prevu created (a preview's data, kept across pushes)."""
+
+    name: str
+    labels: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
+
+
+@frozen
+class ExecResult:
+    """What a command run in a container answered: its exit code and its output (both streams)."""
+
+    exit_code: int
+    output: str
+
+
+@frozen
 class Managed:
     """Everything labelled `prevu.managed=true`: the source of truth for what runs."""
 
     containers: tuple[ContainerInfo, ...] = ()
     networks: tuple[NetworkInfo, ...] = ()
     images: tuple[ImageInfo, ...] = ()
+    volumes: tuple[VolumeInfo, ...] = ()
 
 
 class Docker(Protocol):
@@ -271,8 +296,20 @@ class Docker(Protocol):
         """Remove a network (leaving it first if prevu joined it); a missing one is fine."""
         ...
 
+    async def remove_volume(self, name: str) -> None:
+        """Remove a named volume and its data; a missing one is fine."""
+        ...
+
     async def inspect_container(self, container: str) -> ContainerInfo | None:
-        """The container's current state, or None when it does not exist."""
+        """The container's current state (with exit code, OOM kill, restarts), or None."""
+        ...
+
+    async def exec_in(self, container: str, argv: Sequence[str]) -> ExecResult:
+        """
+        Run `argv` in the running `container` and wait for it to end.
+
+        Raises DockerError when the container does not exist or is not running.
+        """
         ...
 
     async def container_logs(self, container: str, tail: int = 200) -> list[str]:
@@ -280,7 +317,7 @@ class Docker(Protocol):
         ...
 
     async def list_managed(self) -> Managed:
-        """Every container (running or not), network and image labelled `prevu.managed=true`."""
+        """Every container (running or not), network, image and volume labelled as managed."""
         ...
 
 

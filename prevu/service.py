@@ -7,28 +7,37 @@ plugin only parses options and calls `build_service`.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
-from attrs import evolve
+from attrs import evolve, frozen
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python.threadpool import ThreadPool
 
+from prevu.adapters.docker import DockerEngine
+from prevu.adapters.docker_runtime import DockerRuntime
+from prevu.adapters.git import GitCli
+from prevu.adapters.health import NetworkHealthChecker
 from prevu.auth.authority import Authority
 from prevu.auth.gate import AuthGate
 from prevu.auth.revocations import load_revoked
 from prevu.auth.revocations import saver as revocation_saver
 from prevu.config import Config
+from prevu.control.api import PreviewsApi
 from prevu.control.app import ControlApp
 from prevu.control.limits import control_site as control_site_for
 from prevu.control.login import build_login
+from prevu.control.webhooks import Webhooks
+from prevu.feedback.wiring import build_feedback
 from prevu.idle import IdleService
-from prevu.orchestrator.wiring import build_previews
+from prevu.orchestrator import Orchestrator, OrchestratorService, OrchestratorSettings
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
 from prevu.secretfile import API_TOKEN_FILE, load_or_create_secret
+from prevu.store import SqliteStore
 from prevu.tls.service import build_tls
 from prevu.tls.status import CertificatesApi
 
@@ -46,6 +55,54 @@ class ThreadPoolService(Service):
     def stopService(self) -> Any:
         super().stopService()
         self.pool.stop()
+
+
+class _StoreService(Service):
+    """Closes the SQLite store at shutdown."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.store.close()
+        return None
+
+
+@frozen
+class PreviewPipeline:
+    """The wired preview pipeline: orchestrator, web handlers, and the services to run."""
+
+    orchestrator: Orchestrator
+    webhooks: Webhooks
+    api: PreviewsApi
+    services: tuple[Service, ...]
+
+
+def build_previews(
+    config: Config, reactor: Any, pool: ThreadPool, routes: RouteRegistry
+) -> PreviewPipeline:
+    """Store under `state_dir`, git and the `[docker] runtime` on `pool`, orchestrator, handlers."""
+    state_dir = os.path.abspath(config.server.state_dir)
+    store = SqliteStore.in_state_dir(state_dir, reactor)
+    client_kwargs = {"base_url": config.docker.host} if config.docker.host else {}
+    docker = DockerEngine(
+        reactor, pool, client_kwargs=client_kwargs, self_container=config.docker.self_container
+    )
+    settings = OrchestratorSettings.from_config(config)
+    # `[docker] runtime` picks the engine; "docker" is the only one so far (config refuses others).
+    runtime = DockerRuntime.from_config(
+        docker, NetworkHealthChecker(reactor), config.docker, settings.instance
+    )
+    git = GitCli(reactor, os.path.join(state_dir, "workspaces"), pool)
+    orchestrator = Orchestrator(settings, reactor, routes, runtime, git, store)
+    webhooks = Webhooks(config, orchestrator, store, orchestrator.metrics)
+    api = PreviewsApi(config, orchestrator, store, docker, orchestrator.metrics)
+    services: tuple[Service, ...] = (_StoreService(store), OrchestratorService(orchestrator))
+    feedback = build_feedback(config, reactor, orchestrator.watch, store)
+    if feedback is not None:
+        services += (feedback,)
+    return PreviewPipeline(orchestrator, webhooks, api, services)
 
 
 def static_routes(config: Config) -> list[Route]:

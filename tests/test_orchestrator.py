@@ -10,11 +10,12 @@ import pytest
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
+from prevu import labels as lb
+from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.config import Config, DockerConfig, RepoConfig, ServerConfig
 from prevu.forge import policy
 from prevu.forge.events import PullRequest
-from prevu.orchestrator import Orchestrator
-from prevu.orchestrator import labels as lb
+from prevu.orchestrator import Orchestrator, OrchestratorSettings
 from prevu.routing import RouteRegistry
 from prevu.testing.fakes import FakeDocker, FakeGit, FakeStore
 from prevu.testing.health import FakeHealth
@@ -41,17 +42,11 @@ class Harness:
         self.orchestrator = self.make()
 
     def make(self) -> Orchestrator:
-        return Orchestrator(
-            config=self.config,
-            clock=self.clock,
-            routes=self.routes,
-            docker=self.docker,
-            git=self.git,
-            store=self.store,
-            health=self.health,
-            drain_delay=1.0,
-            **self.kwargs,
+        settings = OrchestratorSettings.from_config(self.config, drain_delay=1.0, **self.kwargs)
+        runtime = DockerRuntime.from_config(
+            self.docker, self.health, self.config.docker, settings.instance
         )
+        return Orchestrator(settings, self.clock, self.routes, runtime, self.git, self.store)
 
     def publish(self, number: int, sha: str, files: Mapping[str, str] | None = None) -> None:
         self.git.remote(URL, f"refs/pull/{number}/head", sha, {**DOCKERFILE, **(files or {})})
@@ -430,3 +425,21 @@ def test_label_collision_between_repos_gets_a_distinct_id(h: Harness) -> None:
     other = PullRequest("github", "other/shop", 1, SHAS[1], "b", URL, "refs/pull/1/head")
     receipt = h.orchestrator.apply(policy.Deploy(other, RepoConfig("other/shop")))
     assert receipt.preview != "pr-1-shop" and (receipt.preview or "").startswith("pr-1-shop-")
+
+
+def test_watchers_see_every_stored_record_and_a_failing_one_breaks_nothing(h: Harness) -> None:
+    """watch(): called after each store write with the new record; errors are only logged."""
+    seen: list[tuple[str, str]] = []
+
+    def broken(record: Any) -> None:
+        raise RuntimeError("watcher bug")
+
+    h.orchestrator.watch(broken)
+    stop = h.orchestrator.watch(lambda record: seen.append((record.id, record.status)))
+    h.publish(24, SHAS[0])
+    h.deploy(24, SHAS[0])
+    assert seen[0] == ("pr-24-shop", "queued") and seen[-1] == ("pr-24-shop", "running")
+    assert h.store.get("pr-24-shop") is not None and h.status("pr-24-shop") == "running"
+    stop()
+    h.close(24, SHAS[0])
+    assert seen[-1] == ("pr-24-shop", "running"), "no calls after unsubscribing"

@@ -19,18 +19,20 @@ import treq
 from twisted.internet.defer import ensureDeferred
 from twisted.web.server import Site
 
+from prevu import labels as lb
 from prevu.adapters.docker import DockerEngine
+from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.git import GitCli
+from prevu.adapters.health import NetworkHealthChecker
 from prevu.config import Config, DockerConfig, GithubConfig, RepoConfig, ServerConfig
 from prevu.control.api import PreviewsApi
 from prevu.control.app import ControlApp
 from prevu.control.webhooks import Webhooks
 from prevu.forge.github import sign
-from prevu.orchestrator import Orchestrator
-from prevu.orchestrator import labels as lb
-from prevu.orchestrator.health import NetworkHealthChecker
+from prevu.orchestrator import Orchestrator, OrchestratorSettings
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import RouteRegistry
+from prevu.runtime import Deployed
 from prevu.store import SqliteStore
 from tests.support.docker import BUSYBOX, HTTPD_DOCKERFILE, TEST_LABELS
 from tests.support.git_repos import ForgeRepo, git
@@ -101,16 +103,14 @@ class Stack:
         """(Re)start prevu: a new store connection, route table, orchestrator, proxy, app."""
         self.store = SqliteStore.in_state_dir(self.config.server.state_dir, self.reactor)
         self.routes = RouteRegistry()
+        settings = OrchestratorSettings.from_config(
+            self.config, drain_delay=0.5, start_timeout=20.0
+        )
+        runtime = DockerRuntime.from_config(
+            self.docker, NetworkHealthChecker(self.reactor), self.config.docker, settings.instance
+        )
         self.orchestrator = Orchestrator(
-            config=self.config,
-            clock=self.reactor,
-            routes=self.routes,
-            docker=self.docker,
-            git=self.git,
-            store=self.store,
-            health=NetworkHealthChecker(self.reactor),
-            drain_delay=0.5,
-            start_timeout=20.0,
+            settings, self.reactor, self.routes, runtime, self.git, self.store
         )
         webhooks = Webhooks(self.config, self.orchestrator, self.store, self.orchestrator.metrics)
         api = PreviewsApi(self.config, self.orchestrator, self.store, self.docker)
@@ -284,13 +284,35 @@ async def test_pull_request_lifecycle_end_to_end(stack: Stack, docker_client: An
     assert served_before is not None and served_after is not None
     assert served_after.container == served_before.container, "not rebuilt, not restarted"
 
-    # closed: 404 and nothing of the pull request left.
+    # the runtime on the real engine: exec, observe, and the preview's volumes are its data.
+    runtime = stack.orchestrator.runtime
+    serving = stack.orchestrator.serving("pr-1-hello-world")
+    assert serving is not None
+    deployed = Deployed("pr-1-hello-world", host, "app", {"app": serving.container})
+    result = await within(
+        runtime.exec(deployed, "app", ["/bin/busybox", "sh", "-c", "echo hi; exit 3"]), 30
+    )
+    assert (result.exit_code, result.output) == (3, "hi\n")
+    observed = await within(runtime.observe(), 30)
+    assert [(o.preview, o.service, o.state, o.oom_killed) for o in observed] == [
+        ("pr-1-hello-world", "app", "running", False)
+    ]
+    volume = docker_client.volumes.create(
+        f"{stack.config.docker.network}-pr-1-data",
+        labels={**TEST_LABELS, lb.INSTANCE: stack.orchestrator.instance,
+                lb.PREVIEW: "pr-1-hello-world"},
+    )
+    owned = await within(runtime.list_owned(), 30)
+    assert [v.name for v in owned.volumes] == [volume.name]
+
+    # closed: 404 and nothing of the pull request left (its volumes neither).
     code, body = await stack.pull_request("closed", 1, second)
     assert code == 202
     assert (await stack.get(host))[0] == 404
     await stack.until("pr-1-hello-world", "stopped")
     await stack.settled()
     assert stack.leftovers(docker_client, "pr-1-hello-world") == []
+    assert docker_client.volumes.list(filters={"name": volume.name}) == []
 
 
 @pytest_twisted.ensureDeferred

@@ -26,7 +26,7 @@ import contextlib
 import os
 import re
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import docker
@@ -44,6 +44,7 @@ from prevu.ports import (
     BuildRequest,
     ContainerInfo,
     Docker,
+    ExecResult,
     Image,
     ImageInfo,
     LogSink,
@@ -51,6 +52,7 @@ from prevu.ports import (
     NetworkInfo,
     RunningContainer,
     RunRequest,
+    VolumeInfo,
 )
 
 T = TypeVar("T")
@@ -485,16 +487,39 @@ class DockerEngine:
             except docker.errors.NotFound:
                 return None
             networks = attrs["NetworkSettings"]["Networks"] or {}
+            state = attrs["State"]
+            status = state.get("Status", "")
             return ContainerInfo(
                 id=attrs["Id"],
                 name=attrs["Name"].lstrip("/"),
                 image=attrs["Config"].get("Image", ""),
-                state=attrs["State"].get("Status", ""),
+                state=status,
                 labels=attrs["Config"].get("Labels") or {},
                 networks={n: v.get("IPAddress", "") for n, v in networks.items()},
+                exit_code=state.get("ExitCode") if status in ("exited", "dead") else None,
+                oom_killed=bool(state.get("OOMKilled")),
+                restart_count=int(attrs.get("RestartCount") or 0),
             )
 
         return await self._call("inspect", inspect)
+
+    async def exec_in(self, container: str, argv: Sequence[str]) -> ExecResult:
+        def run() -> ExecResult:
+            api = self._get_client().api
+            created = api.exec_create(container, list(argv), stdout=True, stderr=True)
+            output = api.exec_start(created["Id"])
+            code = api.exec_inspect(created["Id"]).get("ExitCode")
+            text = output.decode("utf-8", "replace")
+            return ExecResult(int(code if code is not None else -1), text)
+
+        return await self._call("exec", run)
+
+    async def remove_volume(self, name: str) -> None:
+        def remove() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self._get_client().api.remove_volume(name, force=True)
+
+        await self._call("volume remove", remove)
 
     async def container_logs(self, container: str, tail: int = 200) -> list[str]:
         def logs() -> list[str]:
@@ -520,6 +545,10 @@ class DockerEngine:
                 images=tuple(
                     ImageInfo(i["Id"], tuple(_real_tags(i.get("RepoTags"))), i.get("Labels") or {})
                     for i in api.images(filters=MANAGED_FILTER)
+                ),
+                volumes=tuple(
+                    VolumeInfo(v["Name"], v.get("Labels") or {})
+                    for v in (api.volumes(filters=MANAGED_FILTER) or {}).get("Volumes") or ()
                 ),
             )
 

@@ -1,9 +1,10 @@
 """
-The orchestrator: carries out the lifecycle's effects with git, Docker, the
+The orchestrator: carries out the lifecycle's effects with git, a runtime, the
 route registry and the store, and feeds the results back (see
-docs/orchestrator.md).
+docs/orchestrator.md for the modules and which way they depend).
 """
 
 from prevu.orchestrator.engine import Orchestrator, OrchestratorService, Receipt
+from prevu.orchestrator.settings import OrchestratorSettings
 
-__all__ = ["Orchestrator", "OrchestratorService", "Receipt"]
+__all__ = ["Orchestrator", "OrchestratorService", "OrchestratorSettings", "Receipt"]

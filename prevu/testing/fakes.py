@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from attrs import define, evolve, field
 from twisted.internet.defer import CancelledError, Deferred
 
+from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.errors import DockerError, DockerUnavailable, GitError
 from prevu.ports import (
     BuildRequest,
     Checkout,
     ContainerInfo,
     Docker,
+    ExecResult,
     Git,
     GitSource,
     Image,
@@ -44,7 +46,9 @@ from prevu.ports import (
     RunningContainer,
     RunRequest,
     Store,
+    VolumeInfo,
 )
+from prevu.runtime import HealthChecker, Runtime
 
 MANAGED = {"prevu.managed": "true"}
 
@@ -161,6 +165,9 @@ class FakeDocker:
     images: dict[str, ImageInfo] = field(factory=dict)
     networks: dict[str, NetworkInfo] = field(factory=dict)
     containers: dict[str, ContainerInfo] = field(factory=dict)
+    volumes: dict[str, VolumeInfo] = field(factory=dict)
+    exec_answers: dict[tuple[str, ...], ExecResult] = field(factory=dict)
+    """argv → what `exec_in` answers (default: exit code 0, no output)."""
     ports: dict[str, int] = field(factory=dict)
     runs: dict[str, RunRequest] = field(factory=dict)
     builds: list[BuildRequest] = field(factory=list)
@@ -278,9 +285,20 @@ class FakeDocker:
         await self._enter("remove_network", name)
         self.networks.pop(name, None)
 
+    async def remove_volume(self, name: str) -> None:
+        await self._enter("remove_volume", name)
+        self.volumes.pop(name, None)
+
     async def inspect_container(self, container: str) -> ContainerInfo | None:
         await self._enter("inspect_container", container)
         return self._find(container)
+
+    async def exec_in(self, container: str, argv: Sequence[str]) -> ExecResult:
+        await self._enter("exec_in", container)
+        info = self._find(container)
+        if info is None or not info.running:
+            raise DockerError("exec", f"container {container} is not running")
+        return self.exec_answers.get(tuple(argv), ExecResult(0, ""))
 
     async def container_logs(self, container: str, tail: int = 200) -> list[str]:
         await self._enter("container_logs", container)
@@ -292,13 +310,14 @@ class FakeDocker:
             containers=tuple(self.containers.values()),
             networks=tuple(self.networks.values()),
             images=tuple(self.images.values()),
+            volumes=tuple(self.volumes.values()),
         )
 
     def crash(self, container: str) -> None:
         """Make a container exit, as if its process died."""
         info = self._find(container)
         if info is not None:
-            self.containers[info.id] = evolve(info, state="exited")
+            self.containers[info.id] = evolve(info, state="exited", exit_code=137)
 
     def vanish(self, container: str) -> None:
         """Make a container disappear behind prevu's back (`docker rm -f`)."""
@@ -362,6 +381,15 @@ class FakeStore:
     def lines(self, preview: str) -> list[str]:
         """Just the text of a preview's log lines (for assertions)."""
         return [x.line for x in self.read_logs(preview)]
+
+
+def fake_runtime(docker: FakeDocker, health: HealthChecker, instance: str) -> Runtime:
+    """
+    A `Runtime` on the fake engine: the real Docker runtime over `FakeDocker`
+    (as treq's StubTreq is the real client over a fake transport), so that
+    tests exercise the runtime's choreography and inspect the fake engine.
+    """
+    return DockerRuntime(docker, health, instance)
 
 
 def _conforms(git: FakeGit, docker: FakeDocker, store: FakeStore) -> tuple[Git, Docker, Store]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from attrs import define, field
 
-from prevu.orchestrator.health import HealthChecker
 from prevu.routing import Upstream
+from prevu.runtime import HealthChecker
 
 
 @define

@@ -30,6 +30,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from prevu.backoff import BackoffPolicy, exponential
 from prevu.routing import RouteTable
 from prevu.tls.acme import DNS_01, Challenge, PendingOrder, new_account_key
 from prevu.tls.certs import CertificateBundle, covers
@@ -174,6 +175,8 @@ class CertificateIssuer(Service):
     order_timeout: float = 120.0
     backoff: float = 60.0
     max_backoff: float = 6 * 3600.0
+    retry: BackoffPolicy | None = None
+    """The retry policy; None means `exponential(backoff, 2, max_backoff)` (prevu.backoff)."""
     ari_recheck: float = 6 * 3600.0
     _entries: dict[str, _Entry] = field(factory=dict)
     _queue: deque[str] = field(factory=deque)
@@ -443,7 +446,8 @@ class CertificateIssuer(Service):
             self._client.reset()
         entry.failures += 1
         entry.error = f"{type(error).__name__}: {error}"[:500]
-        delay = min(self.backoff * 2 ** (entry.failures - 1), self.max_backoff)
+        policy = self.retry or exponential(self.backoff, 2.0, max(self.max_backoff, self.backoff))
+        delay = policy(entry.failures)
         entry.next_attempt = self.clock.seconds() + delay
         entry.state = "failed"
         log.warn(

@@ -1,5 +1,5 @@
 """
-The preview lifecycle: a state machine over frozen states.
+The preview lifecycle's rules: `transition(state, event)` and the handlers behind it.
 
 Pure core, no I/O and no clock. `transition(state, event)` returns the new
 state and the *effects* (as data) that the orchestrator must carry out:
@@ -30,365 +30,46 @@ separately, so it cannot disagree with it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
-from attrs import evolve, field, frozen, validators
-
-from prevu.ports import PreviewStatus
-
-SHA = r"^[0-9a-f]{40}([0-9a-f]{24})?$"
-Gate = Literal["open", "approve"]
-JobKind = Literal["build", "start", "teardown", "suspend", "resume"]
-
-
-# --- values ------------------------------------------------------------------
-
-
-@frozen
-class Revision:
-    """
-    A commit to deploy. `serial` grows with every accepted deploy request,
-    so that a redeploy of the same SHA is a new revision.
-    """
-
-    sha: str = field(validator=validators.matches_re(SHA))
-    branch: str = ""
-    serial: int = field(default=0, validator=validators.ge(0))
-
-    @property
-    def short(self) -> str:
-        return self.sha[:12]
-
-
-@frozen
-class Deployment:
-    """A started, healthy container and where it is reached."""
-
-    revision: Revision
-    container: str
-    image: str
-    address: str
-    port: int = field(validator=[validators.ge(1), validators.le(65535)])
-
-
-@frozen
-class Job:
-    """The one job in flight; `started` is False while a build waits for a build slot."""
-
-    kind: JobKind
-    revision: Revision | None = None
-    image: str | None = None
-    started: bool = False
-
-
-@frozen
-class Preview:
-    """The lifecycle state of one preview."""
-
-    closed: bool = False
-    target: Revision | None = None
-    serving: Deployment | None = None
-    job: Job | None = None
-    awaiting: Revision | None = None
-    approved: str | None = None
-    failed: Revision | None = None
-    error: str | None = None
-    note: str | None = None
-    asleep: bool = False
-    clean: bool = True
-
-    @property
-    def status(self) -> PreviewStatus:
-        """The public status (SPEC §4), derived from the state."""
-        if self.closed:
-            return "stopped"
-        if self.job is not None:
-            kind = self.job.kind
-            if kind == "build":
-                return "building" if self.job.started else "queued"
-            if kind in ("start", "resume"):
-                return "starting"
-            if kind == "suspend":
-                return "sleeping"
-            return "stopped"
-        if self.awaiting is not None:
-            return "queued"
-        if self.failed is not None and self.failed == self.target:
-            return "failed"
-        if self.serving is not None:
-            return "sleeping" if self.asleep else "running"
-        return "queued" if self.target is not None else "stopped"
-
-    @property
-    def detail(self) -> str | None:
-        """A human explanation of the status, when there is more to say than the status."""
-        if self.awaiting is not None and not self.closed:
-            return (
-                f"waiting for approval of {self.awaiting.short}: a maintainer comments "
-                "/preview approve"
-            )
-        if self.status == "failed":
-            return self.error
-        return self.note
-
-    @property
-    def sha(self) -> str | None:
-        """The commit this preview is about: the wanted one, else the one serving."""
-        if self.awaiting is not None:
-            return self.awaiting.sha
-        if self.target is not None:
-            return self.target.sha
-        return self.serving.revision.sha if self.serving else None
-
-    @property
-    def active(self) -> bool:
-        """True when the preview holds, or is about to hold, Docker resources (max_previews)."""
-        return not self.closed and (self.serving is not None or self.job is not None)
-
-
-# --- events ------------------------------------------------------------------
-
-
-@frozen
-class Deploy:
-    """Deploy `sha` (opened, reopened, pushed). `revive` may bring back a closed preview."""
-
-    sha: str = field(validator=validators.matches_re(SHA))
-    branch: str = ""
-    gate: Gate = "open"
-    revive: bool = False
-    room: bool = True
-    """False when `max_previews` is reached and this preview holds no resources yet."""
-    limit: int = 0
-
-
-@frozen
-class Deny:
-    """This pull request may not have a preview (fork policy)."""
-
-    sha: str = field(validator=validators.matches_re(SHA))
-    branch: str
-    reason: str
-
-
-@frozen
-class Approve:
-    """A trusted maintainer approved the fork head awaiting approval."""
-
-    by: str
-
-
-@frozen
-class Close:
-    """The pull request was closed or merged, or the preview deleted."""
-
-    reason: str
-
-
-@frozen
-class Redeploy:
-    """Build the current target again (API)."""
-
-
-@frozen
-class Poke:
-    """Re-evaluate the state (after a restart): start whatever is due."""
-
-
-@frozen
-class Sleep:
-    """The preview was idle: stop its container, keep it routable."""
-
-
-@frozen
-class Wake:
-    """A request arrived for a sleeping preview."""
-
-
-@frozen
-class BuildStarted:
-    """The build got a build slot and runs."""
-
-    revision: Revision
-
-
-@frozen
-class Built:
-    """The image of `revision` is built."""
-
-    revision: Revision
-    image: str
-
-
-@frozen
-class BuildFailed:
-    """The build of `revision` failed, or was cancelled or superseded."""
-
-    revision: Revision
-    reason: str
-
-
-@frozen
-class Started:
-    """A container of `deployment.revision` is running and healthy."""
-
-    deployment: Deployment
-
-
-@frozen
-class StartFailed:
-    """The container of `revision` did not start or never became healthy."""
-
-    revision: Revision
-    reason: str
-
-
-@frozen
-class Suspended:
-    """The container was stopped (sleep)."""
-
-
-@frozen
-class TornDown:
-    """Everything of the preview is gone."""
-
-
-@frozen
-class Vanished:
-    """The serving container is gone or stopped (found by reconcile): mark it failed."""
-
-    container: str
-
-
-@frozen
-class Adopt:
-    """A running container of this preview was found (restart): serve it."""
-
-    deployment: Deployment
-    asleep: bool = False
-
-
-Event = (
-    Deploy
-    | Deny
-    | Approve
-    | Close
-    | Redeploy
-    | Poke
-    | Sleep
-    | Wake
-    | BuildStarted
-    | Built
-    | BuildFailed
-    | Started
-    | StartFailed
-    | Suspended
-    | TornDown
-    | Vanished
-    | Adopt
+from attrs import evolve
+
+from prevu.lifecycle.states import (
+    Adopt,
+    Approve,
+    Build,
+    BuildFailed,
+    BuildStarted,
+    Built,
+    CancelBuild,
+    Close,
+    Deny,
+    Deploy,
+    Discard,
+    Effect,
+    Event,
+    Job,
+    JobKind,
+    Poke,
+    Preview,
+    Redeploy,
+    Resume,
+    Revision,
+    RouteAsleep,
+    RouteBuilding,
+    RouteTo,
+    Sleep,
+    Start,
+    Started,
+    StartFailed,
+    Suspend,
+    Suspended,
+    Teardown,
+    TornDown,
+    Transition,
+    Unroute,
+    Vanished,
+    Wake,
 )
-
-
-# --- effects -----------------------------------------------------------------
-
-
-@frozen
-class Build:
-    """Fetch the revision and build its image; answer BuildStarted, then Built or BuildFailed."""
-
-    revision: Revision
-
-
-@frozen
-class CancelBuild:
-    """Abort the build of `revision` (it answers BuildFailed)."""
-
-    revision: Revision
-
-
-@frozen
-class Start:
-    """Run `image` on the preview network and wait until healthy: Started or StartFailed."""
-
-    revision: Revision
-    image: str
-
-
-@frozen
-class RouteTo:
-    """Point the preview's host at `deployment` (state `ready`)."""
-
-    deployment: Deployment
-
-
-@frozen
-class RouteBuilding:
-    """Show the self-refreshing 503 page on the preview's host while nothing serves."""
-
-
-@frozen
-class RouteAsleep:
-    """Mark the route sleeping: the proxy wakes the preview on the next request."""
-
-    deployment: Deployment
-
-
-@frozen
-class Unroute:
-    """Remove the preview's host from the routes (404)."""
-
-
-@frozen
-class Discard:
-    """Remove a container and/or image that does not serve (old or stale)."""
-
-    container: str | None = None
-    image: str | None = None
-
-
-@frozen
-class Suspend:
-    """Stop the serving container; answer Suspended."""
-
-    deployment: Deployment
-
-
-@frozen
-class Resume:
-    """Start the stopped container again; answer Started or StartFailed."""
-
-    deployment: Deployment
-
-
-@frozen
-class Teardown:
-    """Remove containers, images, network and workspace of the preview; answer TornDown."""
-
-
-Effect = (
-    Build
-    | CancelBuild
-    | Start
-    | RouteTo
-    | RouteBuilding
-    | RouteAsleep
-    | Unroute
-    | Discard
-    | Suspend
-    | Resume
-    | Teardown
-)
-
-
-@frozen
-class Transition:
-    """The new state and the effects to carry out, in order."""
-
-    state: Preview
-    effects: tuple[Effect, ...] = ()
-
-
-# --- transitions ---------------------------------------------------------------
 
 
 def transition(state: Preview, event: Event) -> Transition:

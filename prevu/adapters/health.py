@@ -1,5 +1,5 @@
 """
-Health checks before a route switches to a new container.
+The network health checker: probes a container before a route switches to it.
 
 With `health = "/path"` in `.prevu.toml`, a GET of that path must answer with
 a status below 500; without it, a TCP connection must be accepted. Both use
@@ -8,7 +8,7 @@ plain Twisted endpoints on the reactor, one short connection per probe.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from attrs import define
 from twisted.internet.defer import Deferred
@@ -18,14 +18,7 @@ from twisted.internet.protocol import Protocol as WireProtocol
 from twisted.python.failure import Failure
 
 from prevu.routing import Upstream
-
-
-class HealthChecker(Protocol):
-    """Probes a container once."""
-
-    async def check(self, upstream: Upstream, path: str | None, host: str) -> bool:
-        """True when the container at `upstream` is healthy now."""
-        ...
+from prevu.runtime import HealthChecker
 
 
 class _StatusProbe(WireProtocol):
@@ -94,3 +87,8 @@ class NetworkHealthChecker:
         except Exception:
             return False
         return status < 500
+
+
+def _conforms(checker: NetworkHealthChecker) -> HealthChecker:
+    """mypy checks here that NetworkHealthChecker satisfies the HealthChecker Protocol."""
+    return checker

@@ -30,6 +30,8 @@ BRANCH = "prevu.branch"
 SERIAL = "prevu.serial"
 FORGE = "prevu.forge"
 IMAGE = "prevu.image"
+SERVICE = "prevu.service"
+"""Read only: the service a container runs (absent on single-service previews: "app")."""
 
 
 def instance_id(state_dir: str) -> str:
@@ -46,6 +48,18 @@ class Identity:
     repo: str
     number: int
     forge: str
+
+    @classmethod
+    def from_labels(cls, labels: Mapping[str, str]) -> Identity:
+        """The identity that `labels()` produced (missing labels read as empty or 0)."""
+        number = labels.get(NUMBER, "0")
+        return cls(
+            labels.get(INSTANCE, ""),
+            labels.get(PREVIEW, ""),
+            labels.get(REPO, ""),
+            int(number) if number.isdigit() else 0,
+            labels.get(FORGE, ""),
+        )
 
     def labels(self) -> dict[str, str]:
         """The labels of every object of this preview (images, networks, containers)."""

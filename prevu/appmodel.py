@@ -1,0 +1,129 @@
+"""
+The app model: what a revision of a repository runs, as one frozen, normalized value.
+
+Pure core (attrs only, no I/O). A model is a tuple of services; each service
+has an image to pull or a build (context, Dockerfile, args, target), a
+command, env, an optional health path, named volumes, resource limits and,
+when it is exposed, the port prevu routes to. Exactly one service is exposed
+today (the preview's host goes to it).
+
+The repository's files choose the model per revision: `single_dockerfile`
+turns a checkout plus its `.prevu.toml` (`RepoSettings`) into a one-service
+model; a Compose file will be a second producer of the same value, not a
+second runtime. Runtimes (`prevu.runtime.Runtime`) run models. Two models
+compare equal exactly when they would run the same thing, so "the model
+changed" is a plain `!=`, and such a revision is a normal switch.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Mapping, Sequence
+
+from attrs import field, frozen, validators
+
+from prevu.repoconfig import RepoSettings
+
+APP = "app"
+"""The name of the one service of a single-Dockerfile app."""
+
+
+def _mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return dict(sorted((value or {}).items()))
+
+
+def _strings(value: Sequence[str] | None) -> tuple[str, ...]:
+    return tuple(value or ())
+
+
+def _services(value: Iterable[Service]) -> tuple[Service, ...]:
+    return tuple(value)
+
+
+@frozen
+class BuildSpec:
+    """
+    How to build a service's image: `context` (absolute directory),
+    `dockerfile` (relative to the context), build `args`, and the multi-stage
+    `target` (None: the last stage).
+    """
+
+    context: str = field(validator=validators.min_len(1))
+    dockerfile: str = "Dockerfile"
+    args: Mapping[str, str] = field(factory=dict, converter=_mapping)
+    target: str | None = None
+
+
+@frozen
+class Service:
+    """
+    One service of an app. Exactly one of `image` (a reference to pull or
+    use) and `build` is set. `port` is where it listens when exposed.
+    `memory` is bytes, `cpus` whole or fractional CPUs; None means the
+    server's limit.
+    """
+
+    name: str = field(validator=validators.matches_re(r"^[a-z0-9][a-z0-9_.-]{0,62}$"))
+    image: str | None = None
+    build: BuildSpec | None = None
+    command: tuple[str, ...] | None = field(default=None)
+    env: Mapping[str, str] = field(factory=dict, converter=_mapping)
+    health: str | None = None
+    volumes: tuple[str, ...] = field(default=(), converter=_strings)
+    """Container paths that get a named volume of the preview (kept across pushes)."""
+    port: int = field(default=8080, validator=[validators.ge(1), validators.le(65535)])
+    memory: int | None = None
+    cpus: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.image is None) == (self.build is None):
+            raise ValueError(f"service {self.name}: exactly one of image and build")
+
+
+@frozen
+class AppModel:
+    """The services of an app and which one the preview's host reaches."""
+
+    services: tuple[Service, ...] = field(converter=_services)
+    exposed: str = APP
+
+    def __attrs_post_init__(self) -> None:
+        names = [service.name for service in self.services]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"an app model needs services with distinct names, got {names}")
+        if self.exposed not in names:
+            raise ValueError(f"the exposed service {self.exposed!r} is not among {names}")
+
+    def service(self, name: str) -> Service:
+        """The service called `name`; KeyError when there is none."""
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+    @property
+    def front(self) -> Service:
+        """The exposed service (the one the route points at)."""
+        return self.service(self.exposed)
+
+
+def single_dockerfile(checkout: str, settings: RepoSettings) -> AppModel:
+    """
+    The one-service model of a repository with a Dockerfile, checked out at
+    `checkout` (an absolute directory), configured by its `.prevu.toml`.
+
+    Pure: paths are joined, never looked at (the caller checks that the
+    Dockerfile exists).
+    """
+    context = posixpath.normpath(posixpath.join(checkout, settings.context))
+    service = Service(
+        name=APP,
+        build=BuildSpec(context, settings.dockerfile_in_context, settings.build_args),
+        command=settings.command,
+        env=settings.env,
+        health=settings.health,
+        port=settings.port,
+        memory=settings.memory,
+        cpus=settings.cpus,
+    )
+    return AppModel((service,), exposed=APP)

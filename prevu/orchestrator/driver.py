@@ -1,0 +1,206 @@
+"""
+The driver: each preview's mailbox, and where the lifecycle's effects go.
+
+Every event for a preview goes through `Driver.feed`: the pure transition
+runs, the record is stored (and the watchers told), then the effects are
+carried out *in order* - route changes on the route table at once, jobs
+(build, start, suspend, resume, teardown) and discards as background tasks.
+Events that arrive while a slot is busy (a fake adapter answering at once, a
+job reporting) wait in the mailbox, so a preview's transitions never
+interleave. Nothing here blocks the reactor or waits inside a web request.
+Reactor thread only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from prevu import lifecycle as lc
+from prevu.orchestrator import records
+from prevu.orchestrator.jobs import Job, Jobs, failure_event
+from prevu.orchestrator.metrics import Metrics
+from prevu.orchestrator.registry import CancelToken, Slot
+from prevu.orchestrator.settings import OrchestratorSettings
+from prevu.ports import PreviewRecord, Store
+from prevu.routing import Route, RouteRegistry, Upstream
+
+ROUTE_SOURCE = "previews"
+Watcher = Callable[[PreviewRecord], None]
+
+
+@define(eq=False)
+class Driver:
+    """Feeds slots, stores their records, and hands their effects to the jobs or the routes."""
+
+    settings: OrchestratorSettings
+    clock: Any
+    routes: RouteRegistry
+    store: Store
+    jobs: Jobs
+    metrics: Metrics
+    log: Logger = field(factory=Logger)
+    stopped: bool = False
+    tasks: set[Deferred[Any]] = field(factory=set)
+    _watchers: list[Watcher] = field(factory=list)
+
+    # --- watchers --------------------------------------------------------------------
+
+    def watch(self, callback: Watcher) -> Callable[[], None]:
+        """Call `callback(record)` after each record is stored; returns the unsubscribe."""
+        self._watchers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._watchers:
+                self._watchers.remove(callback)
+
+        return unsubscribe
+
+    def _store(self, slot: Slot) -> None:
+        record = records.encode(slot, self.settings)
+        self.store.upsert(record)
+        for watcher in list(self._watchers):
+            try:
+                watcher(record)
+            except Exception:
+                self.log.failure("record watcher failed for {preview}", preview=slot.id)
+
+    # --- the mailbox --------------------------------------------------------------------
+
+    def feed(self, slot: Slot, event: lc.Event) -> None:
+        """Run `event` through the lifecycle and carry out its effects, one event at a time."""
+        slot.mailbox.append(event)
+        if slot.busy:
+            return
+        slot.busy = True
+        try:
+            while slot.mailbox:
+                self._step(slot, slot.mailbox.popleft())
+        finally:
+            slot.busy = False
+
+    def _step(self, slot: Slot, event: lc.Event) -> None:
+        before = slot.state
+        result = lc.transition(before, event)
+        slot.state = result.state
+        slot.epoch += 1
+        if result.state != before:
+            slot.updated_at = self.clock.seconds()
+            self._store(slot)
+        if result.state.status != before.status:
+            detail = result.state.detail
+            self.log.info(
+                "preview {preview} {status} ({sha}){detail}",
+                preview=slot.id,
+                status=result.state.status,
+                sha=(result.state.sha or "")[:12],
+                detail=f": {detail}" if detail else "",
+            )
+            suffix = f": {detail}" if detail else ""
+            self.jobs.note(slot, "system", f"status {result.state.status}{suffix}")
+        for effect in result.effects:
+            self._carry_out(slot, effect)
+
+    def _carry_out(self, slot: Slot, effect: lc.Effect) -> None:
+        jobs = self.jobs
+        match effect:
+            case lc.Build(revision=revision):
+                self._job(slot, revision, jobs.build)
+            case lc.CancelBuild(revision=revision):
+                if slot.token is not None and slot.token.revision == revision:
+                    jobs.note(slot, "system", f"cancelling the build of {revision.short}")
+                    slot.token.cancel()
+            case lc.Start(revision=revision, image=built):
+                self._job(slot, revision, lambda s, c, r: jobs.start(s, c, built))
+            case lc.RouteTo(deployment=deployment):
+                self._route(slot, deployment, "ready")
+                self.metrics.inc("prevu_deploys_total")
+            case lc.RouteBuilding():
+                self.routes.put(ROUTE_SOURCE, self._route_value(slot, None, "building"))
+            case lc.RouteAsleep(deployment=deployment):
+                self._route(slot, deployment, "sleeping")
+            case lc.Unroute():
+                self.routes.remove(ROUTE_SOURCE, slot.name.host)
+            case lc.Discard(container=container, image=image):
+                self.background(jobs.discard(slot, container, image))
+            case lc.Suspend(deployment=deployment):
+                revision = deployment.revision
+                self._job(slot, revision, lambda s, c, r: jobs.suspend(s, c, deployment))
+            case lc.Resume(deployment=deployment):
+                revision = deployment.revision
+                self._job(slot, revision, lambda s, c, r: jobs.resume(s, c, deployment))
+            case lc.Teardown():
+                # Route first: nothing reaches what is about to be removed.
+                self.routes.remove(ROUTE_SOURCE, slot.name.host)
+                self._job(slot, None, jobs.teardown)
+
+    # --- routes ----------------------------------------------------------------------------
+
+    def _route_value(
+        self, slot: Slot, upstream: Upstream | None, state: Literal["ready", "building", "sleeping"]
+    ) -> Route:
+        return Route(
+            host=slot.name.host,
+            upstream=upstream,
+            access=slot.access,
+            state=state,
+            preview=slot.id,
+            repo=slot.identity.repo,
+        )
+
+    def _route(
+        self, slot: Slot, deployment: lc.Deployment, state: Literal["ready", "sleeping"]
+    ) -> None:
+        upstream = Upstream(deployment.address, deployment.port)
+        self.routes.put(ROUTE_SOURCE, self._route_value(slot, upstream, state))
+
+    # --- jobs and background tasks ---------------------------------------------------------
+
+    def _job(self, slot: Slot, revision: lc.Revision | None, body: Job) -> None:
+        token = CancelToken(revision)
+        slot.token = token
+
+        def report(event: lc.Event) -> None:
+            if not token.cancelled:
+                self.feed(slot, event)
+
+        async def run() -> None:
+            try:
+                event = await body(slot, token, report)
+            except Exception as error:
+                self.log.failure("job of preview {preview} crashed", preview=slot.id)
+                event = failure_event(slot, revision, f"internal error: {error!r}")
+            if slot.token is token:
+                slot.token = None
+            if self.stopped:
+                # Shutting down: keep the stored state as it was, so that the
+                # job is taken up again after the restart.
+                return
+            self.feed(slot, event)
+
+        self.background(run())
+
+    def background(self, coroutine: Awaitable[None]) -> None:
+        """Run `coroutine` as a tracked task; its failure is logged, never raised."""
+        deferred: Deferred[None] = ensureDeferred(coroutine)  # type: ignore[arg-type]
+        if deferred.called:
+            deferred.addErrback(lambda f: self.log.failure("background task", failure=f))
+            return
+        self.tasks.add(deferred)
+
+        def done(result: object) -> None:
+            self.tasks.discard(deferred)
+
+        deferred.addErrback(lambda f: self.log.failure("background task", failure=f))
+        deferred.addBoth(done)
+
+    def stop(self, slots: list[Slot]) -> None:
+        """Cancel the jobs in flight; their results are no longer fed."""
+        self.stopped = True
+        for slot in slots:
+            if slot.token is not None:
+                slot.token.cancel()

@@ -1,0 +1,152 @@
+"""
+The reconcile plan: what to do so that the engine and the previews agree.
+
+Pure core (attrs, the lifecycle, the labels; no Twisted, no adapter):
+`plan(observed, slots, workspaces, instance)` looks at what the runtime lists
+(`list_owned`), the previews' states and the workspaces on disk, and answers
+the events to feed and the objects to remove, in order. The runner
+(`prevu.orchestrator.reconciler`) lists, plans, feeds and removes.
+
+The rules, per object of this instance (another prevu's objects are never
+touched):
+
+- A running container that carries a deployment of a settled preview and is
+  not what it serves is adopted (it serves: the route comes back after a
+  restart). A stopped container of the wanted revision of a preview serving
+  nothing is adopted asleep. The serving container, gone or stopped, marks
+  its preview failed (`Vanished`) unless it sleeps.
+- Containers, images and networks of unknown previews, or of closed previews
+  that are clean, are orphans and are removed; so are containers no preview
+  can use. An image is kept while its preview serves it, or may still use
+  it (an asleep or failed preview: teardown removes it later).
+- A workspace is removed unless its preview is building.
+- A preview is *settled* when nothing happened to it while the engine was
+  listed and no job runs; only settled previews get events, and a preview
+  that gets an event is not settled for the rest of the plan (one event per
+  preview per pass; the next pass sees the result).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+from attrs import frozen
+
+from prevu import lifecycle as lc
+from prevu.labels import deployment_of, owned
+from prevu.ports import Managed
+
+ObjectKind = Literal["container", "image", "network", "workspace"]
+
+
+@frozen
+class SlotView:
+    """A preview as the plan sees it: its state, and whether it is settled."""
+
+    state: lc.Preview
+    settled: bool = True
+
+
+@frozen
+class Removal:
+    """An orphan to remove: a container or image id, a network or workspace name."""
+
+    kind: ObjectKind
+    name: str
+
+
+@frozen
+class Plan:
+    """The events to feed (preview, event) and then the orphans to remove, in order."""
+
+    events: tuple[tuple[str, lc.Event], ...] = ()
+    removals: tuple[Removal, ...] = ()
+
+
+def _gone(view: SlotView | None) -> bool:
+    """True when nothing may be kept for this preview (unknown, or closed and clean)."""
+    if view is None:
+        return True
+    state = view.state
+    return state.closed and state.clean and state.job is None
+
+
+def plan(
+    observed: Managed,
+    slots: Mapping[str, SlotView],
+    workspaces: Iterable[str],
+    instance: str,
+) -> Plan:
+    """What to feed and what to remove (see the module docstring for the rules)."""
+    events: list[tuple[str, lc.Event]] = []
+    removals: list[Removal] = []
+    fed: set[str] = set()
+
+    def settled(preview: str) -> lc.Preview | None:
+        view = slots.get(preview)
+        if view is None or not view.settled or preview in fed or view.state.job is not None:
+            return None
+        return view.state
+
+    def feed(preview: str, event: lc.Event) -> None:
+        events.append((preview, event))
+        fed.add(preview)
+
+    present: set[str] = set()
+    for container in observed.containers:
+        preview = owned(container.labels, instance)
+        if preview is None:
+            continue
+        present.add(container.id)
+        if _gone(slots.get(preview)):
+            removals.append(Removal("container", container.id))
+            continue
+        state = settled(preview)
+        if state is None:
+            continue
+        deployment = deployment_of(container)
+        serving = state.serving
+        if container.running and deployment is not None:
+            if serving is None or serving.container != container.id:
+                feed(preview, lc.Adopt(deployment))
+        elif serving is not None and serving.container == container.id:
+            if not state.asleep:
+                feed(preview, lc.Vanished(container.id))
+        elif serving is None and deployment is not None and not state.closed:
+            if container.state in ("exited", "created") and state.target == deployment.revision:
+                # A stopped container of the wanted revision: treat as asleep.
+                feed(preview, lc.Adopt(deployment, asleep=True))
+            else:
+                removals.append(Removal("container", container.id))
+        else:
+            removals.append(Removal("container", container.id))
+    for preview in slots:
+        state = settled(preview)
+        if state is None or state.serving is None:
+            continue
+        if state.serving.container not in present:
+            feed(preview, lc.Vanished(state.serving.container))
+    for image in observed.images:
+        preview = owned(image.labels, instance)
+        if preview is None:
+            continue
+        view = slots.get(preview)
+        if view is not None and settled(preview) is None:
+            continue
+        serving = view.state.serving if view else None
+        if serving is not None and serving.image == image.id:
+            continue
+        if view is not None and not view.state.closed and serving is None:
+            continue  # an asleep or failed preview may still use it; teardown removes it
+        removals.append(Removal("image", image.id))
+    for network in observed.networks:
+        preview = owned(network.labels, instance)
+        if preview is not None and _gone(slots.get(preview)):
+            removals.append(Removal("network", network.name))
+    for workspace in workspaces:
+        view = slots.get(workspace)
+        job = view.state.job if view is not None else None
+        if (job is None or job.kind != "build") and workspace not in fed:
+            removals.append(Removal("workspace", workspace))
+    return Plan(tuple(events), tuple(removals))

@@ -1,0 +1,104 @@
+"""
+The reconcile runner: list the engine, plan (`prevu.orchestrator.reconcile`), feed, remove.
+
+Runs at start, then every `reconcile_interval` on the clock, and once more
+soon (within 5 s) after the engine could not be reached, since routes may be
+missing then. One pass at a time; a failing removal is logged and the pass
+goes on. Reactor thread only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from prevu.errors import DockerError, DockerUnavailable
+from prevu.orchestrator.driver import Driver
+from prevu.orchestrator.metrics import Metrics
+from prevu.orchestrator.reconcile import SlotView, plan
+from prevu.orchestrator.registry import Registry
+from prevu.orchestrator.settings import OrchestratorSettings
+from prevu.ports import Git
+from prevu.runtime import Runtime
+
+
+@define(eq=False)
+class Reconciler:
+    """Makes the engine and the previews agree, now and periodically."""
+
+    settings: OrchestratorSettings
+    clock: Any
+    registry: Registry
+    driver: Driver
+    runtime: Runtime
+    git: Git
+    metrics: Metrics
+    log: Logger = field(factory=Logger)
+    _loop: LoopingCall | None = None
+    _running: Deferred[None] | None = None
+
+    def start(self) -> None:
+        """Reconcile every `reconcile_interval` from now on."""
+        self._loop = LoopingCall(self.periodic)
+        self._loop.clock = self.clock
+        self._loop.start(self.settings.reconcile_interval, now=False)
+
+    def stop(self) -> None:
+        """Stop reconciling periodically."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def periodic(self) -> None:
+        """One pass in the background."""
+        self.driver.background(self.reconcile())
+
+    async def reconcile(self) -> None:
+        """One pass, unless one is running; never raises DockerError."""
+        if self._running is not None:
+            return
+        done: Deferred[None] = Deferred()
+        self._running = done
+        try:
+            await self._once()
+            self.metrics.inc("prevu_reconciles_total", result="ok")
+        except DockerError as error:
+            self.metrics.inc("prevu_reconciles_total", result="docker-error")
+            self.log.warn("reconcile skipped: {error}", error=str(error))
+            if isinstance(error, DockerUnavailable) and not self.driver.stopped:
+                # Come back soon rather than at the next interval: routes are missing.
+                self.clock.callLater(min(5.0, self.settings.reconcile_interval), self.periodic)
+        finally:
+            self._running = None
+            done.callback(None)
+
+    async def _once(self) -> None:
+        epochs = {slot.id: slot.epoch for slot in self.registry}
+        observed = await self.runtime.list_owned()
+        workspaces = self.git.workspaces()
+        views = {
+            slot.id: SlotView(slot.state, settled=slot.epoch == epochs.get(slot.id))
+            for slot in self.registry
+        }
+        result = plan(observed, views, workspaces, self.settings.instance)
+        for preview, event in result.events:
+            slot = self.registry.get(preview)
+            if slot is not None:
+                self.driver.feed(slot, event)
+        for removal in result.removals:
+            try:
+                if removal.kind == "workspace":
+                    await self.git.remove_workspace(removal.name)
+                elif removal.kind == "container":
+                    await self.runtime.discard((removal.name,), ())
+                elif removal.kind == "image":
+                    await self.runtime.discard((), (removal.name,))
+                else:
+                    await self.runtime.discard((), (), (removal.name,))
+            except DockerError as error:
+                self.log.warn("orphan removal failed: {error}", error=str(error))
+        if result.removals:
+            self.log.info("reconcile removed {count} orphans", count=len(result.removals))
