@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from prevu.config import Config, RepoConfig
-from prevu.errors import WebhookError
+from prevu.control.responses import STATUS
+from prevu.errors import RequestRefused
 from prevu.forge import github, gitlab, policy
 from prevu.forge.events import (
     ApproveCommand,
@@ -178,10 +179,10 @@ def test_parse_command(text: str, command: str | None) -> None:
     ],
 )
 def test_github_malformed_payloads_are_400(payload: bytes, reason: str) -> None:
-    """Malformed payloads raise WebhookError(400) with a readable reason."""
-    with pytest.raises(WebhookError) as caught:
+    """Malformed payloads raise RequestRefused("malformed"), a 400, with a readable reason."""
+    with pytest.raises(RequestRefused) as caught:
         github.parse("pull_request", "d", payload)
-    assert caught.value.status == 400
+    assert STATUS[caught.value.problem] == 400
     assert reason in caught.value.reason
 
 
@@ -189,9 +190,9 @@ def test_github_bad_sha_is_400() -> None:
     """A head SHA that is not hex is a malformed payload."""
     data = fixture("github/pull_request-opened.json")
     data["pull_request"]["head"]["sha"] = "../../etc"
-    with pytest.raises(WebhookError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         github.parse("pull_request", "d", body(data))
-    assert caught.value.status == 400
+    assert STATUS[caught.value.problem] == 400
 
 
 # --- GitLab -----------------------------------------------------------------------
@@ -264,9 +265,9 @@ def test_gitlab_approve_note_is_never_trusted() -> None:
 
 def test_gitlab_malformed_is_400() -> None:
     """A Merge Request Hook without object_attributes is a 400."""
-    with pytest.raises(WebhookError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         gitlab.parse("Merge Request Hook", "u", b'{"project": {}}')
-    assert caught.value.status == 400
+    assert STATUS[caught.value.problem] == 400
 
 
 # --- policy -----------------------------------------------------------------------

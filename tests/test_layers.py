@@ -36,6 +36,8 @@ PURE: tuple[str, ...] = (
     "prevu.routing",
     "prevu.repoconfig",
     "prevu.backoff",
+    "prevu.endpoints",
+    "prevu.reactors",
     "prevu.lifecycle",
     "prevu.config",
     "prevu.forge",
