@@ -26,12 +26,13 @@ import re
 import shutil
 import signal
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -40,6 +41,7 @@ from twisted.python.threadpool import ThreadPool
 
 from prevu.errors import GitError
 from prevu.ports import Checkout, Git, GitSource
+from prevu.reactors import DelayedCall, GitReactor
 
 _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _OUTPUT_LIMIT = 64 * 1024
@@ -103,7 +105,7 @@ class _Collect(ProcessProtocol):
         self.chunks: list[bytes] = []
         self.size = 0
         self.timed_out = False
-        self.timers: list[Any] = []  # IDelayedCall; zope interfaces confuse mypy
+        self.timers: list[DelayedCall] = []
 
     def outReceived(self, data: bytes) -> None:
         self._keep(data)
@@ -146,11 +148,12 @@ class GitCli:
     `prevu.ports.Git` with the git CLI; workspaces live in `root`
     (`<state_dir>/workspaces`).
 
-    `reactor` provides IReactorProcess and IReactorTime. `pool` runs the
+    `reactor` provides IReactorProcess, IReactorTime and IReactorFromThreads
+    (`prevu.reactors.GitReactor`). `pool` runs the
     recursive delete of workspaces, which can take a while for large trees.
     """
 
-    reactor: Any
+    reactor: GitReactor
     root: str
     pool: ThreadPool
     git: str = field(factory=lambda: shutil.which("git") or "/usr/bin/git")
@@ -201,7 +204,9 @@ class GitCli:
         path = self._path(workspace)
         if not os.path.lexists(path):
             return
-        await deferToThreadPool(self.reactor, self.pool, shutil.rmtree, path, ignore_errors=True)
+        # Twisted annotates with its zope interface; GitReactor names the same capability.
+        reactor = cast(IReactorFromThreads, self.reactor)
+        await deferToThreadPool(reactor, self.pool, shutil.rmtree, path, ignore_errors=True)
 
     def workspaces(self) -> list[str]:
         try:

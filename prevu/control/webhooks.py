@@ -120,15 +120,6 @@ class Webhooks:
             raise self._refuse(label, error) from None
         return self._handle(forge, event, delivery.body)
 
-    # Named entry points for callers that route per forge (bench, older wiring).
-    def github(self, request: Request) -> Answer:
-        """POST /webhooks/github."""
-        return self.receive(request, "github")
-
-    def gitlab(self, request: Request) -> Answer:
-        """POST /webhooks/gitlab."""
-        return self.receive(request, "gitlab")
-
     # --- steps ------------------------------------------------------------------
 
     def _refuse(self, forge: str, error: RequestRefused) -> RequestRefused:
