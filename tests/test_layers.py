@@ -47,6 +47,9 @@ PURE: tuple[str, ...] = (
     "prevu.forge.policy",
     "prevu.auth.rules",
     "prevu.auth.tokens",
+    "prevu.auth.passwords",
+    "prevu.auth.limiter",
+    "prevu.auth.authority",
 )
 """The pure core (docs/architecture.md): add orchestrator planning, proxy policy here."""
 
@@ -56,7 +59,7 @@ IO_MODULES = frozenset(
         "multiprocessing", "threading", "_thread", "concurrent", "asyncio", "queue",
         "sqlite3", "dbm", "shelve", "pickle", "shutil", "tempfile", "glob", "fileinput",
         "pathlib", "mmap", "fcntl", "pty", "tty", "termios", "resource", "ctypes",
-        "http", "urllib.request", "urllib.error", "urllib.response", "ftplib", "smtplib",
+        "http.client", "http.server", "http.cookiejar", "urllib.request", "urllib.error", "urllib.response", "ftplib", "smtplib",
         "imaplib", "poplib", "telnetlib", "socketserver", "xmlrpc", "webbrowser",
         "logging", "time", "random", "uuid", "getpass", "platform", "importlib",
     }
@@ -152,9 +155,10 @@ def test_the_allowlist_refuses_io_twisted_and_adapters() -> None:
     """The check itself can fail: Twisted, sockets, os and adapters are refused."""
     pure = frozenset(_pure_modules())
     for name in ("twisted.internet.defer", "socket", "os", "subprocess", "sqlite3",
-                 "threading", "prevu.adapters.git", "klein", "urllib.request"):
+                 "threading", "prevu.adapters.git", "klein", "urllib.request", "http.client",
+                 "prevu.idle", "prevu.control.app"):
         assert refusal(name, pure) is not None, name
-    for name in ("attrs", "re", "hmac", "os.path", "urllib.parse", "prevu.units"):
+    for name in ("attrs", "re", "hmac", "os.path", "urllib.parse", "prevu.units", "http"):
         assert refusal(name, pure) is None, name
 
 
