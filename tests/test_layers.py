@@ -177,3 +177,58 @@ def test_no_module_is_longer_than_the_limit(relative: str) -> None:
     """Every module under prevu/ has at most MAX_LINES lines."""
     lines = len((ROOT / relative).read_text().splitlines())
     assert lines <= MAX_LINES, f"{relative} has {lines} lines (limit {MAX_LINES})"
+
+
+NO_CYCLES: tuple[str, ...] = ("prevu.control", "prevu.forge", "prevu.config")
+"""Packages whose modules import each other without a circle (add `prevu.orchestrator`)."""
+
+
+def _modules_of(package: str) -> list[str]:
+    directory = _source(package).parent
+    return sorted(
+        package if path.name == "__init__.py" else f"{package}.{path.stem}"
+        for path in directory.glob("*.py")
+    )
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of `graph` (module → modules it imports), or None."""
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        if node in visiting:
+            return [*visiting[visiting.index(node) :], node]
+        if node in done:
+            return None
+        visiting.append(node)
+        for target in sorted(graph.get(node, ())):
+            found = visit(target)
+            if found:
+                return found
+        visiting.pop()
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        found = visit(start)
+        if found:
+            return found
+    return None
+
+
+@pytest.mark.parametrize("package", NO_CYCLES)
+def test_no_import_circle_inside_the_package(package: str) -> None:
+    """Modules of the package import each other one way only (TYPE_CHECKING imports count)."""
+    modules = _modules_of(package)
+    graph = {
+        module: {name for _, name in imported(module) if name in modules and name != module}
+        for module in modules
+    }
+    assert _cycle(graph) is None
+
+
+def test_the_cycle_check_finds_a_circle() -> None:
+    """The circle finder itself can fail."""
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
