@@ -59,7 +59,8 @@ IO_MODULES = frozenset(
         "multiprocessing", "threading", "_thread", "concurrent", "asyncio", "queue",
         "sqlite3", "dbm", "shelve", "pickle", "shutil", "tempfile", "glob", "fileinput",
         "pathlib", "mmap", "fcntl", "pty", "tty", "termios", "resource", "ctypes",
-        "http.client", "http.server", "http.cookiejar", "urllib.request", "urllib.error", "urllib.response", "ftplib", "smtplib",
+        "http.client", "http.server", "http.cookiejar", "urllib.request", "urllib.error",
+        "urllib.response", "ftplib", "smtplib",
         "imaplib", "poplib", "telnetlib", "socketserver", "xmlrpc", "webbrowser",
         "logging", "time", "random", "uuid", "getpass", "platform", "importlib",
     }
