@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from prevu.config import Config, default_config, load_config
+from prevu.endpoints import loopback_address
 from prevu.errors import ConfigError
 from prevu.secretfile import API_TOKEN_FILE, read_secret
-from prevu.service import control_upstream
 
 DEFAULT_CONFIG = "prevu.toml"
 
@@ -50,7 +50,7 @@ def connection(args: argparse.Namespace) -> tuple[str, str | None]:
     if url is None or token is None:
         config = _config(args.config)
         if url is None:
-            upstream = control_upstream(config.server.control)
+            upstream = loopback_address(config.server.control)
             if upstream is None:
                 raise ClientError("cannot tell the control app's address: give --url")
             host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host

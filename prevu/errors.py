@@ -4,7 +4,8 @@ The exceptions prevu raises on purpose.
     PrevuError                  root: anything prevu reports as a known failure
     ├── ConfigError             bad server config (file, key, reason)
     ├── RepoConfigError         bad `.prevu.toml` in a repository (key, reason)
-    ├── WebhookError            a webhook request that cannot be accepted (status, reason)
+    ├── EndpointError           an unparsable Twisted endpoint string (description, reason)
+    ├── RequestRefused          a control-app request (API, webhook) is refused (problem, reason)
     ├── AuthError               a login or session that is refused
     ├── GitError                the git CLI failed or timed out
     ├── DockerError             the Docker engine refused or failed an operation
@@ -16,7 +17,34 @@ the orchestrator) can decide what to show.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from attrs import frozen
+
+Problem = Literal[
+    "malformed",
+    "unauthenticated",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "too_large",
+    "throttled",
+    "unavailable",
+    "upstream_failed",
+]
+"""
+Why a request is refused, independent of HTTP: the control app's error
+funnel (`prevu/control/app.py`, `STATUS`) is the one place that maps each
+problem to a status code.
+
+- `malformed`: the request (body, headers, parameters) cannot be understood;
+- `unauthenticated`: no valid credentials (signature, token, password);
+- `forbidden`: valid or not, this is not allowed (feature off, CSRF, no access);
+- `not_found`: names nothing; `conflict`: not in this state;
+- `too_large`: the body is over the limit; `throttled`: too many attempts;
+- `unavailable`: the feature is not wired on this server;
+- `upstream_failed`: a service prevu called (the forge) failed.
+"""
 
 
 class PrevuError(Exception):
@@ -49,14 +77,29 @@ class RepoConfigError(PrevuError):
 
 
 @frozen(auto_exc=True)
-class WebhookError(PrevuError):
-    """A webhook delivery is refused with an HTTP status and a reason."""
+class EndpointError(PrevuError):
+    """A Twisted server endpoint string is invalid (`prevu.endpoints.parse_endpoint`)."""
 
-    status: int
+    description: str
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.status}: {self.reason}"
+        return f"endpoint {self.description!r}: {self.reason}"
+
+
+@frozen(auto_exc=True)
+class RequestRefused(PrevuError):
+    """
+    A request to the control app (API, webhook, share link) is refused:
+    `problem` says why in HTTP-free terms, `reason` says it to a person.
+    The control app turns it into a JSON answer with the status of `problem`.
+    """
+
+    problem: Problem
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.problem}: {self.reason}"
 
 
 class AuthError(PrevuError):
@@ -99,14 +142,3 @@ class CertificateError(PrevuError):
 @frozen(auto_exc=True)
 class DockerUnavailable(DockerError):
     """The Docker engine cannot be reached at all (down or restarting): retry later."""
-
-
-@frozen(auto_exc=True)
-class ApiError(PrevuError):
-    """An API request is refused or names nothing (status, reason): 401, 403, 404, 400."""
-
-    status: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.status}: {self.reason}"

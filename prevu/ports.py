@@ -64,7 +64,10 @@ class GitSource:
 
     `token` authenticates HTTPS fetches of private repositories; it is never
     written to disk, put in argv or logged (`repr=False` keeps it out of
-    reprs too).
+    reprs too). `username` goes with it (Basic `username:token`); each forge
+    says its own (`prevu.forge.registry.clone_credentials`: GitHub
+    `x-access-token`, GitLab `oauth2`). The default is GitHub's until every
+    caller passes the forge's.
     """
 
     url: str = field(validator=validators.min_len(1))
@@ -72,6 +75,7 @@ class GitSource:
     sha: str = field(validator=validators.matches_re(SHA_PATTERN))
     token: str | None = field(default=None, repr=False)
     timeout: float = field(default=300.0, validator=validators.gt(0))
+    username: str = field(default="x-access-token", validator=validators.min_len(1))
 
 
 @frozen

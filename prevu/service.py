@@ -30,8 +30,9 @@ from prevu.control.api import PreviewsApi
 from prevu.control.app import ControlApp
 from prevu.control.limits import control_site as control_site_for
 from prevu.control.login import build_login
+from prevu.control.preview_page import PreviewPage
 from prevu.control.webhooks import Webhooks
-from prevu.feedback.wiring import build_feedback
+from prevu.feedback.wiring import build_feedback, secrets_of
 from prevu.idle import IdleService
 from prevu.orchestrator import Orchestrator, OrchestratorService, OrchestratorSettings
 from prevu.proxy.server import ProxyFactory, ProxySettings
@@ -76,6 +77,7 @@ class PreviewPipeline:
     orchestrator: Orchestrator
     webhooks: Webhooks
     api: PreviewsApi
+    page: PreviewPage
     services: tuple[Service, ...]
 
 
@@ -102,7 +104,8 @@ def build_previews(
     feedback = build_feedback(config, reactor, orchestrator.watch, store)
     if feedback is not None:
         services += (feedback,)
-    return PreviewPipeline(orchestrator, webhooks, api, services)
+    page = PreviewPage(store, secrets_of(config))
+    return PreviewPipeline(orchestrator, webhooks, api, page, services)
 
 
 def static_routes(config: Config) -> list[Route]:
@@ -189,6 +192,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         certificates=certificates,
         webhooks=previews.webhooks,
         previews=previews.api,
+        page=previews.page,
     )
     control_site = control_site_for(control.resource())
     StreamServerEndpointService(

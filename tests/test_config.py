@@ -144,6 +144,10 @@ def test_embedded_defaults_match_the_spec() -> None:
         ("[docker]\npids = true", "docker.pids", "expected a whole number"),
         ('[docker]\nmemory = "1k"', "docker.memory", "at least 6m"),
         ('[docker]\nnetwork = "a b"', "docker.network", "letters, digits"),
+        ('[docker]\nruntime = "swarm"', "docker.runtime", "the swarm runtime is not available yet"),
+        ('[docker]\nruntime = "podman"', "docker.runtime", 'must be "docker"'),
+        ("[docker]\nruntime = 1", "docker.runtime", "expected a string"),
+        ('[server]\ncontrol = "tcp:80:colour=blue"', "server.control", "unknown option"),
         (
             '[[routes]]\nhost = "a.test"\nupstream = "http://x/path"',
             "routes[0].upstream",
@@ -228,9 +232,26 @@ def test_format_duration_round_trips() -> None:
 
 def test_proxy_endpoints_get_a_listen_backlog_unless_given() -> None:
     """Bursts of new connections are not dropped by Twisted's default backlog of 50."""
-    from prevu.service import with_backlog
+    from prevu.endpoints import with_backlog
 
     assert with_backlog("tcp:80") == "tcp:80:backlog=1024"
     assert with_backlog("tcp:80:interface=127.0.0.1") == "tcp:80:interface=127.0.0.1:backlog=1024"
     assert with_backlog("tcp:80:backlog=10") == "tcp:80:backlog=10"
     assert with_backlog("unix:/run/prevu.sock") == "unix:/run/prevu.sock"
+
+
+def test_docker_runtime_defaults_to_docker_and_accepts_it() -> None:
+    """`[docker] runtime` picks the engine (SPEC §6): "docker" by default and when given."""
+    assert default_config().docker.runtime == "docker"
+    assert parse_config({"docker": {"runtime": "docker"}}).docker.runtime == "docker"
+
+
+def test_swarm_runtime_error_names_file_and_key() -> None:
+    """The refusal of "swarm" is a ConfigError(path, key, reason), not a generic error."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"docker": {"runtime": "swarm"}}, "prevu.toml")
+    assert (caught.value.path, caught.value.key, caught.value.reason) == (
+        "prevu.toml",
+        "docker.runtime",
+        "the swarm runtime is not available yet",
+    )

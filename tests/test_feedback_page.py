@@ -5,35 +5,35 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
-from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
+from prevu.config import Config
+from prevu.control.app import ControlApp
 from prevu.control.preview_page import PreviewPage
-from prevu.errors import ApiError
 from prevu.masking import masker
 from prevu.ports import PreviewRecord
 from prevu.store import SqliteStore
 
 
 def mounted(page: PreviewPage, visible: Any = None) -> StubTreq:
-    """The page mounted as the control app's docstring says."""
-    app = Klein()
-
-    @app.route("/previews/<preview>", methods=["GET"])
-    def show(request: Any, preview: str) -> bytes:
-        return page.page(request, preview, visible)
-
-    @app.route("/previews/<preview>/logs", methods=["GET"])
-    def logs(request: Any, preview: str) -> bytes:
-        return page.logs(request, preview, visible)
-
-    @app.handle_errors(ApiError)
-    def refused(request: Any, failure: Any) -> bytes:
-        request.setResponseCode(failure.value.status)
-        return failure.value.reason.encode()
-
+    """The page as the real control app mounts it (a login that limits repositories)."""
+    login = None if visible is None else _Limited(visible)
+    app = ControlApp(config=Config(), login=login, page=page)  # type: ignore[arg-type]
     return StubTreq(app.resource())
+
+
+class _Limited:
+    """The two questions the control app asks a login: a session, and which repositories."""
+
+    def __init__(self, visible: Any) -> None:
+        self.visible = visible
+
+    def require_reviewer(self, request: Any, path: str) -> None:
+        return None
+
+    def repo_filter(self, request: Any) -> Any:
+        return self.visible
 
 
 def store() -> SqliteStore:

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from prevu.config import Config, RepoConfig
-from prevu.errors import WebhookError
-from prevu.forge import github, gitlab, policy
+from prevu.config import Config, GithubConfig, GitlabConfig, RepoConfig
+from prevu.control.responses import STATUS
+from prevu.errors import RequestRefused
+from prevu.forge import github, gitlab, policy, registry
+from prevu.forge.base import Credentials, Delivery
 from prevu.forge.events import (
     ApproveCommand,
     Ignored,
@@ -178,10 +180,10 @@ def test_parse_command(text: str, command: str | None) -> None:
     ],
 )
 def test_github_malformed_payloads_are_400(payload: bytes, reason: str) -> None:
-    """Malformed payloads raise WebhookError(400) with a readable reason."""
-    with pytest.raises(WebhookError) as caught:
+    """Malformed payloads raise RequestRefused("malformed"), a 400, with a readable reason."""
+    with pytest.raises(RequestRefused) as caught:
         github.parse("pull_request", "d", payload)
-    assert caught.value.status == 400
+    assert STATUS[caught.value.problem] == 400
     assert reason in caught.value.reason
 
 
@@ -189,9 +191,9 @@ def test_github_bad_sha_is_400() -> None:
     """A head SHA that is not hex is a malformed payload."""
     data = fixture("github/pull_request-opened.json")
     data["pull_request"]["head"]["sha"] = "../../etc"
-    with pytest.raises(WebhookError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         github.parse("pull_request", "d", body(data))
-    assert caught.value.status == 400
+    assert STATUS[caught.value.problem] == 400
 
 
 # --- GitLab -----------------------------------------------------------------------
@@ -264,9 +266,9 @@ def test_gitlab_approve_note_is_never_trusted() -> None:
 
 def test_gitlab_malformed_is_400() -> None:
     """A Merge Request Hook without object_attributes is a 400."""
-    with pytest.raises(WebhookError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         gitlab.parse("Merge Request Hook", "u", b'{"project": {}}')
-    assert caught.value.status == 400
+    assert STATUS[caught.value.problem] == 400
 
 
 # --- policy -----------------------------------------------------------------------
@@ -352,3 +354,78 @@ def test_policy_late_push_to_a_closed_pr_is_skipped() -> None:
     data["pull_request"]["state"] = "closed"
     event = github.parse("pull_request", "d", body(data))
     assert isinstance(policy.decide(Config(), event), policy.Skip)
+
+
+# --- the Forge Protocol and the registry --------------------------------------------
+
+
+def test_registry_names_each_forge_by_its_own_name() -> None:
+    """Every registry entry's forge answers to the name it is registered under."""
+    assert set(registry.FORGES) == {"github", "gitlab", "local"}
+    for name, entry in registry.FORGES.items():
+        assert entry.forge.name == name
+        assert registry.forge_named(name) is entry.forge
+    assert registry.forge_named("bitbucket") is None
+
+
+def test_only_forges_with_webhooks_receive_them() -> None:
+    """`local` (prevu up) has no webhooks; GitHub and GitLab do."""
+    assert registry.webhook_forge("github") is not None
+    assert registry.webhook_forge("gitlab") is not None
+    assert registry.webhook_forge("local") is None
+    assert registry.webhook_forge("bitbucket") is None
+
+
+@pytest.mark.parametrize(
+    ("forge", "username"), [("github", "x-access-token"), ("gitlab", "oauth2")]
+)
+def test_clone_credentials_carry_the_forges_username(forge: str, username: str) -> None:
+    """GitHub clones as x-access-token, GitLab as oauth2 (GitLab's documented token user)."""
+    config = Config(github=GithubConfig(token="gh-tok"), gitlab=GitlabConfig(token="gl-tok"))
+    credentials = registry.clone_credentials(config, forge, "acme/shop")
+    assert credentials == Credentials(username, "gh-tok" if forge == "github" else "gl-tok")
+    assert "gh-tok" not in repr(credentials) and "gl-tok" not in repr(credentials)
+
+
+@pytest.mark.parametrize("forge", ["github", "gitlab", "local", "bitbucket"])
+def test_no_token_means_no_credentials(forge: str) -> None:
+    """Without a configured token (or for local and unknown forges) git fetches anonymously."""
+    assert registry.clone_credentials(Config(), forge, "acme/shop") is None
+
+
+def test_gitlab_webhook_verification_and_parse_through_the_protocol() -> None:
+    """The GitLab forge checks X-Gitlab-Token and needs its event and UUID headers."""
+    forge = registry.FORGES["gitlab"].forge
+    config = Config(gitlab=GitlabConfig(webhook_token="tok"))
+    secret = forge.webhook_secret(config)
+    assert secret == "tok"
+    body = json.dumps(fixture("gitlab/merge_request-open.json")).encode()
+    headers = {"x-gitlab-token": "tok", "x-gitlab-event": "Merge Request Hook"}
+    assert forge.verify(secret, Delivery({**headers, "x-gitlab-token": "no"}, body)) is not None
+    with pytest.raises(RequestRefused) as caught:
+        forge.parse(Delivery(headers, body))
+    assert caught.value.problem == "malformed" and "UUID" in caught.value.reason
+    delivery = Delivery({**headers, "x-gitlab-webhook-uuid": "u-1"}, body)
+    assert forge.verify(secret, delivery) is None
+    event = forge.parse(delivery)
+    assert isinstance(event, PullRequestEvent) and event.delivery == "u-1"
+
+
+def test_forks_approval_is_the_forges_rule() -> None:
+    """GitHub can trust approvers from the webhook; GitLab cannot yet; local has no forks."""
+    assert registry.FORGES["github"].forge.fork_approval() is None
+    assert "GitLab API" in (registry.FORGES["gitlab"].forge.fork_approval() or "")
+    assert registry.FORGES["local"].forge.fork_approval() is None
+
+
+def test_every_outcome_has_one_status() -> None:
+    """The funnel's table covers every outcome; refusals are 4xx/5xx, successes below 400."""
+    from typing import get_args
+
+    from prevu.control.responses import Success
+    from prevu.errors import Problem
+
+    assert set(STATUS) == set(get_args(Success)) | set(get_args(Problem))
+    assert all(STATUS[outcome] < 400 for outcome in get_args(Success))
+    assert all(STATUS[problem] >= 400 for problem in get_args(Problem))
+

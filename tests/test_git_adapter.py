@@ -163,11 +163,12 @@ async def test_token_authenticates_without_touching_argv_disk_or_errors(
 
         checkout = await within(git.fetch(source, "pr-5"), 30)
         assert (Path(checkout.path) / "private.txt").read_text() == "secret content\n"
-        assert auth_header(token).encode().split(b": ", 1)[1] in gate.authorizations
+        sent = auth_header("x-access-token", token).encode().split(b": ", 1)[1]
+        assert sent in gate.authorizations
 
         # Never in argv; only in the environment of the fetch, as a scoped header.
         assert recording.spawned
-        encoded = auth_header(token).split(" ", 2)[2]
+        encoded = auth_header("x-access-token", token).split(" ", 2)[2]
         for argv, env, _ in recording.spawned:
             assert not any(token in arg or encoded in arg for arg in argv), argv
             other_env = {k: v for k, v in env.items() if k != "GIT_CONFIG_VALUE_0"}
@@ -184,13 +185,39 @@ async def test_token_authenticates_without_touching_argv_disk_or_errors(
             bad = GitSource(url, "refs/pull/5/head", sha, token=wrong)
             await within(git.fetch(bad, "pr-5-bad"), 30)
         assert wrong not in str(caught.value)
-        assert auth_header(wrong).split(" ", 2)[2] not in str(caught.value)
+        assert auth_header("x-access-token", wrong).split(" ", 2)[2] not in str(caught.value)
 
         # Without a token git fails at once instead of prompting.
         with pytest.raises(GitError):
             await within(git.fetch(GitSource(url, "refs/pull/5/head", sha), "pr-5-anon"), 30)
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_sources_username_goes_with_the_token(
+    git: GitCli, repo: ForgeRepo, reactor: Any
+) -> None:
+    """GitLab's `oauth2` (or any forge's user name) reaches the server, not GitHub's."""
+    token = "glpat-s3cr3tTOKENvalue1234567890"
+    sha = repo.push_pull(6, {"x": "y"})
+    port, gate = serve_git(repo.bare.parent, token, reactor)
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}/{repo.bare.name}"
+        source = GitSource(url, "refs/merge-requests/6/head", sha, token=token, username="oauth2")
+        await within(git.fetch(source, "pr-6"), 30)
+        sent = auth_header("oauth2", token).encode().split(b": ", 1)[1]
+        assert sent in gate.authorizations
+        github_form = auth_header("x-access-token", token).encode().split(b": ", 1)[1]
+        assert github_form not in gate.authorizations
+    finally:
+        await port.stopListening()
+
+
+def test_scrub_uses_the_sources_username() -> None:
+    """The Basic form scrubbed is the one with the user name that was sent."""
+    encoded = auth_header("oauth2", "abc123").split(" ", 2)[2]
+    assert scrub(f"header {encoded}", ["abc123"], "oauth2") == "header ***"
 
 
 @pytest_twisted.ensureDeferred
@@ -206,9 +233,9 @@ async def test_token_is_not_sent_for_non_http_urls(
 def test_scrub_removes_token_and_its_basic_form() -> None:
     """Error output is scrubbed of the token, raw and base64-encoded."""
     token = "abc123"
-    encoded = auth_header(token).split(" ", 2)[2]
+    encoded = auth_header("x-access-token", token).split(" ", 2)[2]
     text = f"fatal: token {token} header {encoded}"
-    assert scrub(text, [token]) == "fatal: token *** header ***"
+    assert scrub(text, [token], "x-access-token") == "fatal: token *** header ***"
 
 
 def test_redact_url_drops_credentials() -> None:

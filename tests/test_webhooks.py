@@ -393,3 +393,19 @@ def test_a_captured_delivery_replayed_under_a_new_id_is_a_no_op(client: Client) 
     code, body = client.github("pull_request", raw, delivery="attacker-chosen")
     assert (code, body["status"]) == (200, "duplicate")
     assert len(client.h.docker.builds) == 1
+
+
+@pytest.mark.parametrize("forge", ["local", "bitbucket", "GitHub"])
+def test_webhooks_of_forges_without_webhooks_are_404(client: Client, forge: str) -> None:
+    """`/webhooks/<name>` exists only for the registry's forges that have webhooks."""
+    code, _, body = client.request("POST", f"/webhooks/{forge}", data=b"{}")
+    assert code == 404 and forge in json.loads(body)["error"]
+    assert client.h.store.previews == {}
+
+
+def test_refusals_are_counted_by_status_code(client: Client) -> None:
+    """The webhook metric keeps the status code as its label (docs/api.md)."""
+    client.github("ping", b"{}", signature="sha256=00")
+    code, _, text = client.api_call("GET", "/metrics")
+    assert code == 200
+    assert b'prevu_webhooks_total{forge="github",result="401"} 1' in text

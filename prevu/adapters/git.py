@@ -8,12 +8,13 @@ is the expected SHA, `git checkout --detach <sha>` and a check of HEAD. The
 whole sequence has one deadline (`GitSource.timeout`); a command still running
 at the deadline is sent SIGTERM, then SIGKILL.
 
-The forge token for private HTTPS repositories reaches git only through the
-environment of the fetch (`GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_0`/
-`GIT_CONFIG_VALUE_0` set `http.<url>.extraHeader`), scoped to the clone URL,
-so it never appears in argv (`ps`), in `.git/config` or anywhere on disk, and
-git's own error output is scrubbed of it before it becomes a GitError or a
-log line.
+The forge token for private HTTPS repositories (sent as Basic
+`GitSource.username:token`, the user name being the forge's, not this
+adapter's) reaches git only through the environment of the fetch
+(`GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_0`/`GIT_CONFIG_VALUE_0` set
+`http.<url>.extraHeader`), scoped to the clone URL, so it never appears in
+argv (`ps`), in `.git/config` or anywhere on disk, and git's own error output
+is scrubbed of it before it becomes a GitError or a log line.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import re
 import shutil
 import signal
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -39,6 +41,7 @@ from twisted.python.threadpool import ThreadPool
 
 from prevu.errors import GitError
 from prevu.ports import Checkout, Git, GitSource
+from prevu.reactors import DelayedCall, GitReactor
 
 _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _OUTPUT_LIMIT = 64 * 1024
@@ -46,19 +49,33 @@ _KILL_GRACE = 2.0
 _ALLOWED_PROTOCOLS = "https:http:ssh:git:file"
 
 
-def auth_header(token: str) -> str:
-    """The HTTP header git sends for `token` (Basic, as GitHub and GitLab accept)."""
-    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode("ascii")
+def auth_header(username: str, token: str) -> str:
+    """The HTTP header git sends for `username` and `token` (Basic, as forges accept)."""
+    basic = base64.b64encode(f"{username}:{token}".encode()).decode("ascii")
     return f"Authorization: Basic {basic}"
 
 
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    """`text` with every secret (and its forms in the auth header) replaced by `***`."""
-    for secret in secrets:
-        if not secret:
-            continue
-        for form in (secret, auth_header(secret).split(" ", 2)[2]):
-            text = text.replace(form, "***")
+def scrub(text: str, secrets: Sequence[str], username: str) -> str:
+    """
+    `text` with every secret replaced by `***`, raw and in its Basic form
+    with `username` (the form the auth header carries).
+    """
+    return _blank(text, _forms(secrets, username))
+
+
+def _forms(secrets: Sequence[str], username: str) -> list[str]:
+    """Each secret raw and in its Basic form with `username`."""
+    return [
+        form
+        for secret in secrets
+        if secret
+        for form in (secret, auth_header(username, secret).split(" ", 2)[2])
+    ]
+
+
+def _blank(text: str, forms: Sequence[str]) -> str:
+    for form in forms:
+        text = text.replace(form, "***")
     return text
 
 
@@ -88,7 +105,7 @@ class _Collect(ProcessProtocol):
         self.chunks: list[bytes] = []
         self.size = 0
         self.timed_out = False
-        self.timers: list[Any] = []  # IDelayedCall; zope interfaces confuse mypy
+        self.timers: list[DelayedCall] = []
 
     def outReceived(self, data: bytes) -> None:
         self._keep(data)
@@ -131,11 +148,12 @@ class GitCli:
     `prevu.ports.Git` with the git CLI; workspaces live in `root`
     (`<state_dir>/workspaces`).
 
-    `reactor` provides IReactorProcess and IReactorTime. `pool` runs the
+    `reactor` provides IReactorProcess, IReactorTime and IReactorFromThreads
+    (`prevu.reactors.GitReactor`). `pool` runs the
     recursive delete of workspaces, which can take a while for large trees.
     """
 
-    reactor: Any
+    reactor: GitReactor
     root: str
     pool: ThreadPool
     git: str = field(factory=lambda: shutil.which("git") or "/usr/bin/git")
@@ -147,7 +165,8 @@ class GitCli:
         if source.url.startswith("-") or source.ref.startswith("-"):
             raise GitError("fetch", "URL and ref may not start with '-'")
         deadline = self.reactor.seconds() + source.timeout
-        secrets = [source.token] if source.token else []
+        # Every form of the token that could show up in git's output.
+        secrets = _forms([source.token] if source.token else [], source.username)
         shown_url = redact_url(source.url)
         await self.remove_workspace(workspace)
         os.makedirs(path, mode=0o700)
@@ -185,7 +204,9 @@ class GitCli:
         path = self._path(workspace)
         if not os.path.lexists(path):
             return
-        await deferToThreadPool(self.reactor, self.pool, shutil.rmtree, path, ignore_errors=True)
+        # Twisted annotates with its zope interface; GitReactor names the same capability.
+        reactor = cast(IReactorFromThreads, self.reactor)
+        await deferToThreadPool(reactor, self.pool, shutil.rmtree, path, ignore_errors=True)
 
     def workspaces(self) -> list[str]:
         try:
@@ -214,7 +235,7 @@ class GitCli:
         return {
             "GIT_CONFIG_COUNT": "1",
             "GIT_CONFIG_KEY_0": f"http.{scope}.extraHeader",
-            "GIT_CONFIG_VALUE_0": auth_header(source.token),
+            "GIT_CONFIG_VALUE_0": auth_header(source.username, source.token),
         }
 
     def _base_env(self) -> dict[str, str]:
@@ -258,7 +279,7 @@ class GitCli:
             self.reactor.callLater(remaining + _KILL_GRACE, protocol.kill, signal.SIGKILL),
         ]
         result = await done
-        output = scrub(result.output, secrets)
+        output = _blank(result.output, secrets)
         if result.timed_out:
             raise GitError(command, "timed out")
         if result.code != 0:

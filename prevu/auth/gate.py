@@ -11,8 +11,6 @@ token for this host. Otherwise a browser is sent to the login page with
 
 from __future__ import annotations
 
-from typing import Any
-
 from attrs import define
 from twisted.logger import Logger
 
@@ -38,6 +36,7 @@ from prevu.auth.tokens import (
     encode_session,
 )
 from prevu.proxy.hooks import Allow, Decision, Reply, RequestHead
+from prevu.reactors import ReactorTime
 from prevu.routing import Route, normalize_host
 
 NO_STORE = (b"cache-control", b"no-store")
@@ -73,7 +72,7 @@ class AuthGate:
     """Checks sessions, share links and bypass tokens in front of private routes."""
 
     authority: Authority
-    clock: Any
+    clock: ReactorTime
 
     def check(self, route: Route, head: RequestHead) -> Decision:
         """Allow the request, or refuse it with a redirect to login or a 401."""

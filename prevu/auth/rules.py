@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from attrs import frozen
 
 from prevu.config import Config
+from prevu.endpoints import endpoint_port
 
 SESSION_COOKIE = "prevu_session"
 CSRF_COOKIE = "prevu_csrf"
@@ -205,18 +206,6 @@ def client_address(peer: str, forwarded_for: Sequence[bytes], trusted: Sequence[
         if not any(candidate in network for network in trusted):
             return str(candidate)
     return peer
-
-
-def endpoint_port(description: str | None) -> int | None:
-    """The port of a Twisted server endpoint string (``tcp:8000:interface=…``), if any."""
-    if not description:
-        return None
-    for part in description.split(":")[1:]:
-        if part.startswith("port="):
-            part = part[5:]
-        if part.isdigit():
-            return int(part)
-    return None
 
 
 def request_origin(scheme: str, host: str, public_url: str, proxy_port: int | None = None) -> str:

@@ -3,8 +3,9 @@ The previews API (SPEC §4), `/metrics` and the dashboard at `/`.
 
 Every `/api/previews...` route and `/metrics` need `Authorization: Bearer
 <api_token>`: 401 without a valid one; with no `api_token` configured the API
-is off and answers 403 saying so. Errors are raised as `ApiError(status,
-reason)`; the control app turns them into JSON answers.
+is off and answers 403 saying so. Handlers return `Answer`s and raise
+`RequestRefused(problem, reason)`; the control app's funnel turns both into
+HTTP answers.
 
 - `GET /api/previews` — JSON list of previews.
 - `GET /api/previews/{id}` — one preview.
@@ -18,7 +19,6 @@ reason)`; the control app turns them into JSON answers.
 
 from __future__ import annotations
 
-import hmac
 import html
 import json
 import re
@@ -29,20 +29,29 @@ from typing import Any, Protocol
 from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.web.server import Request
 
 from prevu.config import Config
-from prevu.control.app import json_response
-from prevu.errors import ApiError, DockerError
+from prevu.control.responses import (
+    BEARER_CHALLENGE,
+    NO_STORE,
+    Answer,
+    bearer_ok,
+    header,
+    json_answer,
+)
+from prevu.errors import DockerError, RequestRefused
+from prevu.forge.events import SHA_PATTERN
 from prevu.orchestrator.engine import Receipt
 from prevu.orchestrator.metrics import Metrics
 from prevu.ports import LogLine, PreviewRecord, Store
 
-SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+SHA = re.compile(SHA_PATTERN)
 REPO = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 BRANCH = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
 
 
-class Previews(Protocol):
+class PreviewOperations(Protocol):
     """What the API needs of the orchestrator."""
 
     def previews(self) -> list[PreviewRecord]: ...
@@ -93,13 +102,6 @@ def preview_json(record: PreviewRecord) -> dict[str, Any]:
     }
 
 
-def _header(request: Any, name: bytes) -> str:
-    value = request.getHeader(name)
-    if value is None:
-        return ""
-    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
-
-
 def _log_text(line: LogLine) -> str:
     stamp = _iso(line.at) or ""
     return f"{stamp} [{line.stream}] {line.line}"
@@ -110,7 +112,7 @@ class PreviewsApi:
     """The API handlers, delegated to from the control app."""
 
     config: Config
-    orchestrator: Previews
+    orchestrator: PreviewOperations
     store: Store
     docker: RunLogs | None = None
     metrics: Metrics = field(factory=Metrics)
@@ -118,82 +120,82 @@ class PreviewsApi:
 
     # --- auth -------------------------------------------------------------------
 
-    def authorize(self, request: Any) -> None:
-        """Raise ApiError unless the request carries the bearer api_token."""
+    def authorize(self, request: Request) -> None:
+        """Raise RequestRefused unless the request carries the bearer api_token."""
         token = self.config.server.api_token
         if not token:
-            raise ApiError(403, "the API is off: set [server] api_token (or api_token_file)")
-        given = _header(request, b"authorization")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            value.strip().encode(), token.encode()
-        ):
-            request.setHeader(b"www-authenticate", b'Bearer realm="prevu"')
-            raise ApiError(401, "missing or wrong bearer token")
+            reason = "the API is off: set [server] api_token (or api_token_file)"
+            raise RequestRefused("forbidden", reason)
+        if not bearer_ok(request, token):
+            for name, value in BEARER_CHALLENGE:
+                request.setHeader(name, value)
+            raise RequestRefused("unauthenticated", "missing or wrong bearer token")
 
     def _record(self, preview: str) -> PreviewRecord:
         record = self.orchestrator.get(preview)
         if record is None:
-            raise ApiError(404, f"no preview {preview!r}")
+            raise RequestRefused("not_found", f"no preview {preview!r}")
         return record
 
     # --- routes -------------------------------------------------------------------
 
-    def list(self, request: Any) -> bytes:
+    def list(self, request: Request) -> Answer:
         self.authorize(request)
-        return json_response(request, [preview_json(r) for r in self.orchestrator.previews()])
+        return json_answer("ok", [preview_json(r) for r in self.orchestrator.previews()])
 
-    def show(self, request: Any, preview: str) -> bytes:
+    def show(self, request: Request, preview: str) -> Answer:
         self.authorize(request)
-        return json_response(request, preview_json(self._record(preview)))
+        return json_answer("ok", preview_json(self._record(preview)))
 
-    def redeploy(self, request: Any, preview: str) -> bytes:
+    def redeploy(self, request: Request, preview: str) -> Answer:
         self.authorize(request)
         record = self._record(preview)
         if record.closed:
-            raise ApiError(409, f"preview {preview!r} is closed; reopen the pull request")
+            reason = f"preview {preview!r} is closed; reopen the pull request"
+            raise RequestRefused("conflict", reason)
         self.orchestrator.redeploy(preview)
-        return json_response(request, preview_json(self._record(preview)), 202)
+        return json_answer("accepted", preview_json(self._record(preview)))
 
-    def delete(self, request: Any, preview: str) -> bytes:
+    def delete(self, request: Request, preview: str) -> Answer:
         self.authorize(request)
         self._record(preview)
         self.orchestrator.destroy(preview, "deleted through the API")
-        return json_response(request, preview_json(self._record(preview)), 202)
+        return json_answer("accepted", preview_json(self._record(preview)))
 
-    def create(self, request: Any) -> bytes:
+    def create(self, request: Request) -> Answer:
         """`prevu up`: deploy a branch of a repository the server can read."""
         self.authorize(request)
         content: Any = request.content
         try:
             data = json.loads(content.read(1 << 20) if content is not None else b"")
         except ValueError:
-            raise ApiError(400, "expected a JSON object") from None
+            raise RequestRefused("malformed", "expected a JSON object") from None
         if not isinstance(data, dict):
-            raise ApiError(400, "expected a JSON object")
+            raise RequestRefused("malformed", "expected a JSON object")
         repo, branch = str(data.get("repo", "")), str(data.get("branch", ""))
         sha, clone_url = str(data.get("sha", "")).lower(), str(data.get("clone_url", ""))
         if not REPO.match(repo):
-            raise ApiError(400, f"bad repo {repo!r}: use name or owner/name")
+            raise RequestRefused("malformed", f"bad repo {repo!r}: use name or owner/name")
         if not BRANCH.match(branch) or branch.startswith("-"):
-            raise ApiError(400, f"bad branch {branch!r}")
+            raise RequestRefused("malformed", f"bad branch {branch!r}")
         if not SHA.match(sha):
-            raise ApiError(400, f"bad sha {sha!r}: give the full commit id")
+            raise RequestRefused("malformed", f"bad sha {sha!r}: give the full commit id")
         if not clone_url or clone_url.startswith("-"):
-            raise ApiError(400, "clone_url is required")
+            raise RequestRefused("malformed", "clone_url is required")
         access = data.get("access")
         if access not in (None, "public", "private"):
-            raise ApiError(400, f'bad access {access!r}: "public" or "private"')
+            raise RequestRefused("malformed", f'bad access {access!r}: "public" or "private"')
         receipt = self.orchestrator.deploy_local(repo, branch, sha, clone_url, access)
         record = self._record(receipt.preview or "")
-        return json_response(request, preview_json(record), 202)
+        return json_answer("accepted", preview_json(record))
 
-    async def logs(self, request: Any, preview: str) -> bytes:
+    async def logs(self, request: Request, preview: str) -> Answer:
         self.authorize(request)
         record = self._record(preview)
         after = _after(request)
-        if "text/event-stream" in _header(request, b"accept"):
-            return await self._follow(request, preview, after)
+        if "text/event-stream" in (header(request, b"accept") or ""):
+            await self._follow(request, preview, after)
+            return Answer("ok")
         lines = [_log_text(line) for line in self.store.read_logs(preview, after=after)]
         if record.container and self.docker is not None and not _has_arg(request, b"stored"):
             try:
@@ -201,11 +203,10 @@ class PreviewsApi:
             except DockerError as error:
                 output = [f"(container output unavailable: {error})"]
             lines += [f"[run] {line}" for line in output]
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        return ("\n".join(lines) + "\n").encode() if lines else b""
+        text = ("\n".join(lines) + "\n").encode() if lines else b""
+        return Answer("ok", text, ((b"content-type", b"text/plain; charset=utf-8"), *NO_STORE))
 
-    async def _follow(self, request: Any, preview: str, after: int) -> bytes:
+    async def _follow(self, request: Request, preview: str, after: int) -> None:
         """Server-Sent Events: the stored lines, then every new one until the client leaves."""
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
@@ -233,14 +234,13 @@ class PreviewsApi:
 
         request.notifyFinish().addBoth(done)
         await finished
-        return b""
 
-    def metrics_text(self, request: Any) -> bytes:
+    def metrics_text(self, request: Request) -> Answer:
         self.authorize(request)
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return self.metrics.render(self.orchestrator.gauges()).encode()
+        text = self.metrics.render(self.orchestrator.gauges()).encode()
+        return Answer("ok", text, ((b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),))
 
-    def dashboard(self, request: Any, visible: Callable[[str], bool] | None = None) -> bytes:
+    def dashboard(self, visible: Callable[[str], bool] | None = None) -> Answer:
         """A plain HTML list of previews (no scripts, no external assets)."""
         records = [r for r in self.orchestrator.previews() if visible is None or visible(r.repo)]
         rows = "\n".join(_row(record) for record in records)
@@ -248,25 +248,27 @@ class PreviewsApi:
             rows=rows or '<tr><td colspan="6">No previews yet.</td></tr>',
             count=len(records),
         )
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
         policy = b"default-src 'none'; style-src 'unsafe-inline'"
-        request.setHeader(b"content-security-policy", policy)
-        return page.encode()
+        headers = (
+            (b"content-type", b"text/html; charset=utf-8"),
+            *NO_STORE,
+            (b"content-security-policy", policy),
+        )
+        return Answer("ok", page.encode(), headers)
 
 
-def _has_arg(request: Any, name: bytes) -> bool:
+def _has_arg(request: Request, name: bytes) -> bool:
     args: Any = request.args or {}
     return name in args
 
 
-def _after(request: Any) -> int:
+def _after(request: Request) -> int:
     args: Any = request.args or {}
-    raw = _header(request, b"last-event-id") or (args.get(b"after") or [b"0"])[0].decode()
+    raw = header(request, b"last-event-id") or (args.get(b"after") or [b"0"])[0].decode()
     try:
         return max(0, int(raw))
     except ValueError:
-        raise ApiError(400, f"bad log position {raw!r}") from None
+        raise RequestRefused("malformed", f"bad log position {raw!r}") from None
 
 
 def _row(record: PreviewRecord) -> str:

@@ -1,38 +1,59 @@
 """
-The control app: one Klein class, the only place that turns errors into HTTP.
+The control app: one Klein class, and the one funnel that turns outcomes into HTTP.
 
 Each feature (webhooks, login, API, dashboard) lives in its own module as a
-plain object; the routes here are one-line delegations to it.
+plain object; the routes here are one-line delegations to it. Handlers
+return an `Answer` (`prevu.control.responses`) or raise
+`RequestRefused(problem, reason)`; `send` and the error handler below are the
+only code that sets a status code, from the one `STATUS` table. Order of the
+funnel (as klein's `handle_errors`): a handler's `Answer` is sent as it is; a
+`RequestRefused` becomes `{"error": reason}` with its problem's status;
+anything else is Klein's 500.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from attrs import define
 from klein import Klein
-from twisted.internet.defer import ensureDeferred
-from twisted.web.iweb import IRequest
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.python.failure import Failure
+from twisted.web.server import Request
 
 from prevu.config import Config
-from prevu.control.login import LoginPages, require
-from prevu.errors import ApiError, WebhookError
+from prevu.control.login import LoginPages
+from prevu.control.responses import STATUS, Answer, json_answer
+from prevu.errors import RequestRefused
 from prevu.tls.status import CertificatesApi
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
     from prevu.control.api import PreviewsApi
+    from prevu.control.preview_page import PreviewPage
     from prevu.control.webhooks import Webhooks
 
 
-def json_response(request: Any, body: Any, code: int = 200) -> bytes:
-    """Serialize `body` as the JSON answer to `request` (a twisted.web Request)."""
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body, indent=None, separators=(",", ":")).encode() + b"\n"
+def send(request: Request, answer: Answer) -> bytes:
+    """Set the status of `answer`'s outcome and its headers on `request`; its body."""
+    request.setResponseCode(answer.status or STATUS[answer.outcome])
+    for name, value in answer.headers:
+        if name == b"set-cookie":
+            request.responseHeaders.addRawHeader(name, value)
+        else:
+            request.responseHeaders.setRawHeaders(name, [value])
+    return answer.body
+
+
+def send_later(request: Request, answer: Awaitable[Answer]) -> Deferred[bytes]:
+    """`send` once an asynchronous handler has answered."""
+
+    async def wait() -> bytes:
+        return send(request, await answer)
+
+    return ensureDeferred(wait())
 
 
 @define
@@ -44,6 +65,7 @@ class ControlApp:
     certificates: CertificatesApi | None = None
     webhooks: Webhooks | None = None
     previews: PreviewsApi | None = None
+    page: PreviewPage | None = None
 
     app = Klein()
 
@@ -54,106 +76,125 @@ class ControlApp:
     # --- routes -------------------------------------------------------------
 
     @app.route("/healthz", methods=["GET", "HEAD"])
-    def healthz(self, request: IRequest) -> bytes:
+    def healthz(self, request: Request) -> bytes:
         """Liveness: answers while the reactor runs."""
-        return json_response(request, {"status": "ok"})
+        return send(request, json_answer("ok", {"status": "ok"}))
 
     @app.route("/login", methods=["GET", "HEAD"])
-    def login_page(self, request: Any) -> Any:
-        return require(self.login).show(request)
+    def login_page(self, request: Request) -> bytes:
+        return send(request, _login(self.login).show(request))
 
     @app.route("/login", methods=["POST"])
-    def login_submit(self, request: Any) -> Any:
-        return require(self.login).submit(request)
+    def login_submit(self, request: Request) -> Deferred[bytes]:
+        return send_later(request, _login(self.login).submit(request))
 
     @app.route("/logout", methods=["POST"])
-    def logout(self, request: Any) -> Any:
-        return require(self.login).logout(request)
+    def logout(self, request: Request) -> bytes:
+        return send(request, _login(self.login).logout(request))
 
     @app.route("/auth/verify", methods=["GET", "HEAD"])
-    def auth_verify(self, request: Any) -> Any:
-        return require(self.login).verify(request)
+    def auth_verify(self, request: Request) -> bytes:
+        return send(request, _login(self.login).verify(request))
 
     @app.route("/login/github", methods=["GET"])
-    def login_github(self, request: Any) -> Any:
-        return require(self.login).github_start(request)
+    def login_github(self, request: Request) -> bytes:
+        return send(request, _login(self.login).github_start(request))
 
     @app.route("/login/github/callback", methods=["GET"])
-    def login_github_callback(self, request: Any) -> Any:
-        return require(self.login).github_callback(request)
+    def login_github_callback(self, request: Request) -> Deferred[bytes]:
+        return send_later(request, _login(self.login).github_callback(request))
 
     @app.route("/api/previews/<preview>/share", methods=["POST"])
-    def share_preview(self, request: Any, preview: str) -> Any:
-        return require(self.login).share(request, preview)
+    def share_preview(self, request: Request, preview: str) -> bytes:
+        return send(request, _login(self.login).share(request, preview))
 
     @app.route("/api/certificates", methods=["GET"])
-    def list_certificates(self, request: Any) -> Any:
+    def list_certificates(self, request: Request) -> Any:
         return (self.certificates or CertificatesApi.for_tls(self.config, None)).render(request)
 
-    @app.route("/webhooks/github", methods=["POST"])
-    def webhook_github(self, request: IRequest) -> bytes:
-        return _need(self.webhooks, "webhooks").github(request)
-
-    @app.route("/webhooks/gitlab", methods=["POST"])
-    def webhook_gitlab(self, request: IRequest) -> bytes:
-        return _need(self.webhooks, "webhooks").gitlab(request)
+    @app.route("/webhooks/<forge>", methods=["POST"])
+    def webhook(self, request: Request, forge: str) -> bytes:
+        return send(request, _need(self.webhooks, "webhooks").receive(request, forge))
 
     @app.route("/api/previews", methods=["GET"])
-    def api_list(self, request: IRequest) -> bytes:
-        return _need(self.previews, "the API").list(request)
+    def api_list(self, request: Request) -> bytes:
+        return send(request, _need(self.previews, "the API").list(request))
 
     @app.route("/api/previews", methods=["POST"])
-    def api_create(self, request: IRequest) -> bytes:
-        return _need(self.previews, "the API").create(request)
+    def api_create(self, request: Request) -> bytes:
+        return send(request, _need(self.previews, "the API").create(request))
 
     @app.route("/api/previews/<preview>", methods=["GET"])
-    def api_show(self, request: IRequest, preview: str) -> bytes:
-        return _need(self.previews, "the API").show(request, preview)
+    def api_show(self, request: Request, preview: str) -> bytes:
+        return send(request, _need(self.previews, "the API").show(request, preview))
 
     @app.route("/api/previews/<preview>", methods=["DELETE"])
-    def api_delete(self, request: IRequest, preview: str) -> bytes:
-        return _need(self.previews, "the API").delete(request, preview)
+    def api_delete(self, request: Request, preview: str) -> bytes:
+        return send(request, _need(self.previews, "the API").delete(request, preview))
 
     @app.route("/api/previews/<preview>/logs", methods=["GET"])
-    def api_logs(self, request: IRequest, preview: str) -> Any:
-        return ensureDeferred(_need(self.previews, "the API").logs(request, preview))
+    def api_logs(self, request: Request, preview: str) -> Deferred[bytes]:
+        return send_later(request, _need(self.previews, "the API").logs(request, preview))
 
     @app.route("/api/previews/<preview>/redeploy", methods=["POST"])
-    def api_redeploy(self, request: IRequest, preview: str) -> bytes:
-        return _need(self.previews, "the API").redeploy(request, preview)
+    def api_redeploy(self, request: Request, preview: str) -> bytes:
+        return send(request, _need(self.previews, "the API").redeploy(request, preview))
+
+    @app.route("/previews/<preview>", methods=["GET"])
+    def preview_page(self, request: Request, preview: str) -> bytes:
+        visible = self._reviewer(request, f"/previews/{preview}")
+        if isinstance(visible, Answer):
+            return send(request, visible)
+        return _need(self.page, "the preview page").page(request, preview, visible)
+
+    @app.route("/previews/<preview>/logs", methods=["GET"])
+    def preview_logs(self, request: Request, preview: str) -> bytes:
+        visible = self._reviewer(request, f"/previews/{preview}/logs")
+        if isinstance(visible, Answer):
+            return send(request, visible)
+        return _need(self.page, "the preview page").logs(request, preview, visible)
+
+    def _reviewer(self, request: Request, here: str) -> Answer | Callable[[str], bool] | None:
+        """The login's refusal, or which repositories the reviewer sees (None: all)."""
+        if self.login is None:
+            return None
+        refused = self.login.require_reviewer(request, here)
+        if refused is not None:
+            return refused
+        return self.login.repo_filter(request)
 
     @app.route("/metrics", methods=["GET"])
-    def metrics(self, request: IRequest) -> bytes:
-        text = _need(self.previews, "/metrics").metrics_text(request)
+    def metrics(self, request: Request) -> bytes:
+        answer = _need(self.previews, "/metrics").metrics_text(request)
         certificates = self.certificates or CertificatesApi.for_tls(self.config, None)
-        return text + certificates.metrics_text()
+        return send(request, answer) + certificates.metrics_text()
 
     @app.route("/", methods=["GET", "HEAD"])
-    def dashboard(self, request: IRequest) -> bytes:
-        visible = None
-        if self.login is not None:
-            refused = self.login.require_reviewer(request, "/")
-            if refused is not None:
-                return refused
-            # A GitHub session limited to some repositories sees only those.
-            visible = self.login.repo_filter(request)
-        return _need(self.previews, "the dashboard").dashboard(request, visible)
+    def dashboard(self, request: Request) -> bytes:
+        # A GitHub session limited to some repositories sees only those.
+        visible = self._reviewer(request, "/")
+        if isinstance(visible, Answer):
+            return send(request, visible)
+        return send(request, _need(self.previews, "the dashboard").dashboard(visible))
 
     # --- errors -------------------------------------------------------------
 
-    @app.handle_errors(ApiError)
-    def api_error(self, request: IRequest, failure: Any) -> bytes:
-        error: ApiError = failure.value
-        return json_response(request, {"error": error.reason}, error.status)
-
-    @app.handle_errors(WebhookError)
-    def webhook_error(self, request: IRequest, failure: Any) -> bytes:
-        error: WebhookError = failure.value
-        return json_response(request, {"error": error.reason}, error.status)
+    @app.handle_errors(RequestRefused)
+    def refused(self, request: Request, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, RequestRefused)
+        return send(request, json_answer(error.problem, {"error": error.reason}))
 
 
 def _need(feature: T | None, what: str) -> T:
-    """The feature object, or a 503 naming what is not wired (a bare ControlApp in tests)."""
+    """The feature object, or `unavailable` naming what is not wired (a bare app in tests)."""
     if feature is None:
-        raise ApiError(503, f"{what} not available on this server")
+        raise RequestRefused("unavailable", f"{what} not available on this server")
     return feature
+
+
+def _login(pages: LoginPages | None) -> LoginPages:
+    """The login pages, or `not_found` when the control app runs without them."""
+    if pages is None:
+        raise RequestRefused("not_found", "there is no login on this server")
+    return pages

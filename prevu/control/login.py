@@ -3,7 +3,9 @@ The reviewer login on the control host: `/login`, `/logout`, `/auth/verify`,
 GitHub OAuth, and share links through the API.
 
 `LoginPages` is a plain object; `prevu/control/app.py` routes to it with
-one-line delegations. Pages are small HTML with inline CSS and no external
+one-line delegations. Its methods return `Answer`s (an outcome such as
+`forbidden` or `see_other`, never a status code) or raise `RequestRefused`;
+the app's funnel sets the status. Pages are small HTML with inline CSS and no external
 assets, forms carry a CSRF token bound to the `prevu_csrf` pre-session cookie.
 """
 
@@ -15,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from html import escape
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from attrs import define, field
 from treq.client import HTTPClient
@@ -24,7 +26,6 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent
 from twisted.web.server import Request
-from werkzeug.exceptions import NotFound
 
 from prevu.auth.authority import Authority
 from prevu.auth.gate import AuthGate
@@ -57,8 +58,18 @@ from prevu.auth.tokens import (
 )
 from prevu.auth.users_file import UsersFile
 from prevu.config import Config
-from prevu.errors import AuthError
+from prevu.control.responses import (
+    BEARER_CHALLENGE,
+    NO_STORE,
+    Answer,
+    Outcome,
+    bearer_ok,
+    header,
+    json_answer,
+)
+from prevu.errors import AuthError, RequestRefused
 from prevu.proxy.hooks import Allow, RequestHead
+from prevu.reactors import ReactorTime
 from prevu.routing import Route, RouteRegistry, normalize_host
 from prevu.units import parse_duration
 
@@ -95,7 +106,7 @@ class LoginPages:
     """Everything behind the login, logout, verify, OAuth and share URLs."""
 
     authority: Authority
-    clock: Any
+    clock: ReactorTime
     users: UsersSource
     limiter: LoginLimiter = field(factory=LoginLimiter)
     run_blocking: Callable[[Callable[[], bool]], Awaitable[bool]] = run_inline
@@ -115,13 +126,13 @@ class LoginPages:
 
     # --- GET /login ----------------------------------------------------------
 
-    def show(self, request: Request) -> bytes:
+    def show(self, request: Request) -> Answer:
         """The login form, or where to go when already logged in."""
         next_url = safe_next(self.settings, _arg(request, "next"))
         session = self.authority.session(_cookies(request, SESSION_COOKIE), self.now())
         if session is not None:
             if next_url is not None and self._allowed_at(session, next_url):
-                return self._redirect(request, self._destination(session, next_url), 303)
+                return self._redirect(self._destination(session, next_url), "see_other")
             refused = next_url is not None
             return self._signed_in(request, session, next_url, refused)
         return self._form(request, next_url)
@@ -140,23 +151,24 @@ class LoginPages:
             return lambda repo: False
         return session.allows_repo
 
-    def require_reviewer(self, request: Request, path: str) -> bytes | None:
+    def require_reviewer(self, request: Request, path: str) -> Answer | None:
         """None when `request` has a session; otherwise the redirect to the login page."""
         if not self.login_configured:
             return None  # no way to log in is configured: nothing to require
         if self.reviewer(request) is not None:
             return None
         target = self.settings.login_url(self.settings.public_url + path)
-        return self._redirect(request, target, 302)
+        return self._redirect(target, "found")
 
     # --- POST /login ---------------------------------------------------------
 
-    async def submit(self, request: Request) -> bytes:
+    async def submit(self, request: Request) -> Answer:
         """Check the CSRF token, the throttle, then the password."""
         next_url = safe_next(self.settings, _arg(request, "next"))
         now = self.now()
         if not self._csrf_ok(request, now):
-            return self._form(request, next_url, "Your form expired. Please try again.", 403)
+            expired = "Your form expired. Please try again."
+            return self._form(request, next_url, expired, "forbidden")
         username = _arg(request, "username").strip()
         password = _arg(request, "password")
         address = self._client(request)
@@ -165,7 +177,7 @@ class LoginPages:
             _set(request, b"retry-after", str(max(1, int(wait + 0.999))).encode())
             log.warn("login throttled for {user} from {address}", user=username, address=address)
             message = "Too many failed attempts. Please wait and try again later."
-            return self._form(request, next_url, message, 429, username)
+            return self._form(request, next_url, message, "throttled", username)
         users = self.users.current()
         # Count the attempt as failed before the (threaded) check, so that
         # concurrent guesses cannot all pass the limiter; a success clears it.
@@ -174,7 +186,7 @@ class LoginPages:
         if not ok:
             log.info("login failed for {user} from {address}", user=username, address=address)
             message = "Wrong user name or password."
-            return self._form(request, next_url, message, 401, username)
+            return self._form(request, next_url, message, "unauthenticated", username)
         self.limiter.succeeded(username, address, now)
         log.info("login by {user} from {address}", user=username, address=address)
         session = self.authority.new_session(username, self.now())
@@ -182,34 +194,34 @@ class LoginPages:
 
     # --- POST /logout --------------------------------------------------------
 
-    def logout(self, request: Request) -> bytes:
+    def logout(self, request: Request) -> Answer:
         """End the session everywhere this prevu checks it, and clear the cookies."""
         now = self.now()
         if not self._csrf_ok(request, now):
-            return self._form(request, None, "Your form expired. Please try again.", 403)
+            return self._form(request, None, "Your form expired. Please try again.", "forbidden")
         for session in self.authority.sessions(_cookies(request, SESSION_COOKIE), now):
             self.authority.revoke(session, now)
             log.info("logout by {user}", user=session.user)
         for cookie in self._session_cookies("", max_age=0):
             request.responseHeaders.addRawHeader(b"set-cookie", cookie)
-        return self._redirect(request, self.settings.login_url(), 303)
+        return self._redirect(self.settings.login_url(), "see_other")
 
     # --- GET /auth/verify ------------------------------------------------------
 
-    def verify(self, request: Request) -> bytes:
+    def verify(self, request: Request) -> Answer:
         """Forward auth: 200 with X-Prevu-User, or the gate's 302/401."""
         headers = request.requestHeaders
-        host_header = _header(request, b"x-forwarded-host") or _header(request, b"host") or ""
+        host_header = header(request, b"x-forwarded-host") or header(request, b"host") or ""
         host = normalize_host(host_header.split(",")[0])
-        scheme = (_header(request, b"x-forwarded-proto") or "http").split(",")[0].strip()
-        target = _header(request, b"x-forwarded-uri") or "/"
+        scheme = (header(request, b"x-forwarded-proto") or "http").split(",")[0].strip()
+        target = header(request, b"x-forwarded-uri") or "/"
         if not target.startswith("/"):
             target = "/" + target
         # A login handoff is redeemed only by prevu's own gate: through this
         # endpoint anyone holding one (a preview's code) could trade it for a session.
         _, target = split_param(target, HANDOFF_PARAM)
         head = RequestHead(
-            method=(_header(request, b"x-forwarded-method") or "GET").encode(),
+            method=(header(request, b"x-forwarded-method") or "GET").encode(),
             target=target.encode("latin-1", "replace"),
             host=host_header.split(",")[0].strip(),
             scheme=scheme if scheme in ("http", "https") else "http",
@@ -226,46 +238,44 @@ class LoginPages:
         repo = route.repo if route is not None else None
         gate = AuthGate(self.authority, self.clock)
         decision = gate.decide(head, repo, route.host if route is not None else host)
-        _set(request, b"cache-control", b"no-store")
         if isinstance(decision, Allow):
-            request.setResponseCode(200)
-            if decision.user:
-                _set(request, USER_HEADER, decision.user.encode())
-            return b""
-        request.setResponseCode(decision.status)
+            user = ((USER_HEADER, decision.user.encode()),) if decision.user else ()
+            return Answer("ok", b"", (*NO_STORE, *user))
         for name, value in decision.headers:
             request.responseHeaders.addRawHeader(name, value)
-        return decision.body
+        # The gate's reply is the proxy's answer to the same request: relayed as it is.
+        return Answer("ok", decision.body, NO_STORE, status=decision.status)
 
     # --- GitHub OAuth -----------------------------------------------------------
 
-    def github_start(self, request: Request) -> bytes:
+    def github_start(self, request: Request) -> Answer:
         """Send the browser to GitHub with a state bound to this browser and `next`."""
         if self.github is None:
-            return self._page(request, "Not available", "<p>GitHub login is not set up.</p>", 404)
+            return self._page("Not available", "<p>GitHub login is not set up.</p>", "not_found")
         next_url = safe_next(self.settings, _arg(request, "next")) or ""
         nonce = self._nonce(request)
         state = self.authority.signer.sign(
             OAUTH_STATE, {"n": nonce, "next": next_url, "e": int(self.now() + 600)}
         )
-        return self._redirect(request, self.github.authorize_url(state), 302)
+        return self._redirect(self.github.authorize_url(state), "found")
 
-    async def github_callback(self, request: Request) -> bytes:
+    async def github_callback(self, request: Request) -> Answer:
         """Check the state, exchange the code, ask GitHub who this is, and decide."""
         if self.github is None:
-            return self._page(request, "Not available", "<p>GitHub login is not set up.</p>", 404)
+            return self._page("Not available", "<p>GitHub login is not set up.</p>", "not_found")
         now = self.now()
         state = self.authority.signer.unsign(OAUTH_STATE, _arg(request, "state"), now)
         nonces = _cookies(request, CSRF_COOKIE)
         if state is None or not any(
             hmac.compare_digest(str(state.get("n")).encode(), nonce.encode()) for nonce in nonces
         ):
-            return self._form(request, None, "GitHub login expired. Please try again.", 403)
+            return self._form(request, None, "GitHub login expired. Please try again.", "forbidden")
         next_url = safe_next(self.settings, str(state.get("next") or ""))
         code = _arg(request, "code")
         if not code:
             reason = _arg(request, "error") or "no code"
-            return self._form(request, next_url, f"GitHub login was not completed ({reason}).", 403)
+            message = f"GitHub login was not completed ({reason})."
+            return self._form(request, next_url, message, "forbidden")
         candidates = list(self.candidate_repos)
         next_repo = self._repo_at(next_url)
         if next_repo:
@@ -275,14 +285,15 @@ class LoginPages:
             identity = await self.github.identity(token, candidates)
         except AuthError as error:
             log.error("GitHub login failed: {error}", error=str(error))
-            return self._form(request, next_url, "GitHub login failed. Please try again.", 502)
+            message = "GitHub login failed. Please try again."
+            return self._form(request, next_url, message, "upstream_failed")
         verdict = decide(self.github.config, identity)
         if not verdict.allowed:
             log.info(
                 "GitHub user {user} refused: {reason}", user=identity.login, reason=verdict.reason
             )
             message = f"The GitHub account {identity.login} has no access to these previews."
-            return self._form(request, next_url, message, 403)
+            return self._form(request, next_url, message, "forbidden")
         log.info(
             "login by GitHub user {user}: {reason}", user=identity.login, reason=verdict.reason
         )
@@ -291,20 +302,20 @@ class LoginPages:
 
     # --- POST /api/previews/{id}/share ------------------------------------------
 
-    def share(self, request: Request, preview: str) -> bytes:
+    def share(self, request: Request, preview: str) -> Answer:
         """A share link for one preview (bearer api_token), as JSON."""
-        if not self._bearer_ok(request):
-            _set(request, b"www-authenticate", b'Bearer realm="prevu"')
-            return _json(request, {"error": "a valid api_token is required"}, 401)
+        if not bearer_ok(request, self.api_token):
+            for name, value in BEARER_CHALLENGE:
+                _set(request, name, value)
+            raise RequestRefused("unauthenticated", "a valid api_token is required")
         try:
             duration = self._share_duration(request)
         except ValueError as error:
-            return _json(request, {"error": str(error)}, 400)
+            raise RequestRefused("malformed", str(error)) from None
         host = self.preview_host(preview)
         if host is None:
-            return _json(request, {"error": f"no preview {preview}"}, 404)
-        link = self.share_link(host, duration)
-        return _json(request, link, 201)
+            raise RequestRefused("not_found", f"no preview {preview}")
+        return json_answer("created", self.share_link(host, duration))
 
     def share_link(self, host: str, duration: float) -> dict[str, Any]:
         """A signed URL that opens `host` for `duration` seconds."""
@@ -317,7 +328,7 @@ class LoginPages:
 
     def _share_duration(self, request: Request) -> float:
         text = _arg(request, "for")
-        content_type = _header(request, b"content-type") or ""
+        content_type = header(request, b"content-type") or ""
         if not text and content_type.startswith("application/json"):
             try:
                 body = json.loads((request.content.read() if request.content else b"") or b"{}")
@@ -329,12 +340,6 @@ class LoginPages:
         if not 0 < duration <= MAX_SHARE:
             raise ValueError("a share link lasts more than 0s and at most 30d")
         return duration
-
-    def _bearer_ok(self, request: Request) -> bool:
-        given = _header(request, b"authorization") or ""
-        if self.api_token is None or not given.lower().startswith("bearer "):
-            return False
-        return hmac.compare_digest(given[7:].strip().encode(), self.api_token.encode())
 
     # --- helpers -------------------------------------------------------------------
 
@@ -358,10 +363,10 @@ class LoginPages:
         # A preview under the same site can plant a `prevu_csrf` cookie, so the
         # token alone is not enough: a browser's POST must also come from the
         # control host itself (Origin, or Sec-Fetch-Site when Origin is absent).
-        origin = _header(request, b"origin")
+        origin = header(request, b"origin")
         if origin is not None and origin.rstrip("/") != self.settings.origin:
             return False
-        fetch_site = _header(request, b"sec-fetch-site")
+        fetch_site = header(request, b"sec-fetch-site")
         if origin is None and fetch_site not in (None, "same-origin", "none"):
             return False
         token = _arg(request, "csrf")
@@ -412,29 +417,31 @@ class LoginPages:
             cookies = [domain_cookie] if max_age > 0 else [*cookies, domain_cookie]
         return cookies
 
-    def _logged_in(self, request: Request, session: Session, next_url: str | None) -> bytes:
+    def _logged_in(self, request: Request, session: Session, next_url: str | None) -> Answer:
         value = encode_session(self.authority.signer, session)
         for cookie in self._session_cookies(value, session.expires - self.now()):
             request.responseHeaders.addRawHeader(b"set-cookie", cookie)
         if next_url is not None and not self._allowed_at(session, next_url):
             return self._signed_in(request, session, next_url, True)
-        return self._redirect(request, self._destination(session, next_url), 303)
+        return self._redirect(self._destination(session, next_url), "see_other")
 
-    def _redirect(self, request: Request, location: str, code: int) -> bytes:
-        request.setResponseCode(code)
-        _set(request, b"location", location.encode("utf-8"))
-        _set(request, b"cache-control", b"no-store")
-        _set(request, b"content-type", b"text/html; charset=utf-8")
-        return f'<!doctype html><a href="{escape(location)}">Continue</a>\n'.encode()
+    def _redirect(self, location: str, outcome: Outcome) -> Answer:
+        body = f'<!doctype html><a href="{escape(location)}">Continue</a>\n'.encode()
+        headers = (
+            (b"location", location.encode("utf-8")),
+            *NO_STORE,
+            (b"content-type", b"text/html; charset=utf-8"),
+        )
+        return Answer(outcome, body, headers)
 
     def _form(
         self,
         request: Request,
         next_url: str | None,
         message: str = "",
-        code: int = 200,
+        outcome: Outcome = "ok",
         username: str = "",
-    ) -> bytes:
+    ) -> Answer:
         nonce = self._nonce(request)
         csrf = encode_csrf(self.authority.signer, nonce, self.now())
         alert = f'<p class="error" role="alert">{escape(message)}</p>' if message else ""
@@ -456,11 +463,11 @@ class LoginPages:
             href = "/login/github" + ("?next=" + _quote(next_url) if next_url else "")
             github = f'<p><a class="button" href="{escape(href)}">Log in with GitHub</a></p>'
         body = f"{alert}{password_form}{github}"
-        return self._page(request, "Log in to prevu", body, code)
+        return self._page("Log in to prevu", body, outcome)
 
     def _signed_in(
         self, request: Request, session: Session, next_url: str | None, refused: bool
-    ) -> bytes:
+    ) -> Answer:
         nonce = self._nonce(request)
         csrf = encode_csrf(self.authority.signer, nonce, self.now())
         note = ""
@@ -479,35 +486,26 @@ class LoginPages:
   <input type="hidden" name="csrf" value="{escape(csrf)}">
   <button type="submit">Log out</button>
 </form>{github}"""
-        return self._page(request, "Logged in to prevu", body, 403 if refused else 200)
+        return self._page("Logged in to prevu", body, "forbidden" if refused else "ok")
 
-    def _page(self, request: Request, title: str, body: str, code: int) -> bytes:
-        request.setResponseCode(code)
-        _set(request, b"content-type", b"text/html; charset=utf-8")
-        _set(request, b"cache-control", b"no-store")
+    def _page(self, title: str, body: str, outcome: Outcome) -> Answer:
         # No form-action: Chromium applies it to the redirect after POST /login,
         # which goes on to the preview's host.
-        _set(
-            request,
-            b"content-security-policy",
-            b"default-src 'none'; style-src 'unsafe-inline'; "
-            b"frame-ancestors 'none'; base-uri 'none'",
+        headers = (
+            (b"content-type", b"text/html; charset=utf-8"),
+            *NO_STORE,
+            (
+                b"content-security-policy",
+                b"default-src 'none'; style-src 'unsafe-inline'; "
+                b"frame-ancestors 'none'; base-uri 'none'",
+            ),
+            (b"referrer-policy", b"same-origin"),
+            (b"x-content-type-options", b"nosniff"),
         )
-        _set(request, b"referrer-policy", b"same-origin")
-        _set(request, b"x-content-type-options", b"nosniff")
-        return PAGE.format(title=escape(title), body=body).encode("utf-8")
-
-
-def require(pages: LoginPages | None) -> LoginPages:
-    """The login pages, or 404 when the control app runs without them."""
-    if pages is None:
-        raise NotFound()
-    return pages
+        return Answer(outcome, PAGE.format(title=escape(title), body=body).encode("utf-8"), headers)
 
 
 def _quote(value: str) -> str:
-    from urllib.parse import quote
-
     return quote(value, safe="")
 
 
@@ -527,20 +525,8 @@ def _set(request: Request, name: bytes, value: bytes) -> None:
     request.responseHeaders.setRawHeaders(name, [value])
 
 
-def _header(request: Request, name: bytes) -> str | None:
-    value = request.getHeader(name)
-    return value.decode("latin-1") if isinstance(value, bytes) else value
-
-
 def _cookies(request: Request, name: str) -> list[str]:
     return cookie_values(request.requestHeaders.getRawHeaders(b"cookie", []), name)
-
-
-def _json(request: Request, body: Any, code: int) -> bytes:
-    request.setResponseCode(code)
-    _set(request, b"content-type", b"application/json")
-    _set(request, b"cache-control", b"no-store")
-    return json.dumps(body).encode() + b"\n"
 
 
 PAGE = """<!doctype html>

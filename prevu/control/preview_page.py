@@ -16,7 +16,7 @@ from typing import Any
 
 from attrs import define
 
-from prevu.errors import ApiError
+from prevu.errors import RequestRefused
 from prevu.masking import Masker
 from prevu.ports import Store
 
@@ -51,19 +51,9 @@ def _html_headers(request: Any) -> None:
 @define
 class PreviewPage:
     """
-    One preview's page and logs from the store. Mount in the control app as:
-
-        @app.route("/previews/<preview>", methods=["GET"])
-        def preview_page(self, request, preview):
-            visible = None
-            if self.login is not None:
-                refused = self.login.require_reviewer(request, f"/previews/{preview}")
-                if refused is not None:
-                    return refused
-                visible = self.login.repo_filter(request)
-            return _need(self.page, "the preview page").page(request, preview, visible)
-
-    and the same for `/previews/<preview>/logs` calling `logs(...)`.
+    One preview's page and logs from the store, mounted by the control app at
+    `/previews/{id}` and `/previews/{id}/logs` behind the reviewer login; a
+    preview the reviewer may not see is answered as one that does not exist.
     """
 
     store: Store
@@ -73,7 +63,7 @@ class PreviewPage:
         record = self.store.get(preview)
         # A preview the reviewer may not see is answered as one that does not exist.
         if record is None or (visible is not None and not visible(record.repo)):
-            raise ApiError(404, f"no preview {preview!r}")
+            raise RequestRefused("not_found", f"no preview {preview!r}")
         return record
 
     def _tail(self, preview: str, count: int) -> list[str]:
@@ -89,7 +79,7 @@ class PreviewPage:
     def page(
         self, request: Any, preview: str, visible: Callable[[str], bool] | None = None
     ) -> bytes:
-        """The HTML page of `preview`. :raises ApiError: 404 when unknown or not visible."""
+        """The HTML page of `preview`. :raises RequestRefused: not_found (unknown, not visible)."""
         record = self._record(preview, visible)
         e = html.escape
         reason = ""
@@ -111,7 +101,7 @@ class PreviewPage:
     def logs(
         self, request: Any, preview: str, visible: Callable[[str], bool] | None = None
     ) -> bytes:
-        """The last log lines of `preview` as plain text. :raises ApiError: 404."""
+        """The last log lines of `preview` as plain text. :raises RequestRefused: not_found."""
         self._record(preview, visible)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")

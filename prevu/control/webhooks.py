@@ -1,38 +1,58 @@
 """
-The webhook endpoints: `POST /webhooks/github` and `POST /webhooks/gitlab`.
+The webhook endpoint, `POST /webhooks/<forge>`, for every forge of the registry.
 
 Answer fast and never wait for git or Docker: the body is checked (size,
-signature or token), parsed into a typed event, de-duplicated by delivery id,
-filtered by `[[repos]]`, and handed to the orchestrator, which only records
-the event and schedules its jobs. Status codes (SPEC §4):
+then the forge's signature or token), parsed by the forge into a typed event,
+de-duplicated by delivery id and body, filtered by `[[repos]]`, and handed to
+the orchestrator, which only records the event and schedules its jobs. What
+differs between forges lives in `prevu/forge/<name>.py`; this module knows
+none by name. Outcomes (the control app maps them to SPEC §4's codes):
 
-- 202 with a JSON body once the job is queued;
-- 200 for `ping`, ignored events and redelivered delivery ids (a no-op);
-- 401 bad or missing signature/token; 403 when the forge is not configured;
-- 400 malformed payload or missing headers; 413 body over `max_body`.
-
-Errors are raised as `WebhookError(status, reason)`; the control app turns
-them into JSON answers.
+- `accepted` (202) with a JSON body once the job is queued;
+- `ok` (200) for pings, ignored events and redelivered ids or bodies (no-ops);
+- `unauthenticated` (401) bad or missing signature/token; `forbidden` (403)
+  when the forge's webhooks are not configured; `not_found` (404) for a forge
+  prevu does not know or that has no webhooks;
+- `malformed` (400) payload or missing headers; `too_large` (413) body over `max_body`.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from attrs import define, field
 from twisted.logger import Logger
+from twisted.web.server import Request
 
 from prevu.config import Config
-from prevu.control.app import json_response
-from prevu.errors import WebhookError
-from prevu.forge import github, gitlab, policy
+from prevu.control.responses import STATUS, Answer, header, json_answer
+from prevu.errors import RequestRefused
+from prevu.forge import policy
+from prevu.forge.base import Delivery, Forge
 from prevu.forge.events import ForgeEvent, Ignored, Ping
-from prevu.orchestrator.engine import Receipt
+from prevu.forge.registry import webhook_forge
 from prevu.orchestrator.metrics import Metrics
 
 MAX_WEBHOOK_BODY = 25 << 20
 """GitHub caps payloads at 25 MB; anything bigger is not a real delivery."""
+
+
+class Receipt(Protocol):
+    """What the orchestrator answers to a decision (`prevu.orchestrator.engine.Receipt`)."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def preview(self) -> str | None: ...
+
+    @property
+    def url(self) -> str | None: ...
 
 
 class Applies(Protocol):
@@ -47,31 +67,32 @@ class Deliveries(Protocol):
     def remember_delivery(self, delivery: str) -> bool: ...
 
 
-def _header(request: Any, name: bytes) -> str | None:
-    value = request.getHeader(name)
-    if value is None:
-        return None
-    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
-
-
-def read_body(request: Any, limit: int) -> bytes:
-    """The raw request body, or WebhookError(413) when it is larger than `limit`."""
-    length = _header(request, b"content-length")
+def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body, or RequestRefused("too_large") when it is larger than `limit`."""
+    length = header(request, b"content-length")
     if length is not None and length.strip().isdigit() and int(length) > limit:
-        raise WebhookError(413, f"body of {length} bytes is over the {limit} byte limit")
+        raise RequestRefused("too_large", f"body of {length} bytes is over the {limit} byte limit")
     content: Any = request.content
     if content is None:
         return b""
     content.seek(0)
     body: bytes = content.read(limit + 1)
     if len(body) > limit:
-        raise WebhookError(413, f"body is over the {limit} byte limit")
+        raise RequestRefused("too_large", f"body is over the {limit} byte limit")
     return body
+
+
+def _headers(request: Request) -> dict[str, str]:
+    return {
+        name.decode("latin-1").lower(): values[-1].decode("latin-1")
+        for name, values in request.requestHeaders.getAllRawHeaders()
+        if values
+    }
 
 
 @define
 class Webhooks:
-    """The two webhook handlers, delegated to from the control app."""
+    """The webhook handler of every forge, delegated to from the control app."""
 
     config: Config
     orchestrator: Applies
@@ -80,94 +101,69 @@ class Webhooks:
     max_body: int = MAX_WEBHOOK_BODY
     log: Logger = field(factory=Logger)
 
-    def github(self, request: Any) -> bytes:
-        """POST /webhooks/github."""
-        secret = self.config.github.webhook_secret
-        if not secret:
-            reason = "GitHub webhooks are off: set [github] webhook_secret"
-            raise self._refuse("github", 403, reason)
-        body = self._body(request, "github")
-        if not github.verify_signature(secret, body, _header(request, b"x-hub-signature-256")):
-            raise self._refuse("github", 401, "bad or missing X-Hub-Signature-256")
-        event_name = _header(request, b"x-github-event")
-        delivery = _header(request, b"x-github-delivery")
-        if not event_name or not delivery:
-            raise self._refuse("github", 400, "missing X-GitHub-Event or X-GitHub-Delivery")
-        event = self._parse("github", lambda: github.parse(event_name, delivery, body))
-        return self._handle(request, "github", event, body)
-
-    def gitlab(self, request: Any) -> bytes:
-        """POST /webhooks/gitlab."""
-        token = self.config.gitlab.webhook_token
-        if not token:
-            raise self._refuse("gitlab", 403, "GitLab webhooks are off: set [gitlab] webhook_token")
-        body = self._body(request, "gitlab")
-        if not gitlab.verify_token(token, _header(request, b"x-gitlab-token")):
-            raise self._refuse("gitlab", 401, "bad or missing X-Gitlab-Token")
-        event_name = _header(request, b"x-gitlab-event")
-        delivery = _header(request, b"x-gitlab-event-uuid") or _header(
-            request, b"x-gitlab-webhook-uuid"
-        )
-        if not event_name or not delivery:
-            raise self._refuse("gitlab", 400, "missing X-Gitlab-Event or X-Gitlab-Event-UUID")
-        event = self._parse("gitlab", lambda: gitlab.parse(event_name, delivery, body))
-        return self._handle(request, "gitlab", event, body)
+    def receive(self, request: Request, name: str) -> Answer:
+        """POST /webhooks/<name>."""
+        forge = webhook_forge(name)
+        if forge is None:
+            raise RequestRefused("not_found", f"no webhooks for {name!r}")
+        label = forge.name
+        try:
+            secret = forge.webhook_secret(self.config)
+            if not secret:
+                raise RequestRefused("forbidden", forge.webhooks_off())
+            delivery = Delivery(_headers(request), read_body(request, self.max_body))
+            refused = forge.verify(secret, delivery)
+            if refused is not None:
+                raise RequestRefused("unauthenticated", refused)
+            event = forge.parse(delivery)
+        except RequestRefused as error:
+            raise self._refuse(label, error) from None
+        return self._handle(forge, event, delivery.body)
 
     # --- steps ------------------------------------------------------------------
 
-    def _refuse(self, forge: str, status: int, reason: str) -> WebhookError:
+    def _refuse(self, forge: str, error: RequestRefused) -> RequestRefused:
+        # The metric keeps the status code as its label (docs/api.md), read from the one table.
+        status = STATUS[error.problem]
         self.metrics.inc("prevu_webhooks_total", forge=forge, result=str(status))
         self.log.warn(
             "{forge} webhook refused ({status}): {reason}",
             forge=forge,
             status=status,
-            reason=reason,
+            reason=error.reason,
         )
-        return WebhookError(status, reason)
+        return error
 
-    def _body(self, request: Any, forge: str) -> bytes:
-        try:
-            return read_body(request, self.max_body)
-        except WebhookError as error:
-            raise self._refuse(forge, error.status, error.reason) from None
-
-    def _parse(self, forge: str, parse: Any) -> ForgeEvent:
-        try:
-            event: ForgeEvent = parse()
-        except WebhookError as error:
-            raise self._refuse(forge, error.status, error.reason) from None
-        return event
-
-    def _answer(
-        self, request: Any, forge: str, result: str, body: dict[str, Any], code: int
-    ) -> bytes:
+    def _answer(self, forge: str, result: str, body: Mapping[str, Any], queued: bool) -> Answer:
         self.metrics.inc("prevu_webhooks_total", forge=forge, result=result)
-        return json_response(request, body, code)
+        return json_answer("accepted" if queued else "ok", body)
 
-    def _handle(self, request: Any, forge: str, event: ForgeEvent, raw: bytes) -> bytes:
+    def _handle(self, forge: Forge, event: ForgeEvent, raw: bytes) -> Answer:
+        name = forge.name
         delivery = event.delivery
+        body: dict[str, Any]
         if isinstance(event, Ping):
-            body: dict[str, Any] = {"status": "pong", "delivery": delivery}
-            return self._answer(request, forge, "ping", body, 200)
+            body = {"status": "pong", "delivery": delivery}
+            return self._answer(name, "ping", body, False)
         if isinstance(event, Ignored):
             body = {"status": "ignored", "reason": event.reason, "delivery": delivery}
-            return self._answer(request, forge, "ignored", body, 200)
+            return self._answer(name, "ignored", body, False)
         # The delivery id is not covered by GitHub's signature: a captured
         # delivery replayed under a new id is recognised by its body.
         digest = hashlib.sha256(raw).hexdigest()
-        fresh_id = self.store.remember_delivery(f"{forge}:{delivery}")
-        fresh_body = self.store.remember_delivery(f"{forge}:sha256:{digest}")
+        fresh_id = self.store.remember_delivery(f"{name}:{delivery}")
+        fresh_body = self.store.remember_delivery(f"{name}:sha256:{digest}")
         if not (fresh_id and fresh_body):
             body = {"status": "duplicate", "reason": "already handled", "delivery": delivery}
-            return self._answer(request, forge, "duplicate", body, 200)
+            return self._answer(name, "duplicate", body, False)
         decision = policy.decide(self.config, event)
         receipt = self.orchestrator.apply(decision)
         if receipt.status == "ignored":
             body = {"status": "ignored", "reason": receipt.reason, "delivery": delivery}
-            return self._answer(request, forge, "ignored", body, 200)
+            return self._answer(name, "ignored", body, False)
         self.log.info(
             "{forge} delivery {delivery} queued for preview {preview}",
-            forge=forge,
+            forge=name,
             delivery=delivery,
             preview=receipt.preview,
         )
@@ -177,4 +173,4 @@ class Webhooks:
             "url": receipt.url,
             "delivery": delivery,
         }
-        return self._answer(request, forge, "queued", body, 202)
+        return self._answer(name, "queued", body, True)

@@ -1,9 +1,10 @@
 """
 Typed forge events: what a verified webhook means, independent of the forge.
 
-Pure core. The GitHub and GitLab parsers turn raw payloads into these frozen
-values; the policy (`prevu.forge.policy`) and the orchestrator only ever see
-these, never a payload dict.
+Pure core. Each forge's parser (`prevu.forge.github`, `prevu.forge.gitlab`)
+turns raw payloads into these frozen values; the policy
+(`prevu.forge.policy`) and the orchestrator only ever see these, never a
+payload dict.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ from typing import Literal
 
 from attrs import field, frozen, validators
 
-Forge = Literal["github", "gitlab", "local"]
-"""`local` is `prevu up`: a branch deployed without any forge."""
-FORGES: tuple[Forge, ...] = ("github", "gitlab", "local")
+ForgeName = str
+"""
+A forge's name as `prevu.forge.registry.FORGES` knows it (`github`, `gitlab`,
+`local` for `prevu up`): lower-case letters, digits and `-`. The registry is
+the one list of forges; events only check the spelling, so that adding a
+forge never touches this module.
+"""
+FORGE_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
 
 PullRequestAction = Literal["open", "push", "close", "labels"]
 """
@@ -28,6 +34,7 @@ Normalised pull request actions:
 
 TRUSTED_ASSOCIATIONS = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
 SHA_PATTERN = r"^[0-9a-f]{40}([0-9a-f]{24})?$"
+"""A full commit id: SHA-1 (40 hex digits) or SHA-256 (64). The one copy of the pattern."""
 
 
 @frozen
@@ -41,7 +48,7 @@ class PullRequest:
     repository than the base.
     """
 
-    forge: Forge = field(validator=validators.in_(FORGES))
+    forge: ForgeName = field(validator=validators.matches_re(FORGE_NAME_PATTERN))
     repo: str = field(validator=validators.min_len(1))
     number: int = field(validator=validators.ge(1))
     sha: str = field(validator=validators.matches_re(SHA_PATTERN))
@@ -66,7 +73,7 @@ class PullRequestEvent:
     raw_action: str = ""
 
     @property
-    def forge(self) -> Forge:
+    def forge(self) -> ForgeName:
         return self.pull_request.forge
 
     @property
@@ -84,7 +91,7 @@ class ApproveCommand:
     """
 
     delivery: str
-    forge: Forge
+    forge: ForgeName
     repo: str
     number: int
     commenter: str
@@ -101,7 +108,7 @@ class Ping:
     """The forge checks that the webhook works."""
 
     delivery: str
-    forge: Forge
+    forge: ForgeName
 
 
 @frozen
@@ -109,7 +116,7 @@ class Ignored:
     """A verified, well-formed delivery that prevu has nothing to do for."""
 
     delivery: str
-    forge: Forge
+    forge: ForgeName
     reason: str
 
 

@@ -3,18 +3,23 @@ GitHub webhooks: signature verification and parsing.
 
 Pure core. `verify_signature` checks `X-Hub-Signature-256` (an HMAC-SHA256 of
 the raw body with the webhook secret) in constant time; `parse` turns a
-verified body into a typed event or raises `WebhookError(400, ...)`.
+verified body into a typed event or raises `RequestRefused("malformed", ...)`.
+`GitHub` is this forge behind the `prevu.forge.base.Forge` Protocol: clones
+authenticate as `x-access-token` with `[github] token`, and a comment's
+`author_association` lets `forks = "approve"` trust maintainers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from prevu.errors import WebhookError
+from attrs import frozen
+
+from prevu.config import Config
+from prevu.forge.base import Delivery, load_json, malformed, require_headers
 from prevu.forge.events import (
     ApproveCommand,
     ForgeEvent,
@@ -51,19 +56,8 @@ def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(expected, header.strip().encode("ascii", "replace"))
 
 
-def load_json(body: bytes) -> Mapping[str, Any]:
-    """The JSON object in `body`, or WebhookError(400)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise WebhookError(400, f"body is not JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise WebhookError(400, "body is not a JSON object")
-    return data
-
-
 def parse(event: str, delivery: str, body: bytes) -> ForgeEvent:
-    """A verified GitHub delivery as a typed event; WebhookError(400) when malformed."""
+    """A verified GitHub delivery as a typed event; RequestRefused("malformed") when malformed."""
     data = load_json(body)
     try:
         if event == "ping":
@@ -73,14 +67,8 @@ def parse(event: str, delivery: str, body: bytes) -> ForgeEvent:
         if event == "issue_comment":
             return _comment(delivery, data)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise WebhookError(400, f"malformed {event} payload: {_describe(error)}") from None
+        raise malformed(event, error) from None
     return Ignored(delivery, "github", f"event {event!r} is not used")
-
-
-def _describe(error: Exception) -> str:
-    if isinstance(error, KeyError):
-        return f"missing field {error.args[0]!r}"
-    return str(error)
 
 
 def _pull_request_event(delivery: str, data: Mapping[str, Any]) -> ForgeEvent:
@@ -135,3 +123,37 @@ def _comment(delivery: str, data: Mapping[str, Any]) -> ForgeEvent:
         commenter=str(comment["user"]["login"]),
         association=str(comment.get("author_association") or "NONE"),
     )
+
+
+@frozen
+class GitHub:
+    """GitHub behind the `Forge` Protocol (`POST /webhooks/github`, `[github]`)."""
+
+    name: str = "github"
+    clone_username: str = "x-access-token"
+    """GitHub's user name for App installation tokens; personal tokens accept it too."""
+
+    def webhook_secret(self, config: Config) -> str | None:
+        return config.github.webhook_secret
+
+    def webhooks_off(self) -> str:
+        return "GitHub webhooks are off: set [github] webhook_secret"
+
+    def verify(self, secret: str, delivery: Delivery) -> str | None:
+        if verify_signature(secret, delivery.body, delivery.header("x-hub-signature-256")):
+            return None
+        return "bad or missing X-Hub-Signature-256"
+
+    def parse(self, delivery: Delivery) -> ForgeEvent:
+        event, delivery_id = require_headers(
+            delivery,
+            ("x-github-event", "x-github-delivery"),
+            "missing X-GitHub-Event or X-GitHub-Delivery",
+        )
+        return parse(event, delivery_id, delivery.body)
+
+    def clone_token(self, config: Config) -> str | None:
+        return config.github.token
+
+    def fork_approval(self) -> str | None:
+        return None

@@ -5,6 +5,10 @@ Pure core. GitLab sends the configured secret as `X-Gitlab-Token`; it is
 compared in constant time. Merge Request Hooks become pull request events,
 Note Hooks with `/preview approve` become approve commands (which the policy
 turns down until membership can be checked through the GitLab API).
+`GitLab` is this forge behind the `prevu.forge.base.Forge` Protocol: clones
+authenticate as `oauth2` with `[gitlab] token` (GitLab documents `oauth2` as
+the user name for OAuth tokens over HTTPS, and personal, project and group
+access tokens accept it too).
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from prevu.errors import WebhookError
+from attrs import frozen
+
+from prevu.config import Config
+from prevu.forge.base import Delivery, load_json, malformed, require_headers
 from prevu.forge.events import (
     ApproveCommand,
     ForgeEvent,
@@ -24,7 +31,6 @@ from prevu.forge.events import (
     PullRequestEvent,
     parse_command,
 )
-from prevu.forge.github import load_json
 
 MERGE_REQUEST_ACTIONS: Mapping[str, PullRequestAction] = {
     "open": "open",
@@ -43,7 +49,7 @@ def verify_token(expected: str, header: str | None) -> bool:
 
 
 def parse(event: str, delivery: str, body: bytes) -> ForgeEvent:
-    """A verified GitLab delivery as a typed event; WebhookError(400) when malformed."""
+    """A verified GitLab delivery as a typed event; RequestRefused("malformed") when malformed."""
     data = load_json(body)
     try:
         if event == "Merge Request Hook":
@@ -53,8 +59,7 @@ def parse(event: str, delivery: str, body: bytes) -> ForgeEvent:
         if event in ("System Hook", "Test Hook"):
             return Ping(delivery, "gitlab")
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        reason = f"missing field {error.args[0]!r}" if isinstance(error, KeyError) else str(error)
-        raise WebhookError(400, f"malformed {event} payload: {reason}") from None
+        raise malformed(event, error) from None
     return Ignored(delivery, "gitlab", f"event {event!r} is not used")
 
 
@@ -108,3 +113,39 @@ def _note(delivery: str, data: Mapping[str, Any]) -> ForgeEvent:
         # an API call it cannot be trusted (see prevu.forge.policy).
         association="UNKNOWN",
     )
+
+
+@frozen
+class GitLab:
+    """GitLab behind the `Forge` Protocol (`POST /webhooks/gitlab`, `[gitlab]`)."""
+
+    name: str = "gitlab"
+    clone_username: str = "oauth2"
+
+    def webhook_secret(self, config: Config) -> str | None:
+        return config.gitlab.webhook_token
+
+    def webhooks_off(self) -> str:
+        return "GitLab webhooks are off: set [gitlab] webhook_token"
+
+    def verify(self, secret: str, delivery: Delivery) -> str | None:
+        if verify_token(secret, delivery.header("x-gitlab-token")):
+            return None
+        return "bad or missing X-Gitlab-Token"
+
+    def parse(self, delivery: Delivery) -> ForgeEvent:
+        event, delivery_id = require_headers(
+            delivery,
+            ("x-gitlab-event", "x-gitlab-event-uuid|x-gitlab-webhook-uuid"),
+            "missing X-Gitlab-Event or X-Gitlab-Event-UUID",
+        )
+        return parse(event, delivery_id, delivery.body)
+
+    def clone_token(self, config: Config) -> str | None:
+        return config.gitlab.token
+
+    def fork_approval(self) -> str | None:
+        return (
+            'forks = "approve" needs the GitLab API to check membership, '
+            'which prevu does not call yet: treated as "deny"'
+        )

@@ -2,8 +2,12 @@
 What a forge event asks of prevu, given the `[[repos]]` settings.
 
 Pure core: `decide` maps a typed event plus the server config to one
-decision (deploy, destroy, deny, approve or skip). The webhook handler
-answers from it and the orchestrator carries it out.
+admission `Decision` (deploy, destroy, deny, approve or skip). The webhook
+handler answers from it and the orchestrator carries it out. This module is
+the one home of `Decision` and of `Gate` (how a deploy was admitted); the
+lifecycle's `Deploy`/`Deny`/`Approve` are *events* of the state machine that
+the orchestrator makes from these decisions, and import `Gate` from here.
+Forge-specific rules come from the forge (`Forge.fork_approval`).
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from attrs import frozen
 
 from prevu.config import Config, RepoConfig
 from prevu.forge.events import ApproveCommand, PullRequest, PullRequestEvent
+from prevu.forge.registry import forge_named
 
 PREVIEW_LABEL = "preview"
 Gate = Literal["open", "approve"]
+"""How a deploy was admitted: `open`, or `approve` (a fork head that waits for approval)."""
 
 
 @frozen
@@ -64,6 +70,7 @@ class Skip:
 
 
 Decision = Deploy | Destroy | Deny | Approve | Skip
+"""The admission decision for one forge event: what the orchestrator is asked to do."""
 
 
 def repo_settings(config: Config, repo: str) -> RepoConfig | None:
@@ -115,11 +122,8 @@ def _pull_request(event: PullRequestEvent, settings: RepoConfig) -> Decision:
         return Deploy(pr, settings, "open", revive)
     if settings.forks == "deny":
         return Deny(pr, settings, 'fork pull requests get no preview (forks = "deny")')
-    if pr.forge == "gitlab":
-        return Deny(
-            pr,
-            settings,
-            'forks = "approve" needs the GitLab API to check membership, '
-            'which prevu does not call yet: treated as "deny"',
-        )
+    forge = forge_named(pr.forge)
+    refusal = forge.fork_approval() if forge is not None else f"unknown forge {pr.forge!r}"
+    if refusal is not None:
+        return Deny(pr, settings, refusal)
     return Deploy(pr, settings, "approve", revive)

@@ -1,0 +1,87 @@
+"""
+The `[docker]` and `[previews]` tables: the runtime, limits, and how long
+previews live.
+
+Pure core: values and their readers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from attrs import frozen
+
+from prevu.config.reader import Table
+
+Runtime = Literal["docker"]
+"""The runtimes prevu can run previews on today."""
+RUNTIMES_LATER = ("swarm",)
+"""Runtimes the key knows of but that are not available yet (a clear error, not "unknown")."""
+
+
+@frozen
+class DockerConfig:
+    """The `[docker]` table."""
+
+    network: str = "prevu"
+    memory: int = 512 << 20
+    cpus: float = 1.0
+    pids: int = 512
+    max_previews: int = 20
+    build_timeout: float = 15 * 60.0
+    build_concurrency: int = 2
+    reconcile_interval: float = 60.0
+    host: str | None = None
+    self_container: str = "auto"
+    runtime: Runtime = "docker"
+    """Which engine runs previews (SPEC §6): only "docker" for now; "swarm" is refused."""
+
+
+@frozen
+class PreviewsConfig:
+    """The `[previews]` table."""
+
+    ttl: float = 7 * 86400.0
+    sleep_after: float = 30 * 60.0
+
+
+def parse_docker(t: Table) -> DockerConfig:
+    """The `[docker]` table; `runtime = "swarm"` is refused until it exists."""
+    d = DockerConfig()
+    runtime = t.string("runtime", d.runtime)
+    if runtime in RUNTIMES_LATER:
+        raise t.error("runtime", f"the {runtime} runtime is not available yet")
+    if runtime != "docker":
+        raise t.error("runtime", f'must be "docker", got {runtime!r}')
+    network = t.string("network", d.network)
+    if not network.replace("-", "").replace("_", "").isalnum():
+        raise t.error("network", f"use letters, digits, '-' and '_' only, got {network!r}")
+    config = DockerConfig(
+        network=network,
+        memory=t.size("memory", d.memory),
+        cpus=t.number("cpus", d.cpus),
+        pids=t.integer("pids", d.pids, minimum=1),
+        max_previews=t.integer("max_previews", d.max_previews, minimum=1),
+        build_timeout=t.duration("build_timeout", d.build_timeout),
+        build_concurrency=t.integer("build_concurrency", d.build_concurrency, minimum=1),
+        reconcile_interval=t.duration("reconcile_interval", d.reconcile_interval),
+        host=t.optional_string("host"),
+        self_container=t.string("self_container", d.self_container),
+        runtime="docker",
+    )
+    if config.memory < 6 << 20:
+        raise t.error("memory", "must be at least 6m (Docker's minimum)")
+    if config.reconcile_interval <= 0:
+        raise t.error("reconcile_interval", "must be more than 0")
+    t.finish()
+    return config
+
+
+def parse_previews(t: Table) -> PreviewsConfig:
+    """The `[previews]` table."""
+    d = PreviewsConfig()
+    config = PreviewsConfig(
+        ttl=t.duration("ttl", d.ttl), sleep_after=t.duration("sleep_after", d.sleep_after)
+    )
+    t.finish()
+    return config

@@ -1,0 +1,133 @@
+"""
+The `[server]` table (listeners, public URL, API token, timeouts) and the
+`[[routes]]` static routes.
+
+Pure core: values and their readers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+from attrs import frozen
+
+from prevu.config.reader import Table
+from prevu.routing import Access
+
+
+@frozen
+class Timeouts:
+    """Proxy timeouts, in seconds."""
+
+    connect: float = 5.0
+    response: float = 60.0
+    idle: float = 120.0
+
+
+@frozen
+class ServerConfig:
+    """The `[server]` table."""
+
+    domain: str = "localhost"
+    label: str = "pr-{number}-{repo}"
+    http: str = "tcp:8000:interface=127.0.0.1"
+    https: str | None = None
+    control: str = "tcp:8001:interface=127.0.0.1"
+    public_url: str = "http://prevu.localhost:8000"
+    state_dir: str = ".prevu"
+    api_token: str | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_body: int = 1 << 30
+    timeouts: Timeouts = Timeouts()
+
+    @property
+    def public_host(self) -> str:
+        """The host name of `public_url`, where the proxy serves the control app."""
+        return (urlsplit(self.public_url).hostname or "").lower()
+
+
+@frozen
+class StaticRouteConfig:
+    """One `[[routes]]` entry: a fixed route served by the proxy."""
+
+    host: str
+    upstream: str
+    access: Access = "public"
+
+
+def parse_server(t: Table) -> ServerConfig:
+    """The `[server]` table; ConfigError on a bad value or an unknown key."""
+    d = ServerConfig()
+    domain = t.string("domain", d.domain).strip(".").lower()
+    if not domain or " " in domain:
+        raise t.error("domain", f"expected a DNS name, got {domain!r}")
+    label = t.string("label", d.label)
+    try:
+        label.format(number=1, repo="r", owner="o", branch="b")
+    except (KeyError, IndexError, ValueError) as error:
+        raise t.error(
+            "label", f"unknown placeholder {error}; use {{number}}, {{repo}}, {{owner}}, {{branch}}"
+        ) from None
+    https = t.endpoint("https", None)
+    http = t.endpoint("http", d.http)
+    default_public = f"{'https' if https else 'http'}://prevu.{domain}" + (
+        ":8000" if http == d.http and not https else ""
+    )
+    public_url = t.url("public_url", default_public).rstrip("/")
+    proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for text in t.strings("trusted_proxies"):
+        try:
+            proxies.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise t.error("trusted_proxies", f"not an IP address or network: {text!r}") from None
+    timeouts = t.table("timeouts")
+    config = ServerConfig(
+        domain=domain,
+        label=label,
+        http=http,
+        https=https,
+        control=t.endpoint("control", d.control),
+        public_url=public_url,
+        state_dir=t.string("state_dir", d.state_dir),
+        api_token=t.secret("api_token"),
+        trusted_proxies=tuple(proxies),
+        max_body=t.size("max_body", d.max_body),
+        timeouts=Timeouts(
+            connect=timeouts.duration("connect", Timeouts().connect),
+            response=timeouts.duration("response", Timeouts().response),
+            idle=timeouts.duration("idle", Timeouts().idle),
+        ),
+    )
+    timeouts.finish()
+    t.finish()
+    return config
+
+
+def parse_route(t: Table) -> StaticRouteConfig:
+    """One `[[routes]]` entry; ConfigError on a bad host pattern or upstream URL."""
+    host = t.required("host").lower().rstrip(".")
+    if not _valid_host_pattern(host):
+        raise t.error("host", f"expected a host name or *.domain, got {host!r}")
+    upstream = t.url("upstream", "", schemes=("http",))
+    parts = urlsplit(upstream)
+    if parts.path not in ("", "/") or parts.query:
+        raise t.error("upstream", "give only scheme, host and port (no path)")
+    try:
+        parts.port  # noqa: B018 - the property validates the port
+    except ValueError as error:
+        raise t.error("upstream", str(error)) from None
+    config = StaticRouteConfig(
+        host=host, upstream=upstream, access=t.choice("access", "public", ("private", "public"))
+    )
+    t.finish()
+    return config
+
+
+def _valid_host_pattern(host: str) -> bool:
+    name = host[2:] if host.startswith("*.") else host
+    labels = name.split(".")
+    return bool(name) and all(
+        label and len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum()
+        for label in labels
+    )
