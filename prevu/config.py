@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from attrs import field, frozen
 
 from prevu.errors import ConfigError
+from prevu.instance import problem as instance_problem
 from prevu.units import parse_duration, parse_size
 
 Access = Literal["private", "public"]
@@ -52,6 +53,7 @@ class ServerConfig:
     public_url: str = "http://prevu.localhost:8000"
     state_dir: str = ".prevu"
     api_token: str | None = None
+    instance: str | None = None
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body: int = 1 << 30
     timeouts: Timeouts = Timeouts()
@@ -453,6 +455,15 @@ def endpoint_problem(description: str) -> str | None:
     return None
 
 
+def _instance(t: _Table) -> str | None:
+    """`[server] instance`: optional, checked by `prevu.instance.problem`."""
+    value = t.optional_string("instance")
+    reason = None if value is None else instance_problem(value)
+    if reason:
+        raise t.error("instance", reason)
+    return value
+
+
 def _server(t: _Table) -> ServerConfig:
     d = ServerConfig()
     domain = t.string("domain", d.domain).strip(".").lower()
@@ -487,6 +498,7 @@ def _server(t: _Table) -> ServerConfig:
         public_url=public_url,
         state_dir=t.string("state_dir", d.state_dir),
         api_token=t.secret("api_token"),
+        instance=_instance(t),
         trusted_proxies=tuple(proxies),
         max_body=t.size("max_body", d.max_body),
         timeouts=Timeouts(

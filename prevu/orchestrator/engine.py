@@ -44,6 +44,7 @@ from prevu.config import Config, RepoConfig
 from prevu.errors import DockerError, DockerUnavailable, GitError, PrevuError, RepoConfigError
 from prevu.forge import policy
 from prevu.forge.events import PullRequest
+from prevu.instance import load_or_create as load_instance
 from prevu.lifecycle import Deployment, Preview, Revision
 from prevu.naming import PreviewName, preview_label
 from prevu.orchestrator import labels as lb
@@ -182,7 +183,9 @@ class Orchestrator:
     def __attrs_post_init__(self) -> None:
         self._semaphore = DeferredSemaphore(self.config.docker.build_concurrency)
         if not self.instance:
-            self.instance = lb.instance_id(self.config.server.state_dir)
+            server = self.config.server
+            self.instance = load_instance(server.state_dir, server.instance)
+        self.log.info("prevu instance {instance}", instance=self.instance)
 
     # --- queries ------------------------------------------------------------------
 
