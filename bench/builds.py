@@ -224,12 +224,7 @@ def open_and_serve(prevu: PrevuProcess, number: int, sha: str, clone: str) -> fl
 
 def instance_of(state: Path) -> str:
     """The `prevu.instance` label value of the prevu that used `state`."""
-    stored = state / "instance"
-    if stored.exists():
-        return stored.read_text().strip()
-    from prevu.orchestrator.labels import instance_id  # the release before random ids
-
-    return instance_id(str(state))
+    return (state / "instance").read_text().strip()
 
 
 def cleanup_docker(instance: str) -> None:

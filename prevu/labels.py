@@ -9,8 +9,7 @@ an engine never take each other's containers for orphans.
 
 from __future__ import annotations
 
-import hashlib
-import os
+import re
 from collections.abc import Mapping
 
 from attrs import frozen
@@ -34,9 +33,23 @@ SERVICE = "prevu.service"
 """Read only: the service a container runs (absent on single-service previews: "app")."""
 
 
-def instance_id(state_dir: str) -> str:
-    """A short stable id of a prevu instance, from its absolute `state_dir`."""
-    return hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:12]
+INSTANCE_MAX_LENGTH = 32
+_INSTANCE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def instance_problem(value: str) -> str | None:
+    """
+    Why `value` cannot be an instance id (`[server] instance`, `state_dir/instance`),
+    or None when it can: it goes into labels and object names, so 1 to 32
+    lowercase letters, digits and `-`, starting with a letter or digit.
+    """
+    if not value:
+        return "must not be empty"
+    if len(value) > INSTANCE_MAX_LENGTH:
+        return f"at most {INSTANCE_MAX_LENGTH} characters, got {len(value)}"
+    if not _INSTANCE.match(value):
+        return f"only lowercase letters, digits and '-' (not first), got {value!r}"
+    return None
 
 
 @frozen

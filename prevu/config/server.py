@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from attrs import frozen
 
 from prevu.config.reader import Table
+from prevu.labels import instance_problem
 from prevu.routing import Access
 
 
@@ -37,6 +38,8 @@ class ServerConfig:
     public_url: str = "http://prevu.localhost:8000"
     state_dir: str = ".prevu"
     api_token: str | None = None
+    instance: str | None = None
+    """`prevu.instance` of this prevu's objects; None: random, kept in `state_dir/instance`."""
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body: int = 1 << 30
     timeouts: Timeouts = Timeouts()
@@ -91,6 +94,7 @@ def parse_server(t: Table) -> ServerConfig:
         public_url=public_url,
         state_dir=t.string("state_dir", d.state_dir),
         api_token=t.secret("api_token"),
+        instance=_instance(t),
         trusted_proxies=tuple(proxies),
         max_body=t.size("max_body", d.max_body),
         timeouts=Timeouts(
@@ -131,3 +135,12 @@ def _valid_host_pattern(host: str) -> bool:
         label and len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum()
         for label in labels
     )
+
+
+def _instance(t: Table) -> str | None:
+    """`[server] instance`: optional; the rule is `prevu.labels.instance_problem`."""
+    value = t.optional_string("instance")
+    reason = None if value is None else instance_problem(value)
+    if reason:
+        raise t.error("instance", reason)
+    return value

@@ -16,7 +16,7 @@ from attrs import field, frozen
 
 from prevu.backoff import BackoffPolicy, exponential
 from prevu.config import Config
-from prevu.labels import instance_id
+from prevu.instance import load_or_create as load_instance
 from prevu.naming import PreviewName
 from prevu.repoconfig import Limits
 
@@ -83,7 +83,8 @@ class OrchestratorSettings:
         server, docker = config.server, config.docker
         https = config.tls.mode != "off" and bool(server.https)
         values: dict[str, Any] = {
-            "instance": instance_id(server.state_dir),
+            "instance": overrides.pop("instance", None)
+            or load_instance(server.state_dir, server.instance),
             "domain": server.domain,
             "scheme": "https" if https else "http",
             "port": _endpoint_port(server.https if https else server.http),
