@@ -51,6 +51,7 @@ PURE: tuple[str, ...] = (
     "prevu.auth.limiter",
     "prevu.auth.authority",
     "prevu.revisions",
+    "prevu.labels",
     "prevu.appmodel",
     "prevu.orchestrator.reconcile",
     "prevu.masking",
