@@ -174,10 +174,10 @@ SLOW_DOCKERFILE = (
 
 
 def sleeping_build_containers(docker_client: Any) -> list[Any]:
+    # Summaries, not one inspect per container: other runs' containers may vanish meanwhile.
     return [
-        c for c in docker_client.containers.list(all=True)
-        if "sleep 57" in " ".join(c.attrs.get("Args") or [])
-        or "sleep 57" in str(c.attrs.get("Config", {}).get("Cmd"))
+        c for c in docker_client.api.containers(all=True)
+        if "sleep 57" in str(c.get("Command") or "")
     ]
 
 
