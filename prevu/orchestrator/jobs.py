@@ -155,6 +155,7 @@ class Jobs:
             ref=slot.ref,
             sha=revision.sha,
             token=self.settings.clone_token(slot.identity.forge),
+            username=self.settings.clone_username(slot.identity.forge),
             timeout=self.settings.fetch_timeout,
         )
         checkout = await cancel.wait(self.git.fetch(source, slot.id))
