@@ -1,4 +1,4 @@
-"""OrchestratorSettings from a config: clone credentials come from each forge, ports from endpoints."""
+"""OrchestratorSettings from a config: clone credentials per forge, ports from endpoints."""
 
 from __future__ import annotations
 

@@ -62,9 +62,7 @@ class OrchestratorSettings:
     start_timeout: float = 60.0
     probe_interval: float = 0.1
     retry: BackoffPolicy = field(default=exponential(0.5, 2.0, 30.0), eq=False)
-    clone_credentials: Mapping[str, Credentials] = field(
-        factory=dict, converter=_dict, repr=False
-    )
+    clone_credentials: Mapping[str, Credentials] = field(factory=dict, converter=_dict, repr=False)
     repo_access: Mapping[str, Access] = field(factory=dict, converter=_dict)
     """Lower-cased `[[repos]]` name → its access, for `prevu up`."""
     login: bool = False
