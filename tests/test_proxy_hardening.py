@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from prevu.proxy.deadlines import Timeouts
 from prevu.proxy.hooks import Allow, Reply, RequestHead
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
@@ -90,7 +91,7 @@ async def test_a_client_that_never_reads_is_not_read_either() -> None:
 def test_a_closing_connection_whose_client_never_reads_is_aborted() -> None:
     """After the last answer, a client has idle_timeout to take it and close."""
     reactor = MemoryReactorClock()
-    factory = ProxyFactory(reactor, RouteRegistry(), ProxySettings(idle_timeout=10.0))
+    factory = ProxyFactory(reactor, RouteRegistry(), ProxySettings(timeouts=Timeouts(idle=10.0)))
     factory.doStart()
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
     assert protocol is not None
@@ -238,7 +239,7 @@ async def test_a_pipelined_upload_over_the_limit_gets_413_after_the_earlier_answ
 @pytest_twisted.ensureDeferred
 async def test_a_malformed_chunk_mid_body_is_400_at_once() -> None:
     proxy, upstream, client = await through_proxy(
-        lambda c, d: None, "app.test", settings=ProxySettings(response_timeout=30)
+        lambda c, d: None, "app.test", settings=ProxySettings(timeouts=Timeouts(response=30))
     )
     client.send(
         b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
@@ -276,7 +277,7 @@ def test_post_gets_the_response_timeout_once_its_body_is_sent() -> None:
     reactor = MemoryReactorClock()
     routes = RouteRegistry()
     routes.put("static", Route("app.test", Upstream("10.0.0.9", 80)))
-    factory = ProxyFactory(reactor, routes, ProxySettings(response_timeout=2, idle_timeout=60))
+    factory = ProxyFactory(reactor, routes, ProxySettings(timeouts=Timeouts(response=2, idle=60)))
     factory.doStart()
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
     assert protocol is not None
@@ -413,7 +414,7 @@ async def test_an_idle_websocket_is_closed_after_the_idle_timeout() -> None:
     from tests.support.net import websocket_echo, ws_frame, ws_parse
 
     proxy, upstream, client = await through_proxy(
-        websocket_echo, "ws.test", settings=ProxySettings(idle_timeout=2.0)
+        websocket_echo, "ws.test", settings=ProxySettings(timeouts=Timeouts(idle=2.0))
     )
     client.send(
         b"GET / HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"

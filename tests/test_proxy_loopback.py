@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from prevu.proxy.deadlines import Timeouts
 from prevu.proxy.hooks import Allow, Reply, RequestHead
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
@@ -155,7 +156,7 @@ async def test_unknown_host_is_404_refused_is_502_and_stuck_is_504() -> None:
     closed = ScriptedServer(lambda c, d: None)
     (closed_port,) = await started(closed)
     await closed.stop()  # nothing listens there now
-    proxy = Proxy(ProxySettings(response_timeout=1.0))
+    proxy = Proxy(ProxySettings(timeouts=Timeouts(response=1.0)))
     proxy.route("refused.test", closed_port)
     proxy.route("silent.test", silent_port)
 
