@@ -94,14 +94,16 @@ LIMITS: Final[Mapping[DeadlineKind, Callable[[Timeouts], float]]] = {
 }
 
 
-def limits(timeouts: Timeouts) -> dict[DeadlineKind, float]:
+def limits(
+    timeouts: Timeouts, table: Mapping[DeadlineKind, Callable[[Timeouts], float]] = LIMITS
+) -> dict[DeadlineKind, float]:
     """
-    Seconds of quiet allowed per kind, for every kind.
+    Seconds of quiet allowed per kind, for every kind, from `table`.
 
-    Raises `ValueError` when `LIMITS` lacks a kind of `DeadlineKind`, so a
+    Raises `ValueError` when the table lacks a kind of `DeadlineKind`, so a
     new kind never falls back to another's timeout unnoticed.
     """
-    missing = [kind for kind in KINDS if kind not in LIMITS]
+    missing = [kind for kind in KINDS if kind not in table]
     if missing:
         raise ValueError(f"no timeout for deadline kinds {missing} in deadlines.LIMITS")
-    return {kind: LIMITS[kind](timeouts) for kind in KINDS}
+    return {kind: table[kind](timeouts) for kind in KINDS}
