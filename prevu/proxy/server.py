@@ -101,6 +101,7 @@ class ClientConnection(Protocol):
         settings = factory.settings
         self.max_head = settings.max_head
         self.max_body = settings.max_body
+        self.max_target = settings.max_target
         self.quiet_limit = 2 * self.max_head
         self.policy = factory.policy
         self.limits = factory.limits
@@ -235,7 +236,7 @@ class ClientConnection(Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        if len(self.url) > self.factory.settings.max_target:
+        if len(self.url) > self.max_target:
             raise _Refused(414, "URI Too Long", "The request target is too long.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -251,6 +252,8 @@ class ClientConnection(Protocol):
         if name[0] in SPECIAL_FIRST or b"_" in name:
             lower = name.lower()
             if b"_" in lower:
+                # Some servers read `_` as `-`: never let X-Prevu_User or
+                # Content_Length through in any role.
                 if dropped_in_any_spelling(lower):
                     return
             elif lower == b"host":
@@ -269,7 +272,7 @@ class ClientConnection(Protocol):
     def _trailer(self, name: bytes, value: bytes) -> None:
         """A request trailer: bounded, and filtered by the rules of headers."""
         self.trailer_bytes += len(name) + len(value) + 4
-        if self.trailer_bytes > self.factory.settings.max_head:
+        if self.trailer_bytes > self.max_head:
             raise _Refused(
                 431, "Request Header Fields Too Large", "The request trailers are too large."
             )
