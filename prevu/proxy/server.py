@@ -294,16 +294,16 @@ class ClientConnection(Protocol):
         decision = admit(self, self.policy)
         self._reset_head()
         item: Exchange | LocalReply
-        if type(decision) is Forward:
+        if isinstance(decision, Forward):
             self.factory.seen(decision.route)
             item = self.receiving = Exchange(self, decision)
             if item.upgrade:
                 self.upgrading = item
                 self._state = "upgrading"
         else:
-            item = decision  # type: ignore[assignment]  # narrowed by type() above
-            if decision.wake is not None:  # type: ignore[union-attr]
-                self.factory.waker.wake(decision.wake)  # type: ignore[union-attr]
+            item = decision
+            if decision.wake is not None:
+                self.factory.waker.wake(decision.wake)
         if self.current is None and not self.pending:
             self._begin(item)
         else:
@@ -436,7 +436,7 @@ class ClientConnection(Protocol):
             self.transport.abortConnection()
 
     def close_after_write(self) -> None:
-        """Close once what was written has been sent (or after `idle_timeout` at most)."""
+        """Close once what was written has been sent (or after the "closing" deadline)."""
         if self._state not in _ENDED and self.transport is not None:
             self._state = "closing"
             # Read (and drop) whatever the client still sends until the close:
