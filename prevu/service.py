@@ -32,6 +32,7 @@ from prevu.control.limits import control_site as control_site_for
 from prevu.control.login import build_login
 from prevu.control.preview_page import PreviewPage
 from prevu.control.webhooks import Webhooks
+from prevu.endpoints import loopback_address, with_backlog
 from prevu.feedback.wiring import build_feedback, secrets_of
 from prevu.idle import IdleService
 from prevu.orchestrator import Orchestrator, OrchestratorService, OrchestratorSettings
@@ -118,38 +119,8 @@ def static_routes(config: Config) -> list[Route]:
 
 def control_upstream(description: str) -> Upstream | None:
     """The address the proxy uses to reach the control app, if it listens on TCP."""
-    parts = description.split(":")
-    if parts[0] not in ("tcp", "tcp6") or len(parts) < 2:
-        return None
-    interface = "127.0.0.1" if parts[0] == "tcp" else "::1"
-    port = None
-    for part in parts[1:]:
-        if part.startswith("interface="):
-            interface = part.split("=", 1)[1] or interface
-        elif part.startswith("port="):
-            port = int(part.split("=", 1)[1])
-        elif part.isdigit() and port is None:
-            port = int(part)
-    if port is None:
-        return None
-    if interface in ("0.0.0.0", ""):
-        interface = "127.0.0.1"
-    elif interface == "::":
-        interface = "::1"
-    return Upstream(interface, port)
-
-
-def with_backlog(description: str, backlog: int = 1024) -> str:
-    """
-    A proxy endpoint with a listen backlog fit for bursts of new connections.
-
-    Twisted's default is 50: under a burst the kernel then drops SYNs and
-    clients wait a second to retry. Only added to TCP endpoints that give none.
-    """
-    kind = description.split(":", 1)[0]
-    if kind in ("tcp", "tcp6") and "backlog=" not in description:
-        return f"{description}:backlog={backlog}"
-    return description
+    address = loopback_address(description)
+    return Upstream(address.host, address.port) if address is not None else None
 
 
 def control_routes(config: Config) -> list[Route]:

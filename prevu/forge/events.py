@@ -13,6 +13,8 @@ from typing import Literal
 
 from attrs import field, frozen, validators
 
+from prevu.revisions import SHA_PATTERN
+
 ForgeName = str
 """
 A forge's name as `prevu.forge.registry.FORGES` knows it (`github`, `gitlab`,
@@ -33,8 +35,6 @@ Normalised pull request actions:
 """
 
 TRUSTED_ASSOCIATIONS = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
-SHA_PATTERN = r"^[0-9a-f]{40}([0-9a-f]{24})?$"
-"""A full commit id: SHA-1 (40 hex digits) or SHA-256 (64). The one copy of the pattern."""
 
 
 @frozen
