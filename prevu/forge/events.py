@@ -123,6 +123,32 @@ class Ignored:
 ForgeEvent = PullRequestEvent | ApproveCommand | Ping | Ignored
 
 
+COMMANDS = ("approve",)
+"""The `/preview` verbs prevu understands; each has its event type in `command_event`."""
+
+
+def command_event(
+    delivery: str,
+    forge: ForgeName,
+    repo: str,
+    number: int,
+    commenter: str,
+    association: str,
+    body: str,
+) -> ApproveCommand | Ignored:
+    """
+    The event of a `/preview` comment on pull request `number`, or `Ignored`
+    (no command, or a verb not in `COMMANDS`). The one place that turns a
+    verb into an event: each forge only finds the comment's fields.
+    """
+    command = parse_command(body)
+    if command is None:
+        return Ignored(delivery, forge, "comment has no /preview command")
+    if command not in COMMANDS:
+        return Ignored(delivery, forge, f"unknown command /preview {command}")
+    return ApproveCommand(delivery, forge, repo, number, commenter, association)
+
+
 def parse_command(body: str) -> str | None:
     """
     The `/preview` command in a comment body (`approve`, ...), or None.
