@@ -26,8 +26,9 @@ from typing import Any
 
 import pytest
 
+from prevu import labels as lb
 from prevu.forge.github import sign
-from prevu.orchestrator import labels as lb
+from prevu.instance import legacy_id
 from tests.support.docker import BUSYBOX, HTTPD_DOCKERFILE, TEST_SESSION, remove_test_objects
 from tests.support.git_repos import ForgeRepo, git
 
@@ -284,7 +285,7 @@ def test_the_image_serves_previews_as_non_root_and_two_containers_stay_apart(
                 ("8000/tcp", ["127.0.0.1"])
             ]
         assert instances[0] != instances[1], "same state_dir path, yet one identity"
-        assert lb.instance_id("/var/lib/prevu") not in instances
+        assert legacy_id("/var/lib/prevu") not in instances
 
         sha1 = forge.push(1, "one from a\n")
         sha2 = forge.push(2, "two from b\n")

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from prevu import instance
+from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.config import Config, ServerConfig, parse_config
 from prevu.errors import ConfigError
-from prevu.orchestrator import Orchestrator
-from prevu.orchestrator import labels as lb
+from prevu.orchestrator import Orchestrator, OrchestratorSettings
 from prevu.ports import PreviewRecord
 from prevu.routing import RouteRegistry
 from prevu.store import SqliteStore
@@ -29,7 +29,7 @@ def test_a_fresh_state_dir_gets_a_random_id_kept_in_its_instance_file(tmp_path: 
     assert len(first) == 12 and int(first, 16) >= 0
     assert (state / "instance").read_text() == first + "\n"
     assert instance.load_or_create(str(state)) == first
-    assert first != lb.instance_id(str(state))
+    assert first != instance.legacy_id(str(state))
     assert [p.name for p in state.iterdir()] == ["instance"], "no temporary file left"
 
 
@@ -43,7 +43,7 @@ def test_two_state_dirs_with_the_same_path_in_two_containers_get_different_ids(
     (state / "instance").unlink()
     second = instance.load_or_create(str(state))
     assert first != second
-    assert lb.instance_id(str(state)) == instance.legacy_id(str(state))
+    assert instance.legacy_id(str(state)) == instance.legacy_id(str(state))
 
 
 def test_a_configured_instance_wins_and_writes_nothing(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_a_state_dir_that_records_previews_keeps_the_path_hash_once(tmp_path: Pa
     store.upsert(PreviewRecord(id="pr-1-shop", repo="acme/shop", number=1))
     store.close()
     adopted = instance.load_or_create(str(state))
-    assert adopted == lb.instance_id(str(state))
+    assert adopted == instance.legacy_id(str(state))
     assert (state / "instance").read_text() == adopted + "\n"
     assert instance.load_or_create(str(state)) == adopted
 
@@ -73,7 +73,7 @@ def test_an_empty_store_made_by_this_start_is_no_upgrade(tmp_path: Path) -> None
     state.mkdir()
     SqliteStore.in_state_dir(str(state), Clock()).close()
     assert not instance.has_previews(str(state))
-    assert instance.load_or_create(str(state)) != lb.instance_id(str(state))
+    assert instance.load_or_create(str(state)) != instance.legacy_id(str(state))
 
 
 @pytest.mark.parametrize(
@@ -118,15 +118,12 @@ def test_the_orchestrator_labels_with_the_instance_of_its_state_dir(tmp_path: Pa
     state = str(tmp_path / "state")
 
     def orchestrator(config: Config) -> Orchestrator:
-        return Orchestrator(
-            config=config,
-            clock=Clock(),
-            routes=RouteRegistry(),
-            docker=FakeDocker(),
-            git=FakeGit(root=str(tmp_path / "workspaces")),
-            store=FakeStore(Clock()),
-            health=FakeHealth(),
+        settings = OrchestratorSettings.from_config(config)
+        runtime = DockerRuntime.from_config(
+            FakeDocker(), FakeHealth(), config.docker, settings.instance
         )
+        git = FakeGit(root=str(tmp_path / "workspaces"))
+        return Orchestrator(settings, Clock(), RouteRegistry(), runtime, git, FakeStore(Clock()))
 
     made = orchestrator(Config(server=ServerConfig(state_dir=state))).instance
     assert made == Path(state, "instance").read_text().strip()

@@ -209,6 +209,7 @@ class Orchestrator:
     async def start(self) -> None:
         """Load the store, reconcile at once (routes back within a second), then periodically."""
         self.driver.stopped = False
+        self.log.info("prevu instance {instance}", instance=self.instance)
         for record in self.store.list_previews():
             if record.id not in self.registry:
                 self.registry.add(records.restore(record, self.settings))
