@@ -20,6 +20,7 @@ from twisted.python.threadpool import ThreadPool
 from prevu.adapters.docker import DockerEngine
 from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.git import GitCli
+from prevu.adapters.github_api import GithubApi
 from prevu.adapters.health import NetworkHealthChecker
 from prevu.auth.authority import Authority
 from prevu.auth.gate import AuthGate
@@ -33,9 +34,10 @@ from prevu.control.login import build_login
 from prevu.control.preview_page import PreviewPage
 from prevu.control.webhooks import Webhooks
 from prevu.endpoints import loopback_address, with_backlog
-from prevu.feedback.wiring import build_feedback, secrets_of
+from prevu.feedback.wiring import build_feedback, github_api, secrets_of
 from prevu.idle import IdleService
 from prevu.orchestrator import Orchestrator, OrchestratorService, OrchestratorSettings
+from prevu.orchestrator.settings import CloneTokenSource
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
 from prevu.secretfile import API_TOKEN_FILE, load_or_create_secret
@@ -82,6 +84,18 @@ class PreviewPipeline:
     services: tuple[Service, ...]
 
 
+def _app_clone_tokens(github: GithubApi | None) -> CloneTokenSource | None:
+    """With a GitHub App, GitHub clones use its installation tokens (docs/forge.md)."""
+    if github is None or github.app is None:
+        return None
+    app = github
+
+    async def token(forge: str, repo: str) -> str | None:
+        return await app.clone_token(repo) if forge == "github" else None
+
+    return token
+
+
 def build_previews(
     config: Config, reactor: Any, pool: ThreadPool, routes: RouteRegistry
 ) -> PreviewPipeline:
@@ -92,7 +106,10 @@ def build_previews(
     docker = DockerEngine(
         reactor, pool, client_kwargs=client_kwargs, self_container=config.docker.self_container
     )
-    settings = OrchestratorSettings.from_config(config)
+    github = github_api(config, reactor)
+    settings = OrchestratorSettings.from_config(
+        config, clone_token_source=_app_clone_tokens(github)
+    )
     # `[docker] runtime` picks the engine; "docker" is the only one so far (config refuses others).
     runtime = DockerRuntime.from_config(
         docker, NetworkHealthChecker(reactor), config.docker, settings.instance
@@ -102,7 +119,7 @@ def build_previews(
     webhooks = Webhooks(config, orchestrator, store, orchestrator.metrics)
     api = PreviewsApi(config, orchestrator, store, docker, orchestrator.metrics)
     services: tuple[Service, ...] = (_StoreService(store), OrchestratorService(orchestrator))
-    feedback = build_feedback(config, reactor, orchestrator.watch, store)
+    feedback = build_feedback(config, reactor, orchestrator.watch, store, api=github)
     if feedback is not None:
         services += (feedback,)
     page = PreviewPage(store, secrets_of(config))

@@ -150,11 +150,15 @@ class Jobs:
         self, slot: Slot, cancel: CancelToken, revision: lc.Revision
     ) -> tuple[Built, RepoSettings]:
         self.note(slot, "system", f"fetching {slot.ref} at {revision.sha}")
+        token = self.settings.clone_token(slot.identity.forge)
+        if self.settings.clone_token_source is not None:
+            fresh = self.settings.clone_token_source(slot.identity.forge, slot.identity.repo)
+            token = await cancel.wait(fresh) or token
         source = GitSource(
             url=slot.clone_url,
             ref=slot.ref,
             sha=revision.sha,
-            token=self.settings.clone_token(slot.identity.forge),
+            token=token,
             username=self.settings.clone_username(slot.identity.forge),
             timeout=self.settings.fetch_timeout,
         )

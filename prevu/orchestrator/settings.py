@@ -9,7 +9,7 @@ Durations are seconds, memory bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from attrs import field, frozen
@@ -30,6 +30,10 @@ def _clone_credentials(config: Config) -> dict[str, Credentials]:
     """Each forge's clone user name and token, as its `Forge` says (`prevu.forge.registry`)."""
     found = {forge: clone_credentials(config, forge, "") for forge in FORGES}
     return {forge: credentials for forge, credentials in found.items() if credentials}
+
+
+CloneTokenSource = Callable[[str, str], Awaitable[str | None]]
+"""(forge, repo) -> a fresh clone token, or None to use the configured one."""
 
 
 def _dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -63,6 +67,8 @@ class OrchestratorSettings:
     probe_interval: float = 0.1
     retry: BackoffPolicy = field(default=exponential(0.5, 2.0, 30.0), eq=False)
     clone_credentials: Mapping[str, Credentials] = field(factory=dict, converter=_dict, repr=False)
+    clone_token_source: CloneTokenSource | None = field(default=None, eq=False, repr=False)
+    """Per-repository clone tokens that expire (a GitHub App's installation tokens)."""
     repo_access: Mapping[str, Access] = field(factory=dict, converter=_dict)
     """Lower-cased `[[repos]]` name → its access, for `prevu up`."""
     login: bool = False
