@@ -57,6 +57,7 @@ LogSink = Callable[[str], None]
 _SETSID = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 _SYNTAX = re.compile(r"^#\s*syntax\s*=\s*(\S+)", re.IGNORECASE)
 _ERROR_LINE = re.compile(r"^(?:#\d+\s+)?(?:ERROR|error):?\s*(.+)$")
+_STEP_OUTPUT = re.compile(r"^#\d+ \d+\.\d+ (.*)$")
 _KILL_GRACE = 5.0
 _PROBE_TIMEOUT = 30.0
 
@@ -209,6 +210,16 @@ def explain_failure(dockerfile_text: str, output_tail: Sequence[str], status: st
     return f"docker build {status}: {last}" if last else f"docker build {status}"
 
 
+def step_output(line: str) -> str:
+    """
+    A plain-progress line as the preview's log shows it: a step's own output
+    (`#7 0.412 hello`) without BuildKit's step number and timestamp (`hello`);
+    every other line (`#7 [2/3] RUN …`, `#7 CACHED`, `#7 DONE 0.5s`) unchanged.
+    """
+    match = _STEP_OUTPUT.match(line)
+    return match.group(1) if match else line
+
+
 class _BuildProcess(ProcessProtocol):
     """Streams a build's output line by line to a sink; fires `ended` with the exit code."""
 
@@ -228,7 +239,7 @@ class _BuildProcess(ProcessProtocol):
     def _emit(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         self.tail = [*self.tail[-29:], line]
-        self.on_line(line)
+        self.on_line(step_output(line))
 
     def processEnded(self, reason: Failure) -> None:
         for fd, rest in self.pending.items():

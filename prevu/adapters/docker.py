@@ -167,7 +167,8 @@ class DockerEngine:
     build_cache_max: int | None = None
     """`[docker] build_cache_max` (bytes): prune the engine's build cache after builds."""
     log: Logger = field(factory=Logger, eq=False)
-    _finding: Deferred[BuildKitCli] | None = field(default=None, init=False, eq=False)
+    _finding: Deferred[None] | None = field(default=None, init=False, eq=False)
+    _why: str | None = field(default=None, init=False, eq=False)
     _client: Any = field(default=None, init=False, eq=False)
     _self_id: str | bool | None = field(default=False, init=False, eq=False)
 
@@ -231,13 +232,28 @@ class DockerEngine:
                 host = self.client_kwargs.get("base_url") or os.environ.get("DOCKER_HOST")
                 environment = clean_environment(prepare_docker_config(config), host)
                 self._finding = Deferred.fromCoroutine(self._find(environment))
-            found: BuildKitCli = await self._finding
-            self.builder = found
+            # Each caller waits on a Deferred of its own: cancelling one build never
+            # cancels the search the others wait for.
+            waiting: Deferred[None] = Deferred()
+
+            def done(result: object) -> object:
+                if not waiting.called:
+                    waiting.callback(None)
+                return result
+
+            self._finding.addBoth(done)
+            await waiting
+            if self.builder is None:
+                raise DockerError("builder", self._why or "no Docker client builds with BuildKit")
         return self.builder
 
-    async def _find(self, environment: Mapping[str, str]) -> BuildKitCli:
-        cli = await find_builder(self.reactor, self.cli, environment)
-        return BuildKitCli(self.reactor, cli, environment)
+    async def _find(self, environment: Mapping[str, str]) -> None:
+        try:
+            cli = await find_builder(self.reactor, self.cli, environment)
+        except DockerError as error:
+            self._why, self._finding = error.reason, None
+            return
+        self.builder = BuildKitCli(self.reactor, cli, environment)
 
     async def build(self, request: BuildRequest, on_log: LogSink) -> Image:
         """
