@@ -259,15 +259,18 @@ class DockerEngine:
         """
         A BuildKit build through the Docker CLI (`prevu.adapters.buildkit`).
 
-        With `request.cache_tag`, a second build of the same steps runs at the
-        same time (BuildKit shares the identical steps, so it costs little):
-        it tags the repository's cache image with inline cache metadata and
-        `request.cache_labels` only, and replaces the previous one.
+        With `request.cache_tag`, the same build runs again once it succeeded
+        (every step cached, so it costs an export): it tags the repository's
+        cache image with inline cache metadata and `request.cache_labels` only,
+        and replaces the previous one.
         """
         path = dockerfile_path(request.context, request.dockerfile)
         with open(path, encoding="utf-8", errors="replace") as handle:
             dockerfile = handle.read()
         cli = await self._cli()
+        # Only local images: a missing one would be looked up on a registry (Docker
+        # Hub), where anybody could publish an image of that name.
+        cache_from = tuple([ref for ref in request.cache_from if await self._image_id(ref)])
         spec = CliBuild(
             context=os.path.realpath(request.context),
             tag=request.tag,
@@ -276,31 +279,38 @@ class DockerEngine:
             args=build_args(request, dockerfile),
             target=request.target,
             secrets=request.secrets,
-            cache_from=request.cache_from,
+            cache_from=cache_from,
             inline_cache=request.cache_tag is not None,
             timeout=request.timeout,
         )
-        cache: Deferred[str] | None = None
+        image_id = await cli.build(spec, on_log)
         if request.cache_tag is not None:
-            old_cache = await self._image_id(request.cache_tag)
-            cache_spec = evolve(
-                spec, tag=request.cache_tag, labels=self._labels(request.cache_labels)
-            )
-            cache = Deferred.fromCoroutine(cli.build(cache_spec, lambda line: None))
-            cache.addErrback(lambda failure: failure.trap(DockerError, CancelledError) and "")
-        try:
-            image_id = await cli.build(spec, on_log)
-        except BaseException:
-            if cache is not None:
-                cache.cancel()
-            raise
-        if cache is not None:
-            cached = await cache
-            if cached and old_cache and old_cache != cached:
-                await self.remove_image(old_cache)
+            await self._refresh_cache(cli, spec, request)
         if self.build_cache_max is not None and not await cli.prune(self.build_cache_max):
             self.log.warn("docker builder prune --keep-storage failed")
         return Image(id=image_id, tag=request.tag)
+
+    async def _refresh_cache(self, cli: BuildKitCli, spec: CliBuild, request: BuildRequest) -> None:
+        """
+        Tag the repository's cache image: the same build again, every step cached,
+        with inline cache metadata and only `cache_labels`; replaces the previous one.
+        (Run after the build, not beside it: BuildKit shows a step shared by two
+        running builds in one build's log only.) A failure is logged, never raised.
+        """
+        assert request.cache_tag is not None
+        old = await self._image_id(request.cache_tag)
+        cache_spec = evolve(spec, tag=request.cache_tag, labels=self._labels(request.cache_labels))
+        try:
+            new = await cli.build(cache_spec, lambda line: None)
+        except DockerError as error:
+            self.log.warn(
+                "the cache image {tag} was not refreshed: {error}",
+                tag=request.cache_tag,
+                error=str(error),
+            )
+            return
+        if old and old != new:
+            await self.remove_image(old)
 
     async def _image_id(self, reference: str) -> str | None:
         """The id of the image `reference` names, None when there is none."""
@@ -492,9 +502,9 @@ class DockerEngine:
         def listing() -> Managed:
             api = self._get_client().api
             return Managed(
-                containers=tuple(_container(c) for c in api.containers(
-                    all=True, filters=MANAGED_FILTER
-                )),
+                containers=tuple(
+                    _container(c) for c in api.containers(all=True, filters=MANAGED_FILTER)
+                ),
                 networks=tuple(
                     NetworkInfo(n["Id"], n["Name"], n.get("Labels") or {})
                     for n in api.networks(filters=MANAGED_FILTER)
