@@ -95,6 +95,8 @@ class OrchestratorSettings:
         factory=dict, converter=_dict, repr=False
     )
     """Lower-cased `[[repos]]` name → BuildKit secret id → file (never for `allow`ed forks)."""
+    cache_ttl: float = 7 * 86400.0
+    """`previews.ttl`: a repository's build cache image goes after so long without a preview."""
     secret_values: tuple[str, ...] = field(default=(), repr=False)
     """Every `secrets` value and build secret's contents: masked in preview logs."""
 
@@ -121,6 +123,7 @@ class OrchestratorSettings:
             "repo_env": {repo.name.lower(): dict(repo.env) for repo in config.repos},
             "repo_secrets": {repo.name.lower(): dict(repo.secrets) for repo in config.repos},
             "secret_values": repo_secret_values(config),
+            "cache_ttl": config.previews.ttl,
             "repo_build_secrets": {
                 repo.name.lower(): dict(repo.build_secrets) for repo in config.repos
             },
