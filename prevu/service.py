@@ -113,6 +113,14 @@ def find_build_client(config: Config, reactor: Any) -> BuildKitCli:
     except DockerError as error:
         raise SystemExit(f"prevu: cannot start: {error.reason}") from None
     log.info("builds use {builder}", builder=cli.describe())
+    for repo in config.repos:
+        if repo.forks == "allow":
+            log.warn(
+                '[[repos]] {repo}: forks = "allow" builds fork code without approval; it gets '
+                "no secrets, but RUN --mount=type=cache directories are shared by every build "
+                "on the engine: allow trusted forks only",
+                repo=repo.name,
+            )
     return BuildKitCli(reactor, cli, environment)
 
 

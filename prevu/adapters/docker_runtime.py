@@ -75,6 +75,8 @@ class DockerRuntime:
         return f"prevu-cache/{slug}:{self.instance}"
 
     async def prune_caches(self, keep: frozenset[str], now: float, ttl: float) -> list[str]:
+        if ttl <= 0:  # previews.ttl = "0": previews and cache images are never expired
+            return []
         managed = await self.docker.list_managed()
         removed: list[str] = []
         for image in managed.images:
