@@ -365,3 +365,46 @@ async def test_push_and_close_during_a_build_and_the_build_timeout(
     finally:
         await stack.shutdown()
         cleanup(docker_client, instance)
+
+
+def test_start_up_finds_the_builder_with_prevus_own_docker_config(
+    reactor: Any, tmp_path: Path
+) -> None:
+    """The builder found at start-up builds with `state_dir/docker` (empty credentials
+    unless registry_auth_file names some), never the server user's; none: one line."""
+    from prevu.config import Config, DockerConfig, ServerConfig
+    from prevu.service import find_build_client
+
+    auth = tmp_path / "auth.json"
+    auth.write_text('{"auths": {"registry.example": {"auth": "eDp5"}}}')
+    state = tmp_path / "state"
+    config = Config(server=ServerConfig(state_dir=str(state)))
+    builder = find_build_client(config, reactor)
+    environment = builder.environment
+    assert environment["DOCKER_CONFIG"] == str(state / "docker") == environment["HOME"]
+    assert json.loads((state / "docker" / "config.json").read_text()) == {}
+    assert set(environment) <= {"PATH", "DOCKER_BUILDKIT", "DOCKER_CONFIG", "HOME", "LANG",
+                                "DOCKER_HOST"}  # fmt: skip
+    assert os.access(builder.cli.argv[0], os.X_OK) or builder.cli.kind == "buildx"
+    with_auth = evolve(config, docker=DockerConfig(registry_auth_file=str(auth)))
+    find_build_client(with_auth, reactor)
+    assert "registry.example" in (state / "docker" / "config.json").read_text()
+    broken = tmp_path / "no-docker"
+    with pytest.raises(SystemExit) as raised:
+        find_build_client(evolve(config, docker=DockerConfig(cli=str(broken))), reactor)
+    message = str(raised.value)
+    assert "\n" not in message and str(broken) in message and "[docker] cli" in message
+
+
+def test_healthz_names_the_builder() -> None:
+    """/healthz details say which client builds."""
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from prevu.config import Config
+    from prevu.control.app import ControlApp
+
+    app = ControlApp(config=Config(), builder="/usr/bin/docker with DOCKER_BUILDKIT=1")
+    request = DummyRequest([b"healthz"])
+    body = app.healthz(request)
+    answer = json.loads(body if body else b"".join(request.written))
+    assert answer["details"]["builder"] == "/usr/bin/docker with DOCKER_BUILDKIT=1"
