@@ -283,9 +283,15 @@ class DockerEngine:
             inline_cache=request.cache_tag is not None,
             timeout=request.timeout,
         )
-        image_id = await cli.build(spec, on_log)
-        if request.cache_tag is not None:
-            await self._refresh_cache(cli, spec, request)
+        try:
+            image_id = await cli.build(spec, on_log)
+            if request.cache_tag is not None:
+                await self._refresh_cache(cli, spec, request)
+        except CancelledError:
+            # Cancelled as the build finished, or while the cache image was refreshed:
+            # nothing may stay tagged.
+            await self.remove_image(request.tag)
+            raise
         if self.build_cache_max is not None and not await cli.prune(self.build_cache_max):
             self.log.warn("docker builder prune --keep-storage failed")
         return Image(id=image_id, tag=request.tag)
