@@ -32,7 +32,7 @@ import docker
 import docker.errors
 import requests.exceptions
 from attrs import define, evolve, field
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -169,6 +169,7 @@ class DockerEngine:
     log: Logger = field(factory=Logger, eq=False)
     _finding: Deferred[None] | None = field(default=None, init=False, eq=False)
     _why: str | None = field(default=None, init=False, eq=False)
+    _cache_locks: dict[str, DeferredLock] = field(factory=dict, init=False, eq=False)
     _client: Any = field(default=None, init=False, eq=False)
     _self_id: str | bool | None = field(default=False, init=False, eq=False)
 
@@ -304,14 +305,26 @@ class DockerEngine:
         running builds in one build's log only.) A failure is logged, never raised.
         """
         assert request.cache_tag is not None
-        old = await self._image_id(request.cache_tag)
-        cache_spec = evolve(spec, tag=request.cache_tag, labels=self._labels(request.cache_labels))
+        # One refresh per cache image at a time: two builds of one repository must not
+        # both read the same "previous" image and leave the other's untagged.
+        lock = self._cache_locks.setdefault(request.cache_tag, DeferredLock())
+        await lock.acquire()
+        try:
+            await self._replace_cache(cli, spec, request, request.cache_tag)
+        finally:
+            lock.release()
+
+    async def _replace_cache(
+        self, cli: BuildKitCli, spec: CliBuild, request: BuildRequest, cache_tag: str
+    ) -> None:
+        old = await self._image_id(cache_tag)
+        cache_spec = evolve(spec, tag=cache_tag, labels=self._labels(request.cache_labels))
         try:
             new = await cli.build(cache_spec, lambda line: None)
         except DockerError as error:
             self.log.warn(
                 "the cache image {tag} was not refreshed: {error}",
-                tag=request.cache_tag,
+                tag=cache_tag,
                 error=str(error),
             )
             return

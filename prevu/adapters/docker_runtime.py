@@ -8,6 +8,15 @@ network `<network>-<preview>`; a service's container is
 `<network>-<preview>-<sha12>-<serial>` (the exposed service) and its image is
 tagged `prevu/<preview>:<sha12>-<serial>`. Only single-service models run
 here for now; a model with more services is refused with a DockerError.
+
+Builds are BuildKit builds (the `Docker` port's `build`, see
+`prevu.adapters.buildkit`), with the model's `target` and the release's build
+secrets. A release with a `cache` repository also reads and refreshes that
+repository's shared cache image `prevu-cache/<repo>:<instance>` (labels
+`prevu.cache`, `prevu.cache.at`, no preview label, so removing a preview
+leaves it); `prune_caches` removes those of repositories without a preview
+after the TTL. Containers get the model's env, then the release's `run_env`
+(`[[repos]]` env and secrets), then `PREVU_*`, later winning.
 Errors and threading: see `prevu.runtime`.
 """
 
