@@ -15,8 +15,15 @@ from attrs import evolve, frozen
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from prevu.adapters.buildkit import (
+    BuildKitCli,
+    clean_environment,
+    find_builder_at_startup,
+    prepare_docker_config,
+)
 from prevu.adapters.docker import DockerEngine
 from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.git import GitCli
@@ -34,6 +41,7 @@ from prevu.control.login import build_login
 from prevu.control.preview_page import PreviewPage
 from prevu.control.webhooks import Webhooks
 from prevu.endpoints import loopback_address, with_backlog
+from prevu.errors import DockerError
 from prevu.feedback.wiring import build_feedback, github_api, secrets_of
 from prevu.idle import IdleService
 from prevu.orchestrator import Orchestrator, OrchestratorService, OrchestratorSettings
@@ -44,6 +52,8 @@ from prevu.secretfile import API_TOKEN_FILE, load_or_create_secret
 from prevu.store import SqliteStore
 from prevu.tls.service import build_tls
 from prevu.tls.status import CertificatesApi
+
+log = Logger()
 
 
 class ThreadPoolService(Service):
@@ -96,15 +106,60 @@ def _app_clone_tokens(github: GithubApi | None) -> CloneTokenSource | None:
     return token
 
 
+def find_build_client(config: Config, reactor: Any) -> BuildKitCli:
+    """
+    The BuildKit client of `[docker] cli`, found once at start-up (blocking, before
+    the reactor runs), with prevu's own DOCKER_CONFIG under `state_dir/docker`.
+
+    :raises SystemExit: one line saying that no client builds with BuildKit.
+    """
+    docker = config.docker
+    state_dir = os.path.abspath(config.server.state_dir)
+    try:
+        directory = prepare_docker_config(
+            os.path.join(state_dir, "docker"), docker.registry_auth_file
+        )
+    except OSError as error:
+        raise SystemExit(f"prevu: [docker] registry_auth_file: {error}") from None
+    host = docker.host or os.environ.get("DOCKER_HOST")
+    environment = clean_environment(directory, host)
+    try:
+        cli = find_builder_at_startup(docker.cli, environment)
+    except DockerError as error:
+        raise SystemExit(f"prevu: cannot start: {error.reason}") from None
+    log.info("builds use {builder}", builder=cli.describe())
+    for repo in config.repos:
+        if repo.forks == "allow":
+            log.warn(
+                '[[repos]] {repo}: forks = "allow" builds fork code without approval; it gets '
+                "no secrets, but RUN --mount=type=cache directories are shared by every build "
+                "on the engine: allow trusted forks only",
+                repo=repo.name,
+            )
+    return BuildKitCli(reactor, cli, environment)
+
+
 def build_previews(
-    config: Config, reactor: Any, pool: ThreadPool, routes: RouteRegistry
+    config: Config,
+    reactor: Any,
+    pool: ThreadPool,
+    routes: RouteRegistry,
+    builder: BuildKitCli | None = None,
 ) -> PreviewPipeline:
-    """Store under `state_dir`, git and the `[docker] runtime` on `pool`, orchestrator, handlers."""
+    """
+    Store under `state_dir`, git and the `[docker] runtime` on `pool`, orchestrator,
+    handlers. `builder` is the BuildKit client (None: found on the first build).
+    """
     state_dir = os.path.abspath(config.server.state_dir)
     store = SqliteStore.in_state_dir(state_dir, reactor)
     client_kwargs = {"base_url": config.docker.host} if config.docker.host else {}
     docker = DockerEngine(
-        reactor, pool, client_kwargs=client_kwargs, self_container=config.docker.self_container
+        reactor,
+        pool,
+        client_kwargs=client_kwargs,
+        self_container=config.docker.self_container,
+        builder=builder,
+        build_cache_max=config.docker.build_cache_max,
     )
     github = github_api(config, reactor)
     settings = OrchestratorSettings.from_config(
@@ -122,7 +177,7 @@ def build_previews(
     feedback = build_feedback(config, reactor, orchestrator.watch, store, api=github)
     if feedback is not None:
         services += (feedback,)
-    page = PreviewPage(store, secrets_of(config))
+    page = PreviewPage(store, secrets_of(config, settings.secret_values))
     return PreviewPipeline(orchestrator, webhooks, api, page, services)
 
 
@@ -171,7 +226,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     if tls is not None:
         tls.service.setServiceParent(top)
     certificates = CertificatesApi.for_tls(config, tls)
-    previews = build_previews(config, reactor, pool, routes)
+    builder = find_build_client(config, reactor)
+    previews = build_previews(config, reactor, pool, routes, builder)
     for service in previews.services:
         service.setServiceParent(top)
     control = ControlApp(
@@ -181,6 +237,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         webhooks=previews.webhooks,
         previews=previews.api,
         page=previews.page,
+        builder=builder.cli.describe(),
     )
     control_site = control_site_for(control.resource())
     StreamServerEndpointService(

@@ -64,12 +64,14 @@ class Orchestrator:
     metrics: Metrics = field(factory=Metrics)
     log: Logger = field(factory=Logger)
     registry: Registry = field(init=False)
+    jobs: Jobs = field(init=False)
     driver: Driver = field(init=False)
     reconciler: Reconciler = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         s = self.settings
         jobs = Jobs(s, self.clock, self.runtime, self.git, self.store, self.metrics, self.log)
+        self.jobs = jobs
         self.registry = Registry(s)
         self.driver = Driver(s, self.clock, self.routes, self.store, jobs, self.metrics, self.log)
         self.reconciler = Reconciler(
@@ -139,6 +141,7 @@ class Orchestrator:
                 return Receipt("ignored", reason=reason)
             case policy.Deploy(pull_request=pr):
                 slot = self.registry.slot_for(pr, decision.settings.access, self.clock.seconds())
+                self.jobs.trust(slot, pr.fork and decision.settings.forks == "allow")
                 room, limit = self.registry.has_room(slot), self.settings.max_previews
                 event = lc.Deploy(
                     pr.sha, pr.branch, decision.gate, decision.revive, room=room, limit=limit

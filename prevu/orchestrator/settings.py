@@ -40,6 +40,15 @@ def _dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(value or {})
 
 
+def repo_secret_values(config: Config) -> tuple[str, ...]:
+    """The values of every `[[repos]]` `secrets` and `build_secrets` file (for masking)."""
+    values: list[str] = []
+    for repo in config.repos:
+        values += repo.secrets.values()
+        values += repo.build_secret_values
+    return tuple(values)
+
+
 @frozen
 class OrchestratorSettings:
     """
@@ -73,6 +82,20 @@ class OrchestratorSettings:
     """Lower-cased `[[repos]]` name → its access, for `prevu up`."""
     login: bool = False
     """True when a way to log in is configured (a private preview can be opened)."""
+    repo_env: Mapping[str, Mapping[str, str]] = field(factory=dict, converter=_dict)
+    """Lower-cased `[[repos]]` name → its `env` (run time)."""
+    repo_secrets: Mapping[str, Mapping[str, str]] = field(
+        factory=dict, converter=_dict, repr=False
+    )
+    """Lower-cased `[[repos]]` name → its `secrets` values (run time; never for `allow`ed forks)."""
+    repo_build_secrets: Mapping[str, Mapping[str, str]] = field(
+        factory=dict, converter=_dict, repr=False
+    )
+    """Lower-cased `[[repos]]` name → BuildKit secret id → file (never for `allow`ed forks)."""
+    cache_ttl: float = 7 * 86400.0
+    """`previews.ttl`: a repository's build cache image goes after so long without a preview."""
+    secret_values: tuple[str, ...] = field(default=(), repr=False)
+    """Every `secrets` value and build secret's contents: masked in preview logs."""
 
     @classmethod
     def from_config(cls, config: Config, **overrides: Any) -> OrchestratorSettings:
@@ -94,6 +117,13 @@ class OrchestratorSettings:
             "clone_credentials": _clone_credentials(config),
             "repo_access": {repo.name.lower(): repo.access for repo in config.repos},
             "login": bool(config.auth.users_file or config.auth.github),
+            "repo_env": {repo.name.lower(): dict(repo.env) for repo in config.repos},
+            "repo_secrets": {repo.name.lower(): dict(repo.secrets) for repo in config.repos},
+            "secret_values": repo_secret_values(config),
+            "cache_ttl": config.previews.ttl,
+            "repo_build_secrets": {
+                repo.name.lower(): dict(repo.build_secrets) for repo in config.repos
+            },
         }
         values.update(overrides)
         return cls(**values)
