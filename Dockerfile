@@ -20,11 +20,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/prevu/bin:$PATH
 
-# git: prevu fetches pull request heads with the git CLI. The user `prevu`
+# git: prevu fetches pull request heads with the git CLI. docker: the client
+# only (taken out of Debian's docker.io package, without its daemon), which
+# builds with the engine's BuildKit (docs/docker.md). The user `prevu`
 # (uid 10001) owns only its state; the socket's group is added at `docker run`.
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       git ca-certificates >/dev/null \
+ && cd /tmp && apt-get download -qq docker.io 2>/dev/null \
+ && dpkg-deb --fsys-tarfile docker.io_*.deb | tar -x -C / ./usr/bin/docker \
+ && rm -f docker.io_*.deb && docker --version \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 prevu \
  && useradd --system --uid 10001 --gid prevu --home-dir /var/lib/prevu \

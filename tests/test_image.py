@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from prevu import labels as lb
+from prevu.adapters.docker_runtime import CACHE
 from prevu.forge.github import sign
 from prevu.instance import legacy_id
 from tests.support.docker import BUSYBOX, HTTPD_DOCKERFILE, TEST_SESSION, remove_test_objects
@@ -240,12 +241,20 @@ class PrevuContainer:
 
 
 def objects_of(client: Any, instance: str) -> list[str]:
-    """Containers, networks and images labelled with `instance`."""
+    """
+    Containers, networks and images labelled with `instance`, but for the
+    repository's build cache image: it outlives a pull request on purpose and
+    goes after `previews.ttl` without one (docs/docker.md, "Builds").
+    """
     wanted = {"label": f"{lb.INSTANCE}={instance}"}
     api = client.api
     found = [f"container {c['Names'][0]}" for c in api.containers(all=True, filters=wanted)]
     found += [f"network {n['Name']}" for n in api.networks(filters=wanted)]
-    found += [f"image {i['Id'][:19]}" for i in api.images(filters=wanted)]
+    found += [
+        f"image {i['Id'][:19]}"
+        for i in api.images(filters=wanted)
+        if CACHE not in (i.get("Labels") or {})
+    ]
     return found
 
 
