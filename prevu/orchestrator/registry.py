@@ -140,17 +140,36 @@ class Registry:
                 return slot.identity.number
         return max((slot.identity.number for slot in local), default=0) + 1
 
+    def free_label(self, forge: str, repo: str, number: int, branch: str) -> str:
+        """
+        A preview id no slot holds, for the pull request (`forge`, `repo`, `number`).
+
+        The template's label when it is free; else the label salted with the
+        pull request's own key (forge, lower-cased repository, number), so that
+        two pull requests the template cannot tell apart (`{branch}` with
+        `fix/login` and `fix_login`, two repositories that fold alike, unicode
+        folded away) never share an id, a host or a Docker object name. A salted
+        label that is taken too (a 24-bit hash collision) is salted again with
+        a counter. Ids of slots restored from the store are never recomputed:
+        the host of a running preview does not change.
+        """
+        template = self.settings.label_template
+        label = preview_label(template, repo, number, branch)
+        key = f"{forge}:{repo.lower()}#{number}"
+        attempt = 0
+        while label in self._slots:
+            salt = key if attempt == 0 else f"{key}/{attempt}"
+            label = preview_label(template, repo, number, branch, salt=salt)
+            attempt += 1
+        return label
+
     def slot_for(self, pr: PullRequest, access: Access, now: float) -> Slot:
         """The pull request's slot, made (and named) on its first deploy."""
         slot = self.find(pr.forge, pr.repo, pr.number)
         if slot is not None:
             slot.clone_url, slot.ref, slot.branch = pr.clone_url, pr.ref, pr.branch
             return slot
-        template = self.settings.label_template
-        label = preview_label(template, pr.repo, pr.number, pr.branch)
-        if label in self._slots:
-            salt = f"{pr.forge}:{pr.repo}"
-            label = preview_label(template, pr.repo, pr.number, pr.branch, salt=salt)
+        label = self.free_label(pr.forge, pr.repo, pr.number, pr.branch)
         identity = Identity(self.settings.instance, label, pr.repo, pr.number, pr.forge)
         slot = Slot(
             identity, self.settings.name(label), pr.branch, pr.clone_url, pr.ref, access, now, now

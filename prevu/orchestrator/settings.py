@@ -17,7 +17,7 @@ from attrs import field, frozen
 from prevu.backoff import BackoffPolicy, exponential
 from prevu.config import Config
 from prevu.instance import load_or_create as load_instance
-from prevu.naming import PreviewName
+from prevu.naming import PreviewName, network_name
 from prevu.repoconfig import Limits
 
 Access = Literal["private", "public"]
@@ -110,5 +110,5 @@ class OrchestratorSettings:
         return self.clone_tokens.get(forge)
 
     def network_of(self, preview: str) -> str:
-        """The name of the preview's network (kept in its record)."""
-        return f"{self.network}-{preview}"
+        """The name of the preview's network (kept in its record), carrying the instance."""
+        return network_name(self.network, self.instance, preview)
