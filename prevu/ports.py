@@ -408,3 +408,12 @@ class Store(Protocol):
     def remember_delivery(self, delivery: str) -> bool:
         """Record a webhook delivery id; False when it was seen before (a redelivery)."""
         ...
+
+    def seen_delivery(self, delivery: str) -> bool:
+        """
+        True when `delivery` was remembered (and not trimmed yet). The webhook
+        handler asks this first and remembers a delivery only once it was acted
+        on, so that an ignored, refused or failed one is processed again when
+        the forge redelivers it.
+        """
+        ...

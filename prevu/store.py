@@ -211,6 +211,10 @@ class SqliteStore:
             self._trim_deliveries()
         return True
 
+    def seen_delivery(self, delivery: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery,)).fetchone()
+        return row is not None
+
     def _trim_deliveries(self) -> None:
         self._db.execute(
             "DELETE FROM deliveries WHERE id IN ("

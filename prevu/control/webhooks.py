@@ -3,8 +3,11 @@ The webhook endpoint, `POST /webhooks/<forge>`, for every forge of the registry.
 
 Answer fast and never wait for git or Docker: the body is checked (size,
 then the forge's signature or token), parsed by the forge into a typed event,
-de-duplicated by delivery id and body, filtered by `[[repos]]`, and handed to
-the orchestrator, which only records the event and schedules its jobs. What
+filtered by `[[repos]]` (a close never is), and handed to the orchestrator,
+which only records the event and schedules its jobs. A delivery id or body
+that was acted on before is a duplicate; one is remembered only AFTER it was
+acted on, so an ignored delivery, or one answered 5xx, is processed again when
+the forge redelivers it (GitHub's "Redeliver" is the user's recovery tool). What
 differs between forges lives in `prevu/forge/<name>.py`; this module knows
 none by name. Outcomes (the control app maps them to SPEC §4's codes):
 
@@ -65,6 +68,8 @@ class Deliveries(Protocol):
     """What the webhooks need of the store."""
 
     def remember_delivery(self, delivery: str) -> bool: ...
+
+    def seen_delivery(self, delivery: str) -> bool: ...
 
 
 def read_body(request: Request, limit: int) -> bytes:
@@ -150,10 +155,11 @@ class Webhooks:
             return self._answer(name, "ignored", body, False)
         # The delivery id is not covered by GitHub's signature: a captured
         # delivery replayed under a new id is recognised by its body.
+        # Remembered only once acted on: an ignored delivery, or one that
+        # failed before its decision (5xx), is processed again when redelivered.
         digest = hashlib.sha256(raw).hexdigest()
-        fresh_id = self.store.remember_delivery(f"{name}:{delivery}")
-        fresh_body = self.store.remember_delivery(f"{name}:sha256:{digest}")
-        if not (fresh_id and fresh_body):
+        keys = (f"{name}:{delivery}", f"{name}:sha256:{digest}")
+        if any(self.store.seen_delivery(key) for key in keys):
             body = {"status": "duplicate", "reason": "already handled", "delivery": delivery}
             return self._answer(name, "duplicate", body, False)
         decision = policy.decide(self.config, event)
@@ -161,6 +167,9 @@ class Webhooks:
         if receipt.status == "ignored":
             body = {"status": "ignored", "reason": receipt.reason, "delivery": delivery}
             return self._answer(name, "ignored", body, False)
+        if not isinstance(decision, policy.Deny):  # refused: processed again when redelivered
+            for key in keys:
+                self.store.remember_delivery(key)
         self.log.info(
             "{forge} delivery {delivery} queued for preview {preview}",
             forge=name,

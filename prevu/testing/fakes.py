@@ -378,6 +378,9 @@ class FakeStore:
         self.deliveries.add(delivery)
         return True
 
+    def seen_delivery(self, delivery: str) -> bool:
+        return delivery in self.deliveries
+
     def lines(self, preview: str) -> list[str]:
         """Just the text of a preview's log lines (for assertions)."""
         return [x.line for x in self.read_logs(preview)]
