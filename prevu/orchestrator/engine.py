@@ -133,26 +133,42 @@ class Orchestrator:
         return Receipt("queued", slot.id, slot.name.url)
 
     def apply(self, decision: policy.Decision) -> Receipt:
-        """Carry out a webhook decision; never waits for git or the engine."""
+        """
+        Carry out a webhook decision; never waits for git or the engine.
+
+        Events of one pull request are ordered by the forge's `updated_at`:
+        one older than an event already applied is stale and ignored (a late
+        `synchronize` of an older commit never cancels a newer build; a late
+        `opened` never revives a pull request closed after it), and an open
+        view newer than the forge's close revives the preview (it was reopened
+        since, whatever the order its deliveries come in).
+        """
+        stale = self._stale(decision)
+        if stale is not None:
+            return stale
         match decision:
             case policy.Skip(reason=reason):
                 return Receipt("ignored", reason=reason)
             case policy.Deploy(pull_request=pr):
                 slot = self.registry.slot_for(pr, decision.settings.access, self.clock.seconds())
+                revive = decision.revive or slot.reopened(pr)
+                slot.saw(pr)
                 room, limit = self.registry.has_room(slot), self.settings.max_previews
-                event = lc.Deploy(
-                    pr.sha, pr.branch, decision.gate, decision.revive, room=room, limit=limit
-                )
+                event = lc.Deploy(pr.sha, pr.branch, decision.gate, revive, room=room, limit=limit)
                 self.feed(slot, event)
                 return self._receipt(slot)
             case policy.Deny(pull_request=pr):
                 slot = self.registry.slot_for(pr, decision.settings.access, self.clock.seconds())
+                slot.saw(pr)
                 self.feed(slot, lc.Deny(pr.sha, pr.branch, decision.reason))
                 return self._receipt(slot)
             case policy.Destroy(pull_request=pr):
                 found = self.registry.find(pr.forge, pr.repo, pr.number)
                 if found is None:
+                    self.registry.note_close(pr)
                     return Receipt("ignored", reason=f"no preview for {pr.repo}#{pr.number}")
+                found.saw(pr)
+                found.forge_closed = pr.updated_at
                 self.feed(found, lc.Close(decision.reason))
                 return self._receipt(found)
             case policy.Approve():
@@ -163,6 +179,22 @@ class Orchestrator:
                 self.feed(found, lc.Approve(decision.by))
                 return self._receipt(found)
         raise AssertionError(f"unknown decision {decision!r}")
+
+    def _stale(self, decision: policy.Decision) -> Receipt | None:
+        """An `ignored` receipt for a decision made from a stale event, else None."""
+        if not isinstance(decision, policy.Deploy | policy.Deny | policy.Destroy):
+            return None
+        pr = decision.pull_request
+        if not self.registry.stale(pr):
+            return None
+        slot = self.registry.find(pr.forge, pr.repo, pr.number)
+        reason = (
+            f"stale: {pr.repo}#{pr.number} at {pr.sha[:12]} is older than an event "
+            "already applied (the forge's updated_at)"
+        )
+        if slot is None:
+            return Receipt("ignored", reason=reason)
+        return Receipt("ignored", slot.id, slot.name.url, reason)
 
     def deploy_local(
         self, repo: str, branch: str, sha: str, clone_url: str, access: str | None = None

@@ -25,6 +25,7 @@ from prevu.orchestrator.settings import OrchestratorSettings
 from prevu.runtime import Built
 
 T = TypeVar("T")
+CLOSED_UNKNOWN_KEPT = 10_000
 Access = Literal["private", "public"]
 
 
@@ -83,6 +84,34 @@ class Slot:
     epoch: int = 0
     mailbox: deque[lc.Event] = field(factory=deque)
     busy: bool = False
+    forge_seen: float = 0.0
+    """The newest forge `updated_at` (epoch seconds) of the events applied to this PR."""
+    forge_closed: float | None = None
+    """The forge `updated_at` of the close applied last (None: not closed by the forge)."""
+
+    def stale(self, pr: PullRequest) -> bool:
+        """True when `pr` (an event's view) is older than an event already applied."""
+        return pr.updated_at is not None and pr.updated_at < self.forge_seen
+
+    def reopened(self, pr: PullRequest) -> bool:
+        """
+        True when the slot was closed by the forge and `pr`, an open view of
+        it, is newer than that close: the pull request was reopened since (its
+        `reopened` delivery may be late or lost).
+        """
+        closed_at = self.forge_closed
+        return (
+            self.state.closed
+            and pr.open
+            and closed_at is not None
+            and pr.updated_at is not None
+            and pr.updated_at > closed_at
+        )
+
+    def saw(self, pr: PullRequest) -> None:
+        """Note that an event with `pr`'s `updated_at` was applied."""
+        if pr.updated_at is not None:
+            self.forge_seen = max(self.forge_seen, pr.updated_at)
 
     @property
     def id(self) -> str:
@@ -100,6 +129,8 @@ class Registry:
     settings: OrchestratorSettings
     _slots: dict[str, Slot] = field(factory=dict)
     _keys: dict[tuple[str, str, int], str] = field(factory=dict)
+    _closed_unknown: dict[tuple[str, str, int], float] = field(factory=dict)
+    """Closes of pull requests without a slot (key → forge updated_at); bounded, in memory."""
 
     def __iter__(self) -> Iterator[Slot]:
         return iter(list(self._slots.values()))
@@ -120,6 +151,23 @@ class Registry:
         """The slot of a pull request, or None."""
         preview = self._keys.get((forge, repo.lower(), number))
         return self._slots.get(preview) if preview else None
+
+    def note_close(self, pr: PullRequest) -> None:
+        """Remember a close of a pull request that has no slot, so older events stay stale."""
+        if pr.updated_at is None:
+            return
+        key = (pr.forge, pr.repo.lower(), pr.number)
+        self._closed_unknown[key] = max(self._closed_unknown.get(key, 0.0), pr.updated_at)
+        while len(self._closed_unknown) > CLOSED_UNKNOWN_KEPT:
+            del self._closed_unknown[next(iter(self._closed_unknown))]
+
+    def stale(self, pr: PullRequest) -> bool:
+        """True when `pr` (an event's view) is older than what prevu knows of the PR."""
+        slot = self.find(pr.forge, pr.repo, pr.number)
+        if slot is not None:
+            return slot.stale(pr)
+        closed = self._closed_unknown.get((pr.forge, pr.repo.lower(), pr.number))
+        return closed is not None and pr.updated_at is not None and pr.updated_at <= closed
 
     def has_room(self, slot: Slot) -> bool:
         """True when `slot` holds resources already or fewer than `max_previews` do."""

@@ -1,0 +1,195 @@
+"""
+Issue 11, kind 1 and closes, with the orchestrator on fakes: the events of a
+pull request are ordered by the forge's `updated_at`; a stale event never
+cancels a newer build nor revives a closed pull request; whatever order a
+forge history's deliveries come in (delayed, repeated), prevu ends with what
+the newest says. The same inputs on the real engine: tests/test_convergence_e2e.py.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import ensureDeferred
+
+from prevu.config import Config, ServerConfig
+from prevu.forge import policy
+from prevu.forge.events import PullRequest, PullRequestEvent, forge_time
+from prevu.forge.github import pull_request as github_pull_request
+from prevu.forge.gitlab import merge_request
+from prevu.orchestrator import records
+from tests.test_orchestrator import REPO, SHAS, URL, Harness
+from tests.test_webhooks import FIXTURES
+
+PREVIEW = "pr-1-" + REPO.rsplit("/", 1)[1]
+T0 = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2019-05-15T15:21:18Z", 1557933678.0),
+        ("2019-05-15T17:21:18+02:00", 1557933678.0),
+        ("2019-05-15 15:21:18 UTC", 1557933678.0),
+        ("2019-05-15T15:21:18", 1557933678.0),
+        ("yesterday", None),
+        ("", None),
+        (None, None),
+        (12, None),
+    ],
+)
+def test_forge_time(text: Any, expected: float | None) -> None:
+    """GitHub's and GitLab's timestamps read as epoch seconds; anything else as unknown."""
+    assert forge_time(text) == expected
+
+
+def test_parsers_read_updated_at() -> None:
+    """`pull_request.updated_at` (GitHub) and `object_attributes.updated_at` (GitLab)."""
+    import json
+
+    github = json.loads((FIXTURES / "github/pull_request-closed.json").read_text())
+    assert github_pull_request(github).updated_at == forge_time("2019-05-15T15:21:18Z")
+    gitlab = json.loads((FIXTURES / "gitlab/merge_request-open.json").read_text())
+    assert merge_request(gitlab).updated_at == forge_time("2013-12-03T17:23:34Z")
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def event(action: str, sha: str, at: float, raw: str = "") -> PullRequestEvent:
+    pr = PullRequest("github", REPO, 1, sha, "feature", URL, "refs/pull/1/head", updated_at=at)
+    return PullRequestEvent(f"d-{action}-{at}", action, pr, raw or action)  # type: ignore[arg-type]
+
+
+def deliver(h: Harness, ev: PullRequestEvent) -> Any:
+    return h.orchestrator.apply(policy.decide(h.config, ev))
+
+
+def serving_sha(h: Harness) -> str | None:
+    serving = h.orchestrator.serving(PREVIEW)
+    return serving.revision.sha if serving else None
+
+
+def test_a_late_event_for_an_older_commit_never_wins(h: Harness) -> None:
+    """Kind 1: A -> B -> C; synchronize(C) then a delayed synchronize(B): C is served."""
+    a, b, c = SHAS[:3]
+    h.publish(1, a)
+    assert deliver(h, event("open", a, T0 + 1)).status == "queued"
+    h.settle()
+    assert serving_sha(h) == a
+    h.publish(1, c)
+    h.git.pause("fetch")
+    assert deliver(h, event("push", c, T0 + 3)).status == "queued"
+    receipt = deliver(h, event("push", b, T0 + 2))
+    assert receipt.status == "ignored" and "stale" in (receipt.reason or "")
+    assert h.git.pauses.cancelled.get("fetch", 0) == 0, "C's build was not cancelled"
+    h.git.release("fetch")
+    h.settle()
+    assert (h.status(PREVIEW), serving_sha(h)) == ("running", c)
+
+
+def test_closed_then_late_events_run_nothing(h: Harness) -> None:
+    """A close, then a late synchronize and a late opened (older): nothing runs."""
+    a, b = SHAS[:2]
+    h.publish(1, a)
+    deliver(h, event("open", a, T0 + 1))
+    h.settle()
+    assert deliver(h, event("close", a, T0 + 5, "closed")).status == "queued"
+    h.settle()
+    h.publish(1, b)
+    assert deliver(h, event("push", b, T0 + 3)).status == "ignored"
+    assert deliver(h, event("open", a, T0 + 2, "opened")).status == "ignored"
+    h.settle()
+    assert h.status(PREVIEW) == "stopped" and h.leftovers(PREVIEW) == []
+    assert [r for r in h.docker.builds if "pr-1" in r.tag] != [] and len(h.docker.builds) == 1
+
+
+def test_a_push_newer_than_the_close_revives(h: Harness) -> None:
+    """The reopen delivery is lost; a push newer than the close says the PR is open again."""
+    a, b = SHAS[:2]
+    h.publish(1, a)
+    deliver(h, event("open", a, T0 + 1))
+    deliver(h, event("close", a, T0 + 2, "closed"))
+    h.settle()
+    h.publish(1, b)
+    assert deliver(h, event("push", b, T0 + 4)).status == "queued"
+    h.settle()
+    assert (h.status(PREVIEW), serving_sha(h)) == ("running", b)
+
+
+def test_ordering_survives_a_restart(h: Harness) -> None:
+    """What prevu saw of the forge is in the record: a late event after a restart is still stale."""
+    a, b = SHAS[:2]
+    h.publish(1, a)
+    deliver(h, event("close", a, T0 + 1, "closed"))  # no preview yet: remembered in memory
+    deliver(h, event("open", b, T0 + 2, "reopened"))
+    deliver(h, event("close", b, T0 + 5, "closed"))
+    h.settle()
+    record = h.store.get(PREVIEW)
+    assert record is not None
+    restored = records.restore(record, h.orchestrator.settings)
+    assert (restored.forge_seen, restored.forge_closed) == (T0 + 5, T0 + 5)
+    h.orchestrator.stop()
+    h.orchestrator = h.make()
+    started = ensureDeferred(h.orchestrator.start())
+    h.settle()
+    assert started.called
+    assert deliver(h, event("push", a, T0 + 3)).status == "ignored"
+
+
+# --- the property: any delivery order of a forge history ends as its newest says ----------
+
+Step = tuple[str, int]
+"""(action, index of the head commit in SHAS) of one forge event."""
+
+
+@st.composite
+def histories(draw: Any) -> list[Step]:
+    """A forge's history of PR 1: opened, then pushes, closes and reopens as a forge allows."""
+    steps: list[Step] = [("open", 0)]
+    head, is_open = 0, True
+    for _ in range(draw(st.integers(min_value=0, max_value=6))):
+        choices = ["push", "close"] if is_open else ["reopen"]
+        action = draw(st.sampled_from(choices))
+        if action == "push":
+            head = min(head + 1, len(SHAS) - 1)
+        is_open = action != "close"
+        steps.append((action, head))
+    return steps
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(data=st.data(), history=histories())
+def test_any_delivery_order_converges_to_the_newest_event(data: Any, history: list[Step]) -> None:
+    """Property: delayed, reordered and repeated deliveries end with the forge's final state."""
+    timed = [(action, sha, T0 + i) for i, (action, sha) in enumerate(history)]
+    order = data.draw(st.permutations(timed))
+    repeats = data.draw(st.lists(st.sampled_from(timed), max_size=3))
+    settles = data.draw(st.lists(st.booleans(), min_size=len(order) + 3, max_size=len(order) + 3))
+    final_action, final_head = history[-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), Config(server=ServerConfig(state_dir=f"{tmp}/state")))
+        h.publish(1, SHAS[final_head])  # the forge is at its final state when events arrive
+        for (action, head, at), settle in zip([*order, *repeats], settles, strict=False):
+            raw = {"open": "opened", "reopen": "reopened", "close": "closed"}.get(action, "")
+            kind = "open" if action == "reopen" else action
+            deliver(h, event(kind, SHAS[head], at, raw))
+            if settle:
+                h.settle()
+        h.settle(10)
+        record = h.store.get(PREVIEW)
+        if final_action == "close":
+            assert record is None or record.status == "stopped"
+            assert h.leftovers(PREVIEW) == []
+        else:
+            assert record is not None and record.status == "running", record
+            assert serving_sha(h) == SHAS[final_head]
+            running = [c for c in h.docker.containers.values() if c.running]
+            assert len(running) == 1
