@@ -86,7 +86,7 @@ def build_previews(
 ) -> PreviewPipeline:
     """Store under `state_dir`, git and the `[docker] runtime` on `pool`, orchestrator, handlers."""
     state_dir = os.path.abspath(config.server.state_dir)
-    store = SqliteStore.in_state_dir(state_dir, reactor)
+    store = SqliteStore.in_state_dir(state_dir, reactor, config.server.deliveries_kept)
     client_kwargs = {"base_url": config.docker.host} if config.docker.host else {}
     docker = DockerEngine(
         reactor, pool, client_kwargs=client_kwargs, self_container=config.docker.self_container

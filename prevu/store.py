@@ -159,9 +159,10 @@ class SqliteStore:
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @classmethod
-    def in_state_dir(cls, state_dir: str, clock: Any) -> SqliteStore:
-        """The store at `<state_dir>/prevu.sqlite3`."""
-        return cls(os.path.join(state_dir, "prevu.sqlite3"), clock)
+    def in_state_dir(cls, state_dir: str, clock: Any, deliveries_kept: int = 1000) -> SqliteStore:
+        """The store at `<state_dir>/prevu.sqlite3`, keeping `deliveries_kept` trail entries."""
+        path = os.path.join(state_dir, "prevu.sqlite3")
+        return cls(path, clock, deliveries_kept=deliveries_kept)
 
     def close(self) -> None:
         """Close the database (at shutdown)."""

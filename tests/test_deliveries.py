@@ -22,14 +22,15 @@ from twisted.web.server import Site
 
 from prevu.cli import main
 from prevu.client import ClientError, parse_pull_request
-from prevu.config import Config, RepoConfig
+from prevu.config import Config, RepoConfig, parse_config
 from prevu.control.app import ControlApp
 from prevu.control.webhooks import Receipt
+from prevu.errors import ConfigError
 from prevu.forge import policy
 from prevu.forge.events import PullRequest, PullRequestEvent
 from prevu.forge.github import sign
 from prevu.forge.policy import Decision
-from prevu.ports import UnverifiedDelivery
+from prevu.ports import DeliveryEntry, UnverifiedDelivery
 from prevu.store import SqliteStore
 from tests.support.timeouts import within
 from tests.test_webhooks import FIXTURES, SECRET, TOKEN, Client, fixture_bytes, make_config, publish
@@ -240,3 +241,19 @@ def test_acted_on_deliveries_are_kept_a_week_whatever_the_bound() -> None:
     for i in range(100):
         store.remember_delivery(f"e{i}")
     assert not store.seen_delivery("old") and store.seen_delivery("e99")
+
+
+def test_deliveries_kept_bounds_the_visible_trail(tmp_path: Path) -> None:
+    """`[server] deliveries_kept` (default 1000) bounds the trail; 0 is refused with the key."""
+    assert parse_config({}).server.deliveries_kept == 1000
+    config = parse_config({"server": {"deliveries_kept": 3}})
+    assert config.server.deliveries_kept == 3
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"server": {"deliveries_kept": 0}})
+    assert raised.value.key == "server.deliveries_kept"
+    store = SqliteStore.in_state_dir(str(tmp_path), Clock(), config.server.deliveries_kept)
+    for i in range(5):
+        entry = DeliveryEntry(f"d{i}", "github", "ping", "", "", 0, "", 0.0, "ignored")
+        store.record_delivery(entry)
+    assert [e.delivery for e in store.delivery_trail()] == ["d2", "d3", "d4"]
+    store.close()
