@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from attrs import evolve
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import ensureDeferred
 
-from prevu.config import Config, ServerConfig
+from prevu.config import Config, RepoConfig, ServerConfig, parse_config
 from prevu.forge import policy
 from prevu.forge.events import PullRequest, PullRequestEvent, forge_time
 from prevu.forge.github import pull_request as github_pull_request
@@ -193,3 +194,38 @@ def test_any_delivery_order_converges_to_the_newest_event(data: Any, history: li
             assert serving_sha(h) == SHAS[final_head]
             running = [c for c in h.docker.containers.values() if c.running]
             assert len(running) == 1
+
+
+def test_previews_of_repositories_no_longer_listed_close_after_the_grace(tmp_path: Path) -> None:
+    """Restarted without its repository in [[repos]]: served for unlisted_grace, then closed."""
+    listed = Config(
+        server=ServerConfig(state_dir=str(tmp_path / "state")), repos=(RepoConfig(REPO),)
+    )
+    h = Harness(tmp_path, listed)
+    h.publish(1, SHAS[0])
+    deliver(h, event("open", SHAS[0], T0))
+    h.settle()
+    assert h.status(PREVIEW) == "running"
+    assert parse_config({}).previews.unlisted_grace == 3600.0
+    unlisted = evolve(
+        listed,
+        repos=(RepoConfig("acme/other"),),
+        previews=parse_config({"previews": {"unlisted_grace": "5m"}}).previews,
+    )
+    h.orchestrator.stop()
+    h.config = unlisted
+    h.orchestrator = h.make()
+    started = ensureDeferred(h.orchestrator.start())
+    h.settle()
+    assert started.called and h.status(PREVIEW) == "running"
+    for _ in range(4):  # four reconcile intervals (60 s): still within the grace
+        h.clock.advance(60)
+        h.settle(1)
+    assert h.status(PREVIEW) == "running"
+    h.clock.advance(60)
+    h.settle()
+    h.clock.advance(60)
+    h.settle()
+    assert h.status(PREVIEW) == "stopped" and h.leftovers(PREVIEW) == []
+    lines = h.store.lines(PREVIEW)
+    assert any("no longer in [[repos]]" in line for line in lines), lines

@@ -76,6 +76,10 @@ class OrchestratorSettings:
     """Lower-cased `[[repos]]` name → its access, for `prevu up`."""
     login: bool = False
     """True when a way to log in is configured (a private preview can be opened)."""
+    listed: frozenset[str] | None = None
+    """Lower-cased `[[repos]]` names; None when there is no list (every repository is served)."""
+    unlisted_grace: float = 3600.0
+    """Seconds before the reconcile closes a preview of a repository no longer listed."""
 
     @classmethod
     def from_config(cls, config: Config, **overrides: Any) -> OrchestratorSettings:
@@ -97,6 +101,8 @@ class OrchestratorSettings:
             "clone_tokens": _clone_tokens(config),
             "repo_access": {repo.name.lower(): repo.access for repo in config.repos},
             "login": bool(config.auth.users_file or config.auth.github),
+            "listed": frozenset(r.name.lower() for r in config.repos) if config.repos else None,
+            "unlisted_grace": config.previews.unlisted_grace,
         }
         values.update(overrides)
         return cls(**values)
