@@ -16,6 +16,7 @@ import pytest
 from attrs import evolve
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule
 from twisted.internet.defer import ensureDeferred
 
 from prevu.config import Config, RepoConfig, ServerConfig, parse_config
@@ -229,3 +230,128 @@ def test_previews_of_repositories_no_longer_listed_close_after_the_grace(tmp_pat
     assert h.status(PREVIEW) == "stopped" and h.leftovers(PREVIEW) == []
     lines = h.store.lines(PREVIEW)
     assert any("no longer in [[repos]]" in line for line in lines), lines
+
+
+# --- the stateful property: random forge histories, deliveries and restarts ------------
+
+
+class Convergence(RuleBasedStateMachine):
+    """
+    A forge with two pull requests of one repository, whose events reach prevu
+    late, out of order and repeated, while prevu restarts (also with a fetch in
+    flight). After every event is delivered and prevu settled, exactly the open
+    pull requests have a running preview, each serving the forge's head, and
+    nothing else runs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = tempfile.TemporaryDirectory()
+        config = Config(server=ServerConfig(state_dir=f"{self.tmp.name}/state"))
+        self.h = Harness(Path(self.tmp.name), config)
+        self.at = T0
+        self.commits = 0
+        self.forge: dict[int, tuple[bool, str]] = {}
+        """Number → (open, head SHA): the forge's truth."""
+        self.pending: list[PullRequestEvent] = []
+        self.delivered: list[PullRequestEvent] = []
+
+    def _emit(self, number: int, action: str, raw: str) -> None:
+        self.at += 1
+        head = self.forge[number][1]
+        pr = PullRequest(
+            "github", REPO, number, head, f"b{number}", URL, f"refs/pull/{number}/head",
+            updated_at=self.at,
+        )  # fmt: skip
+        self.pending.append(PullRequestEvent(f"d{self.at}", action, pr, raw))  # type: ignore[arg-type]
+
+    def _commit(self, number: int) -> str:
+        self.commits += 1
+        sha = f"{self.commits:040x}"
+        self.h.publish(number, sha)  # the forge's ref moves at once
+        return sha
+
+    @rule(number=st.sampled_from([1, 2]))
+    def forge_open(self, number: int) -> None:
+        if number not in self.forge:
+            self.forge[number] = (True, self._commit(number))
+            self._emit(number, "open", "opened")
+
+    @rule(number=st.sampled_from([1, 2]))
+    def forge_push(self, number: int) -> None:
+        if self.forge.get(number, (False, ""))[0]:
+            self.forge[number] = (True, self._commit(number))
+            self._emit(number, "push", "synchronize")
+
+    @rule(number=st.sampled_from([1, 2]))
+    def forge_close(self, number: int) -> None:
+        if self.forge.get(number, (False, ""))[0]:
+            self.forge[number] = (False, self.forge[number][1])
+            self._emit(number, "close", "closed")
+
+    @rule(number=st.sampled_from([1, 2]))
+    def forge_reopen(self, number: int) -> None:
+        if number in self.forge and not self.forge[number][0]:
+            self.forge[number] = (True, self.forge[number][1])
+            self._emit(number, "open", "reopened")
+
+    @rule(data=st.data())
+    def deliver_one(self, data: Any) -> None:
+        if self.pending:
+            index = data.draw(st.integers(0, len(self.pending) - 1))
+            ev = self.pending.pop(index)
+            deliver(self.h, ev)
+            self.delivered.append(ev)
+
+    @rule(data=st.data())
+    def redeliver(self, data: Any) -> None:
+        if self.delivered:
+            deliver(self.h, data.draw(st.sampled_from(self.delivered)))
+
+    @rule(seconds=st.sampled_from([0.1, 1.0, 5.0]))
+    def settle(self, seconds: float) -> None:
+        self.h.settle(seconds)
+
+    @rule(mid_fetch=st.booleans())
+    def restart(self, mid_fetch: bool) -> None:
+        if mid_fetch:
+            self.h.git.pause("fetch")
+            self.h.settle(0.5)
+        self.h.orchestrator.stop()
+        self.h.git.release("fetch")
+        self.h.orchestrator = self.h.make()
+        ensureDeferred(self.h.orchestrator.start())
+        self.h.settle(0.5)
+
+    def teardown(self) -> None:
+        try:
+            for ev in self.pending:
+                deliver(self.h, ev)
+            self.h.settle(10)
+            ensureDeferred(self.h.orchestrator.reconciler.reconcile())
+            self.h.settle(10)
+            running = {c.labels.get("prevu.preview") for c in self.h.docker.containers.values()
+                       if c.running}  # fmt: skip
+            wanted = set()
+            for number, (is_open, head) in self.forge.items():
+                preview = f"pr-{number}-shop"
+                record = self.h.store.get(preview)
+                if is_open:
+                    wanted.add(preview)
+                    assert record is not None and record.status == "running", (number, record)
+                    serving = self.h.orchestrator.serving(preview)
+                    assert serving is not None and serving.revision.sha == head
+                else:
+                    assert record is None or record.status == "stopped", (number, record)
+                    assert self.h.leftovers(preview) == []
+            assert running == wanted
+            assert len([c for c in self.h.docker.containers.values() if c.running]) == len(wanted)
+        finally:
+            self.h.orchestrator.stop()
+            self.tmp.cleanup()
+
+
+Convergence.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=30, derandomize=True, deadline=None
+)
+TestConvergence = Convergence.TestCase
