@@ -12,6 +12,7 @@ Issue 11's inputs on the real Docker engine and real git:
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
@@ -112,3 +113,80 @@ async def test_redelivery_repairs_and_closes_are_honoured(stack: Stack, docker_c
     await stack.until(PREVIEW, "stopped")
     await stack.settled()
     assert stack.leftovers(docker_client, PREVIEW) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_random_run_converges_and_leaves_nothing(stack: Stack, docker_client: Any) -> None:
+    """
+    A bounded random run (fixed seed, 20 forge events over two pull requests,
+    delivered late, out of order and repeated): each open pull request ends
+    serving its forge head; after closing all, nothing is left on the engine.
+    """
+    rng = random.Random(11)
+    forge: dict[int, tuple[bool, str]] = {}
+    pending: list[bytes] = []
+    delivered: list[tuple[bytes, str]] = []
+    clock = 0
+    actions: list[str] = []
+
+    def emit(number: int, action: str, sha: str) -> None:
+        nonlocal clock
+        clock += 1
+        actions.append(action)
+        data = json.loads(stack.payload(f"pull_request-{action}.json", number, sha))
+        data["pull_request"]["updated_at"] = f"2026-01-01T10:{clock // 60:02d}:{clock % 60:02d}Z"
+        pending.append(json.dumps(data).encode())
+
+    for step in range(20):
+        number = rng.choice([1, 2])
+        is_open, head = forge.get(number, (False, ""))
+        if number not in forge:
+            head = push(stack.forge, number, site_files(f"pr {number} step {step}\n"))
+            forge[number] = (True, head)
+            emit(number, "opened", head)
+        elif is_open and rng.random() < 0.75:
+            head = push(stack.forge, number, site_files(f"pr {number} step {step}\n"))
+            forge[number] = (True, head)
+            emit(number, "synchronize", head)
+        elif is_open:
+            forge[number] = (False, head)
+            emit(number, "closed", head)
+        else:
+            forge[number] = (True, head)
+            emit(number, "reopened", head)
+        while pending and rng.random() < 0.5:  # some deliveries now, in any order
+            raw = pending.pop(rng.randrange(len(pending)))
+            delivery = f"r-{len(delivered)}"
+            await send(stack, raw, delivery)
+            delivered.append((raw, delivery))
+        if delivered and rng.random() < 0.2:  # a redelivery
+            await send(stack, *rng.choice(delivered))
+    # The seed gives a run worth having: both PRs, closes, a reopen, late deliveries.
+    assert set(forge) == {1, 2} and {"closed", "reopened"} <= set(actions), actions
+    assert pending and any(is_open for is_open, _ in forge.values())
+    rng.shuffle(pending)
+    for raw in pending:
+        await send(stack, raw, f"late-{clock}-{pending.index(raw)}")
+    await stack.settled(60)
+    for number, (is_open, head) in sorted(forge.items()):
+        preview = f"pr-{number}-hello-world"
+        if is_open:
+            await stack.until(preview, "running")
+            record = stack.store.get(preview)
+            assert record is not None and record.sha == head, (number, record)
+            code, content = await stack.get(f"{preview}.localhost")
+            assert code == 200 and content.startswith(f"pr {number} step".encode())
+        else:
+            assert (await stack.get(f"{preview}.localhost"))[0] == 404
+    await stack.settled(60)
+    for number, (is_open, head) in sorted(forge.items()):
+        if is_open:
+            clock += 1
+            data = json.loads(stack.payload("pull_request-closed.json", number, head))
+            data["pull_request"]["updated_at"] = f"2026-01-01T11:00:{clock % 60:02d}Z"
+            assert (await send(stack, json.dumps(data).encode(), f"end-{number}"))[0] == 202
+    for number in forge:
+        await stack.until(f"pr-{number}-hello-world", "stopped")
+    await stack.settled(60)
+    for number in forge:
+        assert stack.leftovers(docker_client, f"pr-{number}-hello-world") == []
