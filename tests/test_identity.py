@@ -9,26 +9,32 @@ The same inputs on the real engine: tests/test_identity_e2e.py.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from attrs import evolve
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import ensureDeferred
 
 from prevu import labels as lb
 from prevu.appmodel import AppModel, Service
+from prevu.config import Config, RepoConfig, ServerConfig
 from prevu.errors import DockerError
+from prevu.forge import policy
 from prevu.forge.events import PullRequest
 from prevu.labels import Identity
 from prevu.lifecycle import Revision
 from prevu.naming import is_dns_label
-from prevu.orchestrator.registry import Registry
+from prevu.orchestrator.registry import Registry, Slot
 from prevu.orchestrator.settings import OrchestratorSettings
 from prevu.ports import NetworkInfo
 from prevu.runtime import Built, Release
 from prevu.testing.fakes import FakeDocker, fake_runtime
 from prevu.testing.health import FakeHealth
+from tests.test_orchestrator import REPO, SHAS, URL, Harness
 
 TEMPLATES = [
     "pr-{number}-{repo}",
@@ -152,3 +158,42 @@ async def test_a_network_of_another_instance_is_never_joined() -> None:
     assert docker.runs == {}, "no container started on another prevu's network"
     await runtime.remove("pr-1-app", data=True)
     assert docker.networks[name].labels == foreign, "another prevu's network is not removed"
+
+
+def test_previews_of_the_previous_release_keep_their_ids_and_hosts(tmp_path: Path) -> None:
+    """
+    Upgrade: a preview started under the old clash salt (`fix-login-3f1d22`) and
+    its network under the old name (`prevu-<id>`) are adopted: after a restart the
+    pull request keeps its id and host, and teardown removes the old network too.
+    """
+    h = Harness(tmp_path, Config(server=ServerConfig(state_dir=str(tmp_path / "state"),
+                                                     label="{branch}")))  # fmt: skip
+    h.publish(43, SHAS[0])
+    pr = pull_request("github", REPO, 43, "fix_login")
+    old_id = "fix-login-3f1d22"
+    h.orchestrator.registry.add(
+        Slot(
+            Identity(h.orchestrator.instance, old_id, REPO, 43, "github"),
+            h.orchestrator.settings.name(old_id), pr.branch, URL, pr.ref, "public", 0.0, 0.0,
+        )
+    )  # fmt: skip
+    h.orchestrator.apply(policy.Deploy(evolve(pr, sha=SHAS[0], clone_url=URL), RepoConfig(REPO)))
+    h.settle()
+    assert h.status(old_id) == "running"
+    legacy = f"prevu-{old_id}"
+    labels = Identity(h.orchestrator.instance, old_id, REPO, 43, "github").labels()
+    h.docker.networks[legacy] = NetworkInfo("net-legacy", legacy, labels)
+
+    h.orchestrator.stop()
+    h.orchestrator = h.make()
+    started = ensureDeferred(h.orchestrator.start())
+    h.settle()
+    assert started.called
+    receipt = h.orchestrator.apply(
+        policy.Deploy(evolve(pr, sha=SHAS[0], clone_url=URL), RepoConfig(REPO))
+    )
+    assert (receipt.preview, receipt.url) == (old_id, f"http://{old_id}.localhost:8000/")
+    h.orchestrator.apply(policy.Destroy(evolve(pr, clone_url=URL), "pull request closed"))
+    h.settle()
+    assert h.status(old_id) == "stopped" and h.leftovers(old_id) == []
+    assert legacy not in h.docker.networks
