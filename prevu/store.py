@@ -138,7 +138,7 @@ class SqliteStore:
     max_log_lines: int = 20_000
     max_deliveries: int = 10_000
     """Remembered delivery ids beyond this count are forgotten once older than 7 days."""
-    deliveries_kept: int = 1000
+    deliveries_kept: int = 10_000
     """Entries of the visible delivery trail (`[server] deliveries_kept`)."""
     log: Logger = field(factory=Logger, eq=False)
     _db: sqlite3.Connection = field(init=False, eq=False)
@@ -159,7 +159,7 @@ class SqliteStore:
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @classmethod
-    def in_state_dir(cls, state_dir: str, clock: Any, deliveries_kept: int = 1000) -> SqliteStore:
+    def in_state_dir(cls, state_dir: str, clock: Any, deliveries_kept: int = 10_000) -> SqliteStore:
         """The store at `<state_dir>/prevu.sqlite3`, keeping `deliveries_kept` trail entries."""
         path = os.path.join(state_dir, "prevu.sqlite3")
         return cls(path, clock, deliveries_kept=deliveries_kept)

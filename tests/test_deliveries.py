@@ -244,8 +244,8 @@ def test_acted_on_deliveries_are_kept_a_week_whatever_the_bound() -> None:
 
 
 def test_deliveries_kept_bounds_the_visible_trail(tmp_path: Path) -> None:
-    """`[server] deliveries_kept` (default 1000) bounds the trail; 0 is refused with the key."""
-    assert parse_config({}).server.deliveries_kept == 1000
+    """`[server] deliveries_kept` (default 10000) bounds the trail; 0 is refused with the key."""
+    assert parse_config({}).server.deliveries_kept == 10_000
     config = parse_config({"server": {"deliveries_kept": 3}})
     assert config.server.deliveries_kept == 3
     with pytest.raises(ConfigError) as raised:

@@ -43,7 +43,7 @@ class ServerConfig:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body: int = 1 << 30
     timeouts: Timeouts = Timeouts()
-    deliveries_kept: int = 1000
+    deliveries_kept: int = 10_000
     """Entries of the visible webhook delivery trail (`GET /api/deliveries`, `prevu why`)."""
 
     @property
