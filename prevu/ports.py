@@ -101,6 +101,14 @@ class Git(Protocol):
         """
         ...
 
+    async def remote_head(self, source: GitSource) -> str:
+        """
+        The SHA `source.ref` of `source.url` is at now (`git ls-remote`), whatever
+        `source.sha` says: what a pull request's head really is when two events
+        disagree. Raises GitError on any failure, a timeout or a missing ref.
+        """
+        ...
+
     async def remove_workspace(self, workspace: str) -> None:
         """Delete the workspace named `workspace`; a missing one is fine."""
         ...

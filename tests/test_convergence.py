@@ -13,18 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 from attrs import evolve
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 from twisted.internet.defer import ensureDeferred
 
+from prevu.adapters.git import GitCli
 from prevu.config import Config, RepoConfig, ServerConfig, parse_config
+from prevu.errors import GitError
 from prevu.forge import policy
 from prevu.forge.events import PullRequest, PullRequestEvent, forge_time
 from prevu.forge.github import pull_request as github_pull_request
 from prevu.forge.gitlab import merge_request
 from prevu.orchestrator import records
+from prevu.ports import GitSource
+from tests.support.git_repos import ForgeRepo
+from tests.support.timeouts import within
 from tests.test_orchestrator import REPO, SHAS, URL, Harness
 from tests.test_webhooks import FIXTURES
 
@@ -355,3 +361,44 @@ Convergence.TestCase.settings = settings(
     max_examples=25, stateful_step_count=30, derandomize=True, deadline=None
 )
 TestConvergence = Convergence.TestCase
+
+
+@pytest.mark.parametrize(("head_index", "cancelled"), [(2, 0), (1, 1)])
+def test_events_as_new_as_each_other_ask_the_repository(
+    h: Harness, head_index: int, cancelled: int
+) -> None:
+    """
+    synchronize(C) and a late synchronize(B) with the same updated_at (one-second
+    resolution): the repository's refs/pull/1/head decides; C's build is cancelled
+    only when the ref really is at B.
+    """
+    a, b, c = SHAS[:3]
+    h.publish(1, a)
+    deliver(h, event("open", a, T0))
+    h.settle()
+    h.publish(1, c)
+    h.git.pause("fetch")
+    deliver(h, event("push", c, T0 + 3))
+    h.publish(1, SHAS[head_index])
+    assert deliver(h, event("push", b, T0 + 3)).status == "queued"
+    h.settle(1)
+    assert ("remote_head", "refs/pull/1/head") in h.git.calls
+    assert h.git.pauses.cancelled.get("fetch", 0) == cancelled
+    h.git.release("fetch")
+    h.settle()
+    assert (h.status(PREVIEW), serving_sha(h)) == ("running", SHAS[head_index])
+    assert any("events disagree on the head" in line for line in h.store.lines(PREVIEW))
+
+
+@pytest_twisted.ensureDeferred
+async def test_remote_head_reads_the_ref_with_real_git(
+    reactor: Any, thread_pool: Any, tmp_path: Path
+) -> None:
+    """`GitCli.remote_head` is `git ls-remote`: the ref's SHA, or GitError for a missing ref."""
+    forge = ForgeRepo.create(tmp_path / "forge", "app")
+    sha = forge.push_pull(3, {"index.html": "x\n"})
+    git = GitCli(reactor, str(tmp_path / "workspaces"), thread_pool)
+    source = GitSource(forge.url, "refs/pull/3/head", "0" * 40, timeout=30)
+    assert await within(git.remote_head(source), 30) == sha
+    with pytest.raises(GitError, match="does not exist"):
+        await within(git.remote_head(evolve(source, ref="refs/pull/4/head")), 30)

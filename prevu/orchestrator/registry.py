@@ -108,6 +108,21 @@ class Slot:
             and pr.updated_at > closed_at
         )
 
+    def tied(self, pr: PullRequest) -> bool:
+        """
+        True when `pr` is as new as the newest event applied (the forge's
+        `updated_at` has a one-second resolution) but names another SHA than
+        the target: only the repository can tell which is the head.
+        """
+        target = self.state.target
+        return (
+            pr.updated_at is not None
+            and pr.updated_at == self.forge_seen
+            and target is not None
+            and target.sha != pr.sha
+            and not self.state.closed
+        )
+
     def saw(self, pr: PullRequest) -> None:
         """Note that an event with `pr`'s `updated_at` was applied."""
         if pr.updated_at is not None:

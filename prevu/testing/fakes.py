@@ -114,6 +114,14 @@ class FakeGit:
     def release(self, operation: str = "fetch") -> None:
         self.pauses.release(operation)
 
+    async def remote_head(self, source: GitSource) -> str:
+        self.calls.append(("remote_head", source.ref))
+        await self.pauses.wait("remote_head")
+        found = self.refs.get((source.url, source.ref))
+        if found is None:
+            raise GitError("ls-remote", f"{source.ref} does not exist")
+        return found[0]
+
     async def fetch(self, source: GitSource, workspace: str) -> Checkout:
         self.calls.append(("fetch", workspace))
         await self.pauses.wait("fetch")
