@@ -118,7 +118,9 @@ def single_dockerfile(checkout: str, settings: RepoSettings) -> AppModel:
     context = posixpath.normpath(posixpath.join(checkout, settings.context))
     service = Service(
         name=APP,
-        build=BuildSpec(context, settings.dockerfile_in_context, settings.build_args),
+        build=BuildSpec(
+            context, settings.dockerfile_in_context, settings.build_args, settings.target
+        ),
         command=settings.command,
         env=settings.env,
         health=settings.health,

@@ -140,6 +140,15 @@ class BuildRequest:
     labels: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
     memory: int | None = None
     timeout: float = field(default=900.0, validator=validators.gt(0))
+    target: str | None = None
+    """The stage of a multi-stage Dockerfile (None: the last)."""
+    secrets: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping, repr=False)
+    """BuildKit secret id -> file path on the server (`RUN --mount=type=secret,id=…`)."""
+    cache_from: tuple[str, ...] = field(default=(), converter=_str_tuple)
+    """Images whose inline cache the build may reuse (the repository's cache image)."""
+    cache_tag: str | None = None
+    """Also tag the repository's cache image (inline cache, `cache_labels` only) here."""
+    cache_labels: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
 
 
 @frozen

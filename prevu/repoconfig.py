@@ -22,6 +22,7 @@ from prevu.errors import RepoConfigError
 from prevu.units import parse_size
 
 FILE_NAME = ".prevu.toml"
+_STAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -44,6 +45,8 @@ class RepoSettings:
     dockerfile: str = "Dockerfile"
     context: str = "."
     build_args: Mapping[str, str] = field(factory=dict, converter=_str_map)
+    target: str | None = None
+    """`[build] target`: the stage of a multi-stage Dockerfile to build (None: the last)."""
     port: int = field(default=8080, validator=[validators.ge(1), validators.le(65535)])
     command: tuple[str, ...] | None = None
     env: Mapping[str, str] = field(factory=dict, converter=_str_map)
@@ -74,13 +77,14 @@ def parse_repo_config(text: str | None, limits: Limits = Limits()) -> RepoSettin
     build = _table(data, "build")
     run = _table(data, "run")
     preview = _table(data, "preview")
-    _only(build, "build.", ("dockerfile", "context", "args"))
+    _only(build, "build.", ("dockerfile", "context", "args", "target"))
     _only(run, "run.", ("port", "command", "env", "health", "memory", "cpus"))
     _only(preview, "preview.", ("access",))
     return RepoSettings(
         dockerfile=_path(build, "build.dockerfile", "Dockerfile"),
         context=_path(build, "build.context", "."),
         build_args=_string_map(build, "build.args"),
+        target=_target(build),
         port=_port(run),
         command=_command(run),
         env=_string_map(run, "run.env"),
@@ -132,6 +136,15 @@ def _string_map(table: Mapping[str, Any], key: str) -> dict[str, str]:
             raise RepoConfigError(f"{key}.{name}", f"expected a string, got {item!r}")
         result[name] = str(item)
     return result
+
+
+def _target(build: Mapping[str, Any]) -> str | None:
+    value = build.get("target")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _STAGE.match(value):
+        raise RepoConfigError("build.target", f"expected a stage name like 'final', got {value!r}")
+    return value
 
 
 def _port(run: Mapping[str, Any]) -> int:

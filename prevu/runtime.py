@@ -53,6 +53,13 @@ class Release:
     `labels` identify the preview (SPEC §5) and go on every object; `env` is
     the `PREVU_*` values given to builds (as declared args) and containers;
     `host` is the preview's host name (health probes send it).
+
+    From the server's `[[repos]]` entry: `run_env` is its `env` and
+    `secrets` already merged (secrets win), given to containers under
+    `PREVU_*` and over `.prevu.toml`'s env; `build_secrets` maps a BuildKit
+    secret id to a file on the server. Both are empty for a fork that may
+    not have them. `cache` names the repository whose shared cache image the
+    build reads and refreshes (None: neither, e.g. a fork's build).
     """
 
     preview: str
@@ -60,6 +67,9 @@ class Release:
     host: str
     labels: Mapping[str, str] = field(factory=dict, converter=_mapping)
     env: Mapping[str, str] = field(factory=dict, converter=_mapping)
+    run_env: Mapping[str, str] = field(factory=dict, converter=_mapping, repr=False)
+    build_secrets: Mapping[str, str] = field(factory=dict, converter=_mapping, repr=False)
+    cache: str | None = None
 
 
 @frozen
@@ -180,4 +190,12 @@ class Runtime(Protocol):
 
     async def list_owned(self) -> Managed:
         """Every container, network, image and volume of this instance."""
+        ...
+
+    async def prune_caches(self, keep: frozenset[str], now: float, ttl: float) -> list[str]:
+        """
+        Remove the shared cache images of repositories not in `keep` (lower-cased
+        names with a preview) last refreshed more than `ttl` seconds before `now`
+        (Unix time); the removed repositories' names.
+        """
         ...

@@ -15,11 +15,19 @@ from attrs import evolve, frozen
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from prevu.adapters.buildkit import (
+    BuildKitCli,
+    clean_environment,
+    find_builder_at_startup,
+    prepare_docker_config,
+)
 from prevu.adapters.docker import DockerEngine
 from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.git import GitCli
+from prevu.adapters.github_api import GithubApi
 from prevu.adapters.health import NetworkHealthChecker
 from prevu.auth.authority import Authority
 from prevu.auth.gate import AuthGate
@@ -32,15 +40,20 @@ from prevu.control.limits import control_site as control_site_for
 from prevu.control.login import build_login
 from prevu.control.preview_page import PreviewPage
 from prevu.control.webhooks import Webhooks
-from prevu.feedback.wiring import build_feedback, secrets_of
+from prevu.endpoints import loopback_address, with_backlog
+from prevu.errors import DockerError
+from prevu.feedback.wiring import build_feedback, github_api, secrets_of
 from prevu.idle import IdleService
 from prevu.orchestrator import Orchestrator, OrchestratorService, OrchestratorSettings
+from prevu.orchestrator.settings import CloneTokenSource
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
 from prevu.secretfile import API_TOKEN_FILE, load_or_create_secret
 from prevu.store import SqliteStore
 from prevu.tls.service import build_tls
 from prevu.tls.status import CertificatesApi
+
+log = Logger()
 
 
 class ThreadPoolService(Service):
@@ -81,17 +94,77 @@ class PreviewPipeline:
     services: tuple[Service, ...]
 
 
+def _app_clone_tokens(github: GithubApi | None) -> CloneTokenSource | None:
+    """With a GitHub App, GitHub clones use its installation tokens (docs/forge.md)."""
+    if github is None or github.app is None:
+        return None
+    app = github
+
+    async def token(forge: str, repo: str) -> str | None:
+        return await app.clone_token(repo) if forge == "github" else None
+
+    return token
+
+
+def find_build_client(config: Config, reactor: Any) -> BuildKitCli:
+    """
+    The BuildKit client of `[docker] cli`, found once at start-up (blocking, before
+    the reactor runs), with prevu's own DOCKER_CONFIG under `state_dir/docker`.
+
+    :raises SystemExit: one line saying that no client builds with BuildKit.
+    """
+    docker = config.docker
+    state_dir = os.path.abspath(config.server.state_dir)
+    try:
+        directory = prepare_docker_config(
+            os.path.join(state_dir, "docker"), docker.registry_auth_file
+        )
+    except OSError as error:
+        raise SystemExit(f"prevu: [docker] registry_auth_file: {error}") from None
+    host = docker.host or os.environ.get("DOCKER_HOST")
+    environment = clean_environment(directory, host)
+    try:
+        cli = find_builder_at_startup(docker.cli, environment)
+    except DockerError as error:
+        raise SystemExit(f"prevu: cannot start: {error.reason}") from None
+    log.info("builds use {builder}", builder=cli.describe())
+    for repo in config.repos:
+        if repo.forks == "allow":
+            log.warn(
+                '[[repos]] {repo}: forks = "allow" builds fork code without approval; it gets '
+                "no secrets, but RUN --mount=type=cache directories are shared by every build "
+                "on the engine: allow trusted forks only",
+                repo=repo.name,
+            )
+    return BuildKitCli(reactor, cli, environment)
+
+
 def build_previews(
-    config: Config, reactor: Any, pool: ThreadPool, routes: RouteRegistry
+    config: Config,
+    reactor: Any,
+    pool: ThreadPool,
+    routes: RouteRegistry,
+    builder: BuildKitCli | None = None,
 ) -> PreviewPipeline:
-    """Store under `state_dir`, git and the `[docker] runtime` on `pool`, orchestrator, handlers."""
+    """
+    Store under `state_dir`, git and the `[docker] runtime` on `pool`, orchestrator,
+    handlers. `builder` is the BuildKit client (None: found on the first build).
+    """
     state_dir = os.path.abspath(config.server.state_dir)
     store = SqliteStore.in_state_dir(state_dir, reactor, config.server.deliveries_kept)
     client_kwargs = {"base_url": config.docker.host} if config.docker.host else {}
     docker = DockerEngine(
-        reactor, pool, client_kwargs=client_kwargs, self_container=config.docker.self_container
+        reactor,
+        pool,
+        client_kwargs=client_kwargs,
+        self_container=config.docker.self_container,
+        builder=builder,
+        build_cache_max=config.docker.build_cache_max,
     )
-    settings = OrchestratorSettings.from_config(config)
+    github = github_api(config, reactor)
+    settings = OrchestratorSettings.from_config(
+        config, clone_token_source=_app_clone_tokens(github)
+    )
     # `[docker] runtime` picks the engine; "docker" is the only one so far (config refuses others).
     runtime = DockerRuntime.from_config(
         docker, NetworkHealthChecker(reactor), config.docker, settings.instance
@@ -101,10 +174,10 @@ def build_previews(
     webhooks = Webhooks(config, orchestrator, store, orchestrator.metrics)
     api = PreviewsApi(config, orchestrator, store, docker, orchestrator.metrics)
     services: tuple[Service, ...] = (_StoreService(store), OrchestratorService(orchestrator))
-    feedback = build_feedback(config, reactor, orchestrator.watch, store)
+    feedback = build_feedback(config, reactor, orchestrator.watch, store, api=github)
     if feedback is not None:
         services += (feedback,)
-    page = PreviewPage(store, secrets_of(config))
+    page = PreviewPage(store, secrets_of(config, settings.secret_values))
     return PreviewPipeline(orchestrator, webhooks, api, page, services)
 
 
@@ -118,38 +191,8 @@ def static_routes(config: Config) -> list[Route]:
 
 def control_upstream(description: str) -> Upstream | None:
     """The address the proxy uses to reach the control app, if it listens on TCP."""
-    parts = description.split(":")
-    if parts[0] not in ("tcp", "tcp6") or len(parts) < 2:
-        return None
-    interface = "127.0.0.1" if parts[0] == "tcp" else "::1"
-    port = None
-    for part in parts[1:]:
-        if part.startswith("interface="):
-            interface = part.split("=", 1)[1] or interface
-        elif part.startswith("port="):
-            port = int(part.split("=", 1)[1])
-        elif part.isdigit() and port is None:
-            port = int(part)
-    if port is None:
-        return None
-    if interface in ("0.0.0.0", ""):
-        interface = "127.0.0.1"
-    elif interface == "::":
-        interface = "::1"
-    return Upstream(interface, port)
-
-
-def with_backlog(description: str, backlog: int = 1024) -> str:
-    """
-    A proxy endpoint with a listen backlog fit for bursts of new connections.
-
-    Twisted's default is 50: under a burst the kernel then drops SYNs and
-    clients wait a second to retry. Only added to TCP endpoints that give none.
-    """
-    kind = description.split(":", 1)[0]
-    if kind in ("tcp", "tcp6") and "backlog=" not in description:
-        return f"{description}:backlog={backlog}"
-    return description
+    address = loopback_address(description)
+    return Upstream(address.host, address.port) if address is not None else None
 
 
 def control_routes(config: Config) -> list[Route]:
@@ -183,7 +226,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     if tls is not None:
         tls.service.setServiceParent(top)
     certificates = CertificatesApi.for_tls(config, tls)
-    previews = build_previews(config, reactor, pool, routes)
+    builder = find_build_client(config, reactor)
+    previews = build_previews(config, reactor, pool, routes, builder)
     for service in previews.services:
         service.setServiceParent(top)
     control = ControlApp(
@@ -193,6 +237,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         webhooks=previews.webhooks,
         previews=previews.api,
         page=previews.page,
+        builder=builder.cli.describe(),
     )
     control_site = control_site_for(control.resource())
     StreamServerEndpointService(

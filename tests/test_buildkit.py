@@ -15,7 +15,7 @@ from twisted.internet.defer import CancelledError, ensureDeferred
 from prevu.adapters.buildkit import (
     BuilderCli,
     BuildKitCli,
-    BuildSpec,
+    CliBuild,
     build_argv,
     candidates,
     clean_environment,
@@ -82,9 +82,9 @@ def builder(reactor: Any, docker_config: str) -> BuildKitCli:
     return BuildKitCli(reactor, cli, environment)
 
 
-def spec(context: Path, **kwargs: Any) -> BuildSpec:
+def spec(context: Path, **kwargs: Any) -> CliBuild:
     defaults: dict[str, Any] = {"tag": unique_tag(), "labels": dict(TEST_LABELS)}
-    return BuildSpec(context=str(context), **{**defaults, **kwargs})
+    return CliBuild(context=str(context), **{**defaults, **kwargs})
 
 
 # --- pure parts ----------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_build_argv_labels_are_metadata_and_secrets_are_paths() -> None:
     cli = BuilderCli(("/usr/bin/docker",), "engine")
     argv = build_argv(
         cli,
-        BuildSpec(
+        CliBuild(
             context="/w",
             tag="t:1",
             labels={"b": "2", "a": "1"},
@@ -117,7 +117,7 @@ def test_build_argv_labels_are_metadata_and_secrets_are_paths() -> None:
         "--cache-from", "cache:repo",
         "/w",
     ]  # fmt: skip
-    buildx = build_argv(BuilderCli(("docker", "buildx"), "buildx"), BuildSpec("/w", "t"), "/i")
+    buildx = build_argv(BuilderCli(("docker", "buildx"), "buildx"), CliBuild("/w", "t"), "/i")
     assert buildx[:3] == ["docker", "buildx", "build"] and "--load" in buildx
 
 

@@ -429,3 +429,25 @@ def test_every_outcome_has_one_status() -> None:
     assert all(STATUS[outcome] < 400 for outcome in get_args(Success))
     assert all(STATUS[problem] >= 400 for problem in get_args(Problem))
 
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("/preview approve", "ApproveCommand"),
+        ("LGTM\n/Preview APPROVE please", "ApproveCommand"),
+        ("> /preview approve", "comment has no /preview command"),
+        ("/preview", "comment has no /preview command"),
+        ("/preview launch", "unknown command /preview launch"),
+    ],
+)
+def test_command_event_is_the_one_place_verbs_become_events(body: str, expected: str) -> None:
+    """Both forges hand a comment to `command_event`; only verbs in COMMANDS become events."""
+    from prevu.forge.events import ApproveCommand, Ignored, command_event
+
+    for forge in ("github", "gitlab"):
+        event = command_event("d1", forge, "acme/shop", 7, "maria", "MEMBER", body)
+        if isinstance(event, ApproveCommand):
+            assert expected == "ApproveCommand" and (event.forge, event.number) == (forge, 7)
+        else:
+            assert isinstance(event, Ignored) and event.reason == expected

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 
 from prevu import labels as lb
 from prevu.adapters.docker_runtime import DockerRuntime
-from prevu.config import Config, DockerConfig, RepoConfig, ServerConfig
+from prevu.config import Config, DockerConfig, GithubConfig, RepoConfig, ServerConfig
 from prevu.forge import policy
 from prevu.forge.events import PullRequest
 from prevu.orchestrator import Orchestrator, OrchestratorSettings
@@ -443,3 +443,23 @@ def test_watchers_see_every_stored_record_and_a_failing_one_breaks_nothing(h: Ha
     stop()
     h.close(24, SHAS[0])
     assert seen[-1] == ("pr-24-shop", "running"), "no calls after unsubscribing"
+
+
+def test_a_github_app_clone_token_is_asked_for_each_fetch(tmp_path: Path) -> None:
+    """With a clone token source (a GitHub App), each fetch gets a fresh token for its repo."""
+    asked: list[tuple[str, str]] = []
+
+    async def app_token(forge: str, repo: str) -> str | None:
+        asked.append((forge, repo))
+        return f"ghs_installation_{len(asked)}"
+
+    config = Config(
+        server=ServerConfig(state_dir=str(tmp_path / "state")), github=GithubConfig(token="ghp_x")
+    )
+    h = Harness(tmp_path, config, clone_token_source=app_token)
+    h.publish(1, SHAS[0])
+    h.deploy(1, SHAS[0])
+    assert h.status("pr-1-shop") == "running"
+    assert asked == [("github", REPO)]
+    source = h.git.sources[-1]
+    assert (source.username, source.token) == ("x-access-token", "ghs_installation_1")

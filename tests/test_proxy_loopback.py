@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from prevu.proxy.hooks import Allow, Reply, RequestHead
+from prevu.proxy.deadlines import Timeouts
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
 from tests.support.net import (
@@ -73,59 +73,7 @@ def get(host: bytes, path: bytes = b"/", extra: bytes = b"") -> bytes:
     return b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + extra + b"\r\n"
 
 
-# --- routing, headers ----------------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_routes_by_host_keeps_host_and_adds_forwarded_headers() -> None:
-    """Host is kept; X-Forwarded-* are set; hop-by-hop and session cookie are removed."""
-    proxy, upstream, client = await through_proxy(answer_each_head(OK), "app.test")
-    client.send(
-        b"GET /x?y=1 HTTP/1.1\r\nHost: App.test:8000\r\nConnection: keep-alive, X-Drop\r\n"
-        b"X-Drop: secret\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Authorization: x\r\n"
-        b"X-Forwarded-For: 6.6.6.6\r\nX-Prevu-User: mallory\r\nX-Prevu-Bypass: guess\r\n"
-        b"Cookie: a=1; prevu_session=SECRET; b=2\r\nX-Keep: 1\r\nX-Keep: 2\r\n\r\n"
-    )
-    await client.wait_for(lambda d: d.endswith(b"ok"))
-    head = upstream.received.split(b"\r\n\r\n")[0]
-    lines = head.split(b"\r\n")
-    assert lines[0] == b"GET /x?y=1 HTTP/1.1"
-    assert b"Host: App.test:8000" in lines
-    assert b"X-Forwarded-For: 127.0.0.1" in lines
-    assert b"X-Forwarded-Proto: http" in lines
-    assert b"X-Forwarded-Host: App.test:8000" in lines
-    assert b"Cookie: a=1; b=2" in lines
-    assert b"X-Keep: 1" in lines and b"X-Keep: 2" in lines
-    lowered = head.lower()
-    for gone in (
-        b"x-drop",
-        b"keep-alive",
-        b"te:",
-        b"proxy-authorization",
-        b"6.6.6.6",
-        b"mallory",
-        b"x-prevu-bypass",
-        b"prevu_session",
-    ):
-        assert gone not in lowered, gone
-    await stop_all(proxy, upstream)
-
-
-@pytest_twisted.ensureDeferred
-async def test_trusted_proxy_gets_its_forwarded_for_extended() -> None:
-    """X-Forwarded-For is appended to only for clients listed in trusted_proxies."""
-    import ipaddress
-
-    upstream = ScriptedServer(answer_each_head(OK))
-    (port,) = await started(upstream)
-    settings = ProxySettings(trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
-    proxy = Proxy(settings)
-    proxy.route("app.test", port)
-    client = await connect_raw(proxy.port)
-    client.send(get(b"app.test", extra=b"X-Forwarded-For: 203.0.113.9\r\n"))
-    await client.wait_for(lambda d: d.endswith(b"ok"))
-    assert b"X-Forwarded-For: 203.0.113.9, 127.0.0.1\r\n" in upstream.received
-    await stop_all(proxy, upstream)
+# --- headers (request header and routing policy: test_proxy_policy.py) ---------
 
 
 @pytest_twisted.ensureDeferred
@@ -155,7 +103,7 @@ async def test_unknown_host_is_404_refused_is_502_and_stuck_is_504() -> None:
     closed = ScriptedServer(lambda c, d: None)
     (closed_port,) = await started(closed)
     await closed.stop()  # nothing listens there now
-    proxy = Proxy(ProxySettings(response_timeout=1.0))
+    proxy = Proxy(ProxySettings(timeouts=Timeouts(response=1.0)))
     proxy.route("refused.test", closed_port)
     proxy.route("silent.test", silent_port)
 
@@ -167,67 +115,6 @@ async def test_unknown_host_is_404_refused_is_502_and_stuck_is_504() -> None:
         assert host.decode().encode() in data  # the page names the host
         assert b"Traceback" not in data
     await stop_all(proxy, silent)
-
-
-@pytest_twisted.ensureDeferred
-async def test_building_route_gets_a_503_that_refreshes() -> None:
-    """A preview still building answers 503 with Retry-After and a refreshing page."""
-    proxy = Proxy()
-    proxy.routes.put("previews", Route("pr-1.test", None, state="building"))
-    client = await connect_raw(proxy.port)
-    client.send(get(b"pr-1.test"))
-    data = await client.wait_for(lambda d: b"</html>" in d)
-    assert data.startswith(b"HTTP/1.1 503 ")
-    assert b"Retry-After: 5\r\n" in data and b"http-equiv=refresh" in data
-    await proxy.stop()
-
-
-@pytest_twisted.ensureDeferred
-async def test_sleeping_route_is_woken_and_answers_503() -> None:
-    """A request for a sleeping preview asks the waker to start it."""
-    woken: list[str] = []
-
-    class Waker:
-        def wake(self, route: Route) -> None:
-            woken.append(route.host)
-
-    proxy = Proxy(waker=Waker())
-    proxy.routes.put("previews", Route("pr-2.test", None, state="sleeping", preview="p2"))
-    client = await connect_raw(proxy.port)
-    client.send(get(b"pr-2.test"))
-    data = await client.wait_for(lambda d: b"</html>" in d)
-    assert data.startswith(b"HTTP/1.1 503 ") and woken == ["pr-2.test"]
-    await proxy.stop()
-
-
-@pytest_twisted.ensureDeferred
-async def test_private_route_asks_the_gate_and_passes_the_user() -> None:
-    """The gate's refusal is sent as is; its Allow(user) becomes X-Prevu-User."""
-    upstream = ScriptedServer(answer_each_head(OK))
-    (port,) = await started(upstream)
-    heads: list[RequestHead] = []
-
-    class Gate:
-        def check(self, route: Route, head: RequestHead) -> Allow | Reply:
-            heads.append(head)
-            if head.header(b"cookie") == b"prevu_session=good":
-                return Allow(user="alice")
-            return Reply(302, [(b"Location", b"http://prevu.test/login")])
-
-    proxy = Proxy(gate=Gate())
-    proxy.route("private.test", port, access="private")
-    client = await connect_raw(proxy.port)
-    client.send(get(b"private.test"))
-    data = await client.wait_for(lambda d: d.endswith(b"\r\n\r\n"))
-    assert data.startswith(b"HTTP/1.1 302 ") and b"Location: http://prevu.test/login" in data
-    assert upstream.received == b""
-    client.take()
-    client.send(get(b"private.test", extra=b"Cookie: prevu_session=good\r\n"))
-    await client.wait_for(lambda d: d.endswith(b"ok"))
-    assert b"X-Prevu-User: alice\r\n" in upstream.received
-    assert b"prevu_session" not in upstream.received
-    assert heads[0].url == "http://private.test/"
-    await stop_all(proxy, upstream)
 
 
 # --- keep-alive, pooling, pipelining --------------------------------------------
@@ -628,53 +515,4 @@ async def test_close_delimited_upstream_body_is_rechunked_for_http11_clients() -
     [(status, headers, body)] = split_responses(data)
     assert (status, body) == (200, b"until-close")
     assert headers[b"transfer-encoding"] == [b"chunked"]
-    await stop_all(proxy, upstream)
-
-
-@pytest_twisted.ensureDeferred
-async def test_only_the_trusted_control_route_receives_the_session_cookie() -> None:
-    """prevu's own control app gets prevu_session; a preview never does."""
-    control = ScriptedServer(answer_each_head(OK))
-    preview = ScriptedServer(answer_each_head(OK))
-    control_port, preview_port = await started(control, preview)
-    proxy = Proxy()
-    proxy.route("prevu.test", control_port, trusted=True)
-    proxy.route("pr-1.test", preview_port)
-    client = await connect_raw(proxy.port)
-    for host in (b"prevu.test", b"pr-1.test"):
-        client.send(get(host, extra=b"Cookie: prevu_session=abc; theme=dark\r\n"))
-        await client.wait_for(lambda d: d.endswith(b"ok"))
-        client.take()
-    assert b"Cookie: prevu_session=abc; theme=dark\r\n" in control.received
-    assert b"Cookie: theme=dark\r\n" in preview.received
-    assert b"prevu_session" not in preview.received
-    await stop_all(proxy, control, preview)
-
-
-@pytest_twisted.ensureDeferred
-async def test_gate_sees_host_cookies_and_bypass_even_with_interceptors() -> None:
-    """With interceptors configured (TLS on), the gate still gets the full head."""
-    upstream = ScriptedServer(answer_each_head(OK))
-    (port,) = await started(upstream)
-    seen: list[RequestHead] = []
-
-    class Gate:
-        def check(self, route: Route, head: RequestHead) -> Allow | Reply:
-            seen.append(head)
-            return Allow(user="bob")
-
-    class PassThrough:
-        def intercept(self, head: RequestHead) -> Reply | None:
-            return None
-
-    proxy = Proxy(gate=Gate(), interceptors=(PassThrough(),))
-    proxy.route("private.test", port, access="private")
-    client = await connect_raw(proxy.port)
-    client.send(get(b"private.test", extra=b"Cookie: prevu_session=s\r\nX-Prevu-Bypass: t\r\n"))
-    await client.wait_for(lambda d: d.endswith(b"ok"))
-    [head] = seen
-    assert head.header(b"host") == b"private.test"
-    assert head.header(b"cookie") == b"prevu_session=s"
-    assert head.header(b"x-prevu-bypass") == b"t"
-    assert b"X-Prevu-Bypass" not in upstream.received
     await stop_all(proxy, upstream)

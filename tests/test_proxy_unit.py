@@ -8,6 +8,7 @@ from twisted.internet.error import ConnectionRefusedError, TimeoutError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from prevu.proxy.deadlines import Timeouts
 from prevu.proxy.server import ClientConnection, ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
 
@@ -16,7 +17,14 @@ def make_proxy(**settings: float) -> tuple[MemoryReactorClock, ProxyFactory]:
     reactor = MemoryReactorClock()
     routes = RouteRegistry()
     routes.put("static", Route("app.test", Upstream("10.9.9.9", 8080)))
-    factory = ProxyFactory(reactor, routes, ProxySettings(**settings))  # type: ignore[arg-type]
+    # `idle_timeout=20.0` sets `Timeouts.idle` (prevu.proxy.deadlines), and so on.
+    timeouts = {
+        name.removesuffix("_timeout"): settings.pop(name)
+        for name in list(settings)
+        if name.endswith("_timeout")
+    }
+    proxy_settings = ProxySettings(timeouts=Timeouts(**timeouts), **settings)  # type: ignore[arg-type]
+    factory = ProxyFactory(reactor, routes, proxy_settings)
     factory.doStart()
     return reactor, factory
 

@@ -65,7 +65,7 @@ def test_a_model_must_name_its_exposed_service() -> None:
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [("swarm", '"swarm" is not available yet'), ("k8s", 'must be one of "docker"')],
+    [("swarm", "the swarm runtime is not available yet"), ("k8s", 'must be "docker"')],
 )
 def test_docker_runtime_setting_refuses_what_does_not_exist(value: str, reason: str) -> None:
     """`[docker] runtime`: "docker" (the default) works; "swarm" and others are config errors."""

@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +57,7 @@ LogSink = Callable[[str], None]
 _SETSID = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 _SYNTAX = re.compile(r"^#\s*syntax\s*=\s*(\S+)", re.IGNORECASE)
 _ERROR_LINE = re.compile(r"^(?:#\d+\s+)?(?:ERROR|error):?\s*(.+)$")
+_STEP_OUTPUT = re.compile(r"^#\d+ \d+\.\d+ (.*)$")
 _KILL_GRACE = 5.0
 _PROBE_TIMEOUT = 30.0
 
@@ -81,7 +83,7 @@ class BuilderCli:
 
 
 @frozen
-class BuildSpec:
+class CliBuild:
     """
     One BuildKit build.
 
@@ -108,7 +110,7 @@ class BuildSpec:
     timeout: float = 900.0
 
 
-def build_argv(cli: BuilderCli, spec: BuildSpec, iidfile: str) -> list[str]:
+def build_argv(cli: BuilderCli, spec: CliBuild, iidfile: str) -> list[str]:
     """The whole command line of one build (pure; shown in no log, secrets are paths)."""
     argv = [*cli.argv, "build", "--progress=plain", "--iidfile", iidfile]
     if cli.kind == "buildx":
@@ -208,6 +210,16 @@ def explain_failure(dockerfile_text: str, output_tail: Sequence[str], status: st
     return f"docker build {status}: {last}" if last else f"docker build {status}"
 
 
+def step_output(line: str) -> str:
+    """
+    A plain-progress line as the preview's log shows it: a step's own output
+    (`#7 0.412 hello`) without BuildKit's step number and timestamp (`hello`);
+    every other line (`#7 [2/3] RUN …`, `#7 CACHED`, `#7 DONE 0.5s`) unchanged.
+    """
+    match = _STEP_OUTPUT.match(line)
+    return match.group(1) if match else line
+
+
 class _BuildProcess(ProcessProtocol):
     """Streams a build's output line by line to a sink; fires `ended` with the exit code."""
 
@@ -227,7 +239,7 @@ class _BuildProcess(ProcessProtocol):
     def _emit(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         self.tail = [*self.tail[-29:], line]
-        self.on_line(line)
+        self.on_line(step_output(line))
 
     def processEnded(self, reason: Failure) -> None:
         for fd, rest in self.pending.items():
@@ -281,7 +293,7 @@ class BuildKitCli:
         self.cli = cli
         self.environment = dict(environment)
 
-    async def build(self, spec: BuildSpec, on_log: LogSink) -> str:
+    async def build(self, spec: CliBuild, on_log: LogSink) -> str:
         """
         Build `spec`, streaming each output line to `on_log`; return the image id.
 
@@ -352,6 +364,25 @@ class BuildKitCli:
         finally:
             if timer.active():
                 timer.cancel()
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    async def prune(self, keep_storage: int) -> bool:
+        """
+        `docker builder prune --force --keep-storage <bytes>`: bounds the ENGINE's
+        build cache (every build on the engine, not only prevu's); True on success.
+        """
+        argv = [
+            self.cli.argv[0],
+            "builder",
+            "prune",
+            "--force",
+            "--keep-storage",
+            str(keep_storage),
+        ]
+        scratch = tempfile.mkdtemp(prefix="prevu-prune-")
+        try:
+            return await _probe(self.reactor, argv, self.environment, scratch)
+        finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -426,8 +457,53 @@ async def find_builder(
                 return BuilderCli((binary,), "engine")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    raise _none_found(tried)
+
+
+def _run_quietly(argv: Sequence[str], environment: Mapping[str, str], cwd: str) -> bool:
+    """True when `argv` exits 0 within the probe timeout (blocking; start-up only)."""
+    try:
+        completed = subprocess.run(
+            list(argv),
+            env=dict(environment),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=_PROBE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return completed.returncode == 0
+
+
+def find_builder_at_startup(setting: str, environment: Mapping[str, str]) -> BuilderCli:
+    """
+    `find_builder` for start-up, before the reactor runs (blocking subprocesses,
+    each bounded by the probe timeout). Same order, same result, same error.
+
+    :raises DockerError: ("builder", one line naming what was tried) when none works.
+    """
+    tried = candidates(setting, environment.get("PATH"))
+    scratch = tempfile.mkdtemp(prefix="prevu-probe-")
+    try:
+        with open(os.path.join(scratch, "Dockerfile"), "w", encoding="utf-8") as handle:
+            handle.write("FROM scratch\n")
+        for binary in tried:
+            if _run_quietly([binary, "buildx", "version"], environment, scratch):
+                return BuilderCli((binary, "buildx"), "buildx")
+            noop = [binary, "build", "-q", "-o", "type=tar,dest=/dev/null", scratch]
+            if _run_quietly(noop, environment, scratch):
+                return BuilderCli((binary,), "engine")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    raise _none_found(tried)
+
+
+def _none_found(tried: Sequence[str]) -> DockerError:
     names = ", ".join(tried) or "no docker client on PATH"
-    raise DockerError(
+    return DockerError(
         "builder",
         f"no Docker client builds with BuildKit (tried {names}); install the buildx plugin "
         "or a client matching the engine, or name one with [docker] cli",

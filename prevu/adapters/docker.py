@@ -3,15 +3,13 @@ The Docker adapter: `prevu.ports.Docker` on the Docker SDK.
 
 The SDK blocks, so every call runs on prevu's own `ThreadPool` through
 `deferToThreadPool(reactor, pool, ...)`; results come back on the reactor
-thread, and build output lines are handed over one by one with
-`reactor.callFromThread`. Nothing here touches the reactor from a worker
-thread in any other way.
+thread. Nothing here touches the reactor from a worker thread in any other way.
 
-A build streams its output from its own HTTP connection. A timeout or a
-cancelled Deferred shuts that connection down from the reactor thread; the
-worker blocked reading it wakes up, and the engine cancels the build when
-its client goes away (the classic builder stops the running step and removes
-the intermediate containers).
+Builds are BuildKit builds through the Docker CLI (`prevu.adapters.buildkit`),
+not the SDK's build endpoint (the classic builder): a process group of its
+own, streamed line by line on the reactor thread, ended by a timeout or a
+cancelled Deferred, with a clean environment and prevu's own DOCKER_CONFIG.
+BuildKit exports only the final image: no stage or intermediate image stays.
 
 How prevu reaches a container: each preview has a network of its own. prevu
 on the host dials the container's IP address on that network through the
@@ -26,19 +24,26 @@ import contextlib
 import os
 import re
 import socket
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
 import requests.exceptions
-from attrs import define, field
-from twisted.internet.defer import CancelledError, Deferred
+from attrs import define, evolve, field
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from prevu.adapters.buildkit import (
+    BuildKitCli,
+    CliBuild,
+    clean_environment,
+    find_builder,
+    prepare_docker_config,
+)
 from prevu.errors import DockerError, DockerUnavailable
 from prevu.ports import (
     BuildRequest,
@@ -116,64 +121,6 @@ def _translate(operation: str, error: Exception) -> Exception:
     return DockerError(operation, f"{type(error).__name__}: {error}")
 
 
-class _StreamingAPI(docker.APIClient):  # type: ignore[misc]
-    """An APIClient that remembers its last streamed response, so it can be shut down."""
-
-    response: Any = None
-
-    def _post(self, url: str, **kwargs: Any) -> Any:
-        response = super()._post(url, **kwargs)
-        self.response = response
-        return response
-
-
-def _shutdown_response(response: Any) -> None:
-    """Close a streaming response's socket so that a thread blocked reading it wakes up."""
-    with contextlib.suppress(Exception):
-        raw = response.raw._fp.fp.raw
-        sock = getattr(raw, "_sock", raw)
-        sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(Exception):
-        response.close()
-
-
-class _Abort:
-    """Shared between the reactor thread (which aborts) and the build worker."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self.api: _StreamingAPI | None = None
-
-    def abort(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-        api = self.api
-        if api is not None and api.response is not None:
-            _shutdown_response(api.response)
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-class _LineSplitter:
-    """Turns build output chunks into whole lines, without terminal colour codes."""
-
-    def __init__(self, emit: Callable[[str], None]) -> None:
-        self.emit = emit
-        self.pending = ""
-
-    def feed(self, text: str) -> None:
-        lines = (self.pending + text).split("\n")
-        self.pending = lines.pop()
-        for line in lines:
-            self.emit(_ANSI.sub("", line).rstrip("\r"))
-
-    def flush(self) -> None:
-        if self.pending:
-            self.emit(_ANSI.sub("", self.pending).rstrip("\r"))
-            self.pending = ""
-
-
 def in_container_marker() -> bool:
     """True when this process runs inside a container (`/.dockerenv` exists)."""
     return os.path.exists("/.dockerenv")
@@ -211,7 +158,18 @@ class DockerEngine:
     client_kwargs: Mapping[str, Any] = field(factory=dict)
     self_container: str = "auto"
     labels: Mapping[str, str] = field(factory=dict)
+    cli: str = "auto"
+    """`[docker] cli`: "auto" or the path of the Docker client that builds (BuildKit)."""
+    docker_config: str | None = None
+    """prevu's own DOCKER_CONFIG for builds (None: a fresh empty one, found on first build)."""
+    builder: BuildKitCli | None = None
+    """The BuildKit client found at start-up (None: found once on first build)."""
+    build_cache_max: int | None = None
+    """`[docker] build_cache_max` (bytes): prune the engine's build cache after builds."""
     log: Logger = field(factory=Logger, eq=False)
+    _finding: Deferred[None] | None = field(default=None, init=False, eq=False)
+    _why: str | None = field(default=None, init=False, eq=False)
+    _cache_locks: dict[str, DeferredLock] = field(factory=dict, init=False, eq=False)
     _client: Any = field(default=None, init=False, eq=False)
     _self_id: str | bool | None = field(default=False, init=False, eq=False)
 
@@ -267,94 +225,122 @@ class DockerEngine:
         except DockerError:
             return False
 
+    async def _cli(self) -> BuildKitCli:
+        """The BuildKit client: the one given at start-up, else found once on first use."""
+        if self.builder is None:
+            if self._finding is None:
+                config = self.docker_config or tempfile.mkdtemp(prefix="prevu-docker-config-")
+                host = self.client_kwargs.get("base_url") or os.environ.get("DOCKER_HOST")
+                environment = clean_environment(prepare_docker_config(config), host)
+                self._finding = Deferred.fromCoroutine(self._find(environment))
+            # Each caller waits on a Deferred of its own: cancelling one build never
+            # cancels the search the others wait for.
+            waiting: Deferred[None] = Deferred()
+
+            def done(result: object) -> object:
+                if not waiting.called:
+                    waiting.callback(None)
+                return result
+
+            self._finding.addBoth(done)
+            await waiting
+            if self.builder is None:
+                raise DockerError("builder", self._why or "no Docker client builds with BuildKit")
+        return self.builder
+
+    async def _find(self, environment: Mapping[str, str]) -> None:
+        try:
+            cli = await find_builder(self.reactor, self.cli, environment)
+        except DockerError as error:
+            self._why, self._finding = error.reason, None
+            return
+        self.builder = BuildKitCli(self.reactor, cli, environment)
+
     async def build(self, request: BuildRequest, on_log: LogSink) -> Image:
-        abort = _Abort()
-        result: Deferred[Image] = Deferred(lambda _: abort.abort("cancelled"))
-        timer = self.reactor.callLater(request.timeout, abort.abort, "timeout")
+        """
+        A BuildKit build through the Docker CLI (`prevu.adapters.buildkit`).
 
-        def emit(line: str) -> None:
-            self.reactor.callFromThread(on_log, line)
-
-        def finished(outcome: Image | Failure) -> None:
-            if timer.active():
-                timer.cancel()
-            if result.called:
-                # Cancelled while the engine was finishing: nothing may stay tagged.
-                if isinstance(outcome, Image):
-                    Deferred.fromCoroutine(self.remove_image(outcome.id)).addErrback(
-                        lambda f: self.log.failure("removing a cancelled build", f)
-                    )
-                return
-            if isinstance(outcome, Failure):
-                error = outcome.value
-                if abort.reason == "timeout":
-                    minutes = request.timeout
-                    result.errback(DockerError("build", f"timed out after {minutes:g}s"))
-                elif isinstance(error, Exception):
-                    result.errback(_translate("build", error))
-                else:
-                    result.errback(outcome)
-            else:
-                result.callback(outcome)
-
-        worker = deferToThreadPool(self.reactor, self.pool, self._build, request, emit, abort)
-        worker.addBoth(finished)
-        return await result
-
-    def _build(self, request: BuildRequest, emit: Callable[[str], None], abort: _Abort) -> Image:
-        """Worker thread: run the build, streaming lines to `emit`."""
+        With `request.cache_tag`, the same build runs again once it succeeded
+        (every step cached, so it costs an export): it tags the repository's
+        cache image with inline cache metadata and `request.cache_labels` only,
+        and replaces the previous one.
+        """
         path = dockerfile_path(request.context, request.dockerfile)
         with open(path, encoding="utf-8", errors="replace") as handle:
             dockerfile = handle.read()
-        client = self._get_client()
-        kwargs = self._kwargs()
-        kwargs["version"] = client.api.api_version
-        api = _StreamingAPI(**kwargs)
-        abort.api = api
-        memory = request.memory
-        limits = {"memory": memory, "memswap": memory} if memory else None
-        lines = _LineSplitter(emit)
-        error: str | None = None
+        cli = await self._cli()
+        # Only local images: a missing one would be looked up on a registry (Docker
+        # Hub), where anybody could publish an image of that name.
+        cache_from = tuple([ref for ref in request.cache_from if await self._image_id(ref)])
+        spec = CliBuild(
+            context=os.path.realpath(request.context),
+            tag=request.tag,
+            dockerfile=os.path.relpath(path, os.path.realpath(request.context)),
+            labels=self._labels(request.labels),
+            args=build_args(request, dockerfile),
+            target=request.target,
+            secrets=request.secrets,
+            cache_from=cache_from,
+            inline_cache=request.cache_tag is not None,
+            timeout=request.timeout,
+        )
         try:
-            if abort.reason:
-                raise DockerError("build", abort.reason)
-            stream = api.build(
-                path=request.context,
-                dockerfile=os.path.relpath(path, os.path.realpath(request.context)),
-                tag=request.tag,
-                buildargs=build_args(request, dockerfile),
-                labels=self._labels(request.labels),
-                container_limits=limits,
-                rm=True,
-                forcerm=True,
-                pull=False,
-                decode=True,
-            )
-            if abort.reason:
-                _shutdown_response(api.response)
-            for chunk in stream:
-                if "stream" in chunk:
-                    lines.feed(chunk["stream"])
-                elif "error" in chunk:
-                    lines.flush()
-                    error = str(chunk["error"]).strip()
-                    emit(error)
-                elif "status" in chunk:
-                    lines.feed(str(chunk["status"]) + "\n")
-            lines.flush()
-        except Exception:
-            lines.flush()
-            if abort.reason:
-                raise DockerError("build", abort.reason) from None
+            image_id = await cli.build(spec, on_log)
+            if request.cache_tag is not None:
+                await self._refresh_cache(cli, spec, request)
+        except CancelledError:
+            # Cancelled as the build finished, or while the cache image was refreshed:
+            # nothing may stay tagged.
+            await self.remove_image(request.tag)
             raise
-        finally:
-            api.close()
-        if abort.reason:
-            raise DockerError("build", abort.reason)
-        if error is not None:
-            raise DockerError("build", error)
-        image_id = client.api.inspect_image(request.tag)["Id"]
+        if self.build_cache_max is not None and not await cli.prune(self.build_cache_max):
+            self.log.warn("docker builder prune --keep-storage failed")
         return Image(id=image_id, tag=request.tag)
+
+    async def _refresh_cache(self, cli: BuildKitCli, spec: CliBuild, request: BuildRequest) -> None:
+        """
+        Tag the repository's cache image: the same build again, every step cached,
+        with inline cache metadata and only `cache_labels`; replaces the previous one.
+        (Run after the build, not beside it: BuildKit shows a step shared by two
+        running builds in one build's log only.) A failure is logged, never raised.
+        """
+        assert request.cache_tag is not None
+        # One refresh per cache image at a time: two builds of one repository must not
+        # both read the same "previous" image and leave the other's untagged.
+        lock = self._cache_locks.setdefault(request.cache_tag, DeferredLock())
+        await lock.acquire()
+        try:
+            await self._replace_cache(cli, spec, request, request.cache_tag)
+        finally:
+            lock.release()
+
+    async def _replace_cache(
+        self, cli: BuildKitCli, spec: CliBuild, request: BuildRequest, cache_tag: str
+    ) -> None:
+        old = await self._image_id(cache_tag)
+        cache_spec = evolve(spec, tag=cache_tag, labels=self._labels(request.cache_labels))
+        try:
+            new = await cli.build(cache_spec, lambda line: None)
+        except DockerError as error:
+            self.log.warn(
+                "the cache image {tag} was not refreshed: {error}",
+                tag=cache_tag,
+                error=str(error),
+            )
+            return
+        if old and old != new:
+            await self.remove_image(old)
+
+    async def _image_id(self, reference: str) -> str | None:
+        """The id of the image `reference` names, None when there is none."""
+
+        def inspect() -> str | None:
+            try:
+                return str(self._get_client().api.inspect_image(reference)["Id"])
+            except docker.errors.ImageNotFound:
+                return None
+
+        return await self._call("image inspect", inspect)
 
     async def create_network(self, name: str, labels: Mapping[str, str]) -> NetworkInfo:
         def create() -> NetworkInfo:
@@ -535,9 +521,9 @@ class DockerEngine:
         def listing() -> Managed:
             api = self._get_client().api
             return Managed(
-                containers=tuple(_container(c) for c in api.containers(
-                    all=True, filters=MANAGED_FILTER
-                )),
+                containers=tuple(
+                    _container(c) for c in api.containers(all=True, filters=MANAGED_FILTER)
+                ),
                 networks=tuple(
                     NetworkInfo(n["Id"], n["Name"], n.get("Labels") or {})
                     for n in api.networks(filters=MANAGED_FILTER)

@@ -11,14 +11,25 @@ here for now; a model with more services is refused with a DockerError.
 No object is reused or removed by name alone: a network or container found
 under a preview's name is checked for `prevu.instance` (and `prevu.preview`)
 first, and one of another prevu is refused with a DockerError.
+
+Builds are BuildKit builds (the `Docker` port's `build`, see
+`prevu.adapters.buildkit`), with the model's `target` and the release's build
+secrets. A release with a `cache` repository also reads and refreshes that
+repository's shared cache image `prevu-cache/<repo>:<instance>` (labels
+`prevu.cache`, `prevu.cache.at`, no preview label, so removing a preview
+leaves it); `prune_caches` removes those of repositories without a preview
+after the TTL. Containers get the model's env, then the release's `run_env`
+(`[[repos]]` env and secrets), then `PREVU_*`, later winning.
 Errors and threading: see `prevu.runtime`.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Mapping, Sequence
 
-from attrs import define
+from attrs import define, evolve
 
 from prevu import labels as lb
 from prevu.appmodel import APP, AppModel
@@ -28,6 +39,11 @@ from prevu.naming import network_name
 from prevu.ports import BuildRequest, Docker, ExecResult, LogSink, Managed, RunRequest
 from prevu.routing import Upstream
 from prevu.runtime import Built, Deployed, Health, HealthChecker, Observed, Release, Runtime
+
+CACHE = "prevu.cache"
+"""Label of a repository's shared cache image: the lower-cased repository name."""
+CACHE_AT = "prevu.cache.at"
+"""Label of a cache image: when it was last refreshed (Unix seconds)."""
 
 
 @define
@@ -66,6 +82,30 @@ class DockerRuntime:
             build_timeout=config.build_timeout,
         )
 
+    def cache_tag(self, repository: str) -> str:
+        """The shared cache image of `repository` here: `prevu-cache/<repo>:<instance>`."""
+        slug = re.sub(r"[^a-z0-9]+", "-", repository.lower()).strip("-") or "repo"
+        return f"prevu-cache/{slug}:{self.instance}"
+
+    async def prune_caches(self, keep: frozenset[str], now: float, ttl: float) -> list[str]:
+        if ttl <= 0:  # previews.ttl = "0": previews and cache images are never expired
+            return []
+        managed = await self.docker.list_managed()
+        removed: list[str] = []
+        for image in managed.images:
+            labels = image.labels
+            repository = labels.get(CACHE)
+            if labels.get(lb.INSTANCE) != self.instance or not repository or repository in keep:
+                continue
+            try:
+                refreshed = float(labels.get(CACHE_AT, "0"))
+            except ValueError:
+                refreshed = 0.0
+            if now - refreshed > ttl:
+                await self.docker.remove_image(image.id)
+                removed.append(repository)
+        return removed
+
     def network_of(self, preview: str) -> str:
         """The bridge network of `preview` (its name carries the instance)."""
         return network_name(self.network, self.instance, preview)
@@ -99,7 +139,21 @@ class DockerRuntime:
             labels={**release.labels, lb.SHA: revision.sha},
             memory=self.memory,
             timeout=self.build_timeout,
+            target=service.build.target,
+            secrets=release.build_secrets,
         )
+        if release.cache is not None:
+            cache_tag = self.cache_tag(release.cache)
+            request = evolve(
+                request,
+                cache_from=(cache_tag,),
+                cache_tag=cache_tag,
+                cache_labels={
+                    lb.INSTANCE: self.instance,
+                    CACHE: release.cache.lower(),
+                    CACHE_AT: str(int(time.time())),
+                },
+            )
         log(f"building {request.tag}")
         image = await self.docker.build(request, log)
         return Built(release, model, {service.name: image.id})
@@ -122,7 +176,7 @@ class DockerRuntime:
             name=name,
             network=network,
             port=service.port,
-            env={**service.env, **release.env},
+            env={**service.env, **release.run_env, **release.env},
             labels=identity.container_labels(revision, release.host, service.port, image),
             command=service.command,
             memory=min(service.memory or self.memory, self.memory),

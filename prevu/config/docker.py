@@ -35,6 +35,12 @@ class DockerConfig:
     self_container: str = "auto"
     runtime: Runtime = "docker"
     """Which engine runs previews (SPEC §6): only "docker" for now; "swarm" is refused."""
+    cli: str = "auto"
+    """The Docker client that builds with BuildKit: "auto" (found at start-up) or its path."""
+    registry_auth_file: str | None = None
+    """A Docker `config.json` whose registry credentials builds may use (default: none)."""
+    build_cache_max: int | None = None
+    """Bytes: `docker builder prune --keep-storage` after builds (engine-wide); None: never."""
 
 
 @frozen
@@ -70,7 +76,14 @@ def parse_docker(t: Table) -> DockerConfig:
         host=t.optional_string("host"),
         self_container=t.string("self_container", d.self_container),
         runtime="docker",
+        cli=t.string("cli", d.cli),
+        registry_auth_file=t.optional_string("registry_auth_file"),
+        build_cache_max=t.size("build_cache_max", 0) if t.has("build_cache_max") else None,
     )
+    if config.cli != "auto" and not config.cli.startswith("/"):
+        raise t.error("cli", f'"auto" or the absolute path of a docker client, got {config.cli!r}')
+    if config.build_cache_max is not None and config.build_cache_max < 1 << 20:
+        raise t.error("build_cache_max", "must be at least 1m (it bounds the engine's build cache)")
     if config.memory < 6 << 20:
         raise t.error("memory", "must be at least 6m (Docker's minimum)")
     if config.reconcile_interval <= 0:

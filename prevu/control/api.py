@@ -41,10 +41,10 @@ from prevu.control.responses import (
     json_answer,
 )
 from prevu.errors import DockerError, RequestRefused
-from prevu.forge.events import SHA_PATTERN
 from prevu.orchestrator.engine import Receipt
 from prevu.orchestrator.metrics import Metrics
 from prevu.ports import DeliveryEntry, LogLine, PreviewRecord, Store, UnverifiedDelivery
+from prevu.revisions import SHA_PATTERN
 
 SHA = re.compile(SHA_PATTERN)
 REPO = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")

@@ -66,6 +66,8 @@ class ControlApp:
     webhooks: Webhooks | None = None
     previews: PreviewsApi | None = None
     page: PreviewPage | None = None
+    builder: str | None = None
+    """The Docker client that builds (found at start-up), shown in `/healthz` details."""
 
     app = Klein()
 
@@ -77,8 +79,11 @@ class ControlApp:
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: Request) -> bytes:
-        """Liveness: answers while the reactor runs."""
-        return send(request, json_answer("ok", {"status": "ok"}))
+        """Liveness: answers while the reactor runs; `details.builder` names the build client."""
+        body: dict[str, Any] = {"status": "ok"}
+        if self.builder is not None:
+            body["details"] = {"builder": self.builder}
+        return send(request, json_answer("ok", body))
 
     @app.route("/login", methods=["GET", "HEAD"])
     def login_page(self, request: Request) -> bytes:

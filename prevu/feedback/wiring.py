@@ -99,6 +99,25 @@ def tail_reader(store: Store) -> Callable[[str, int], list[str]]:
     return read
 
 
+def github_api(config: Config, reactor: Any) -> GithubApi | None:
+    """
+    The GitHub API client of `config`: the App when `app_id` and
+    `private_key_file` are set (said at start-up when a token is set too), else
+    the token; None without either. Feedback and App clone tokens share it.
+
+    :raises ConfigError: for an unreadable or group/other-readable App key.
+    """
+    github = config.github
+    if github.app_id is not None and github.private_key_file is not None:
+        pem = load_private_key(github.private_key_file)
+        if github.token:
+            log.info("GitHub calls use the GitHub App {app}, not the token", app=github.app_id)
+        return GithubApi(reactor, reactor, github.api_url, app=AppKey(github.app_id, pem))
+    if github.token:
+        return GithubApi(reactor, reactor, github.api_url, token=github.token)
+    return None
+
+
 def build_feedback(
     config: Config,
     reactor: Any,
@@ -120,18 +139,11 @@ def build_feedback(
     if not github.publishing:
         log.info("GitHub feedback off: [github] feedback is empty")
         return None
-    extra: tuple[str, ...] = ()
     if api is None:
-        if github.app_id is not None and github.private_key_file is not None:
-            pem = load_private_key(github.private_key_file)
-            extra = (pem,)
-            if github.token:
-                log.info(
-                    "GitHub feedback uses the GitHub App {app}, not the token", app=github.app_id
-                )
-            api = GithubApi(reactor, reactor, github.api_url, app=AppKey(github.app_id, pem))
-        else:
-            api = GithubApi(reactor, reactor, github.api_url, token=github.token)
+        api = github_api(config, reactor)
+    extra = (api.app.pem,) if api is not None and api.app is not None else ()
+    if api is None:
+        return None
     public_host = config.server.public_host
     if loopback(public_host):
         log.warn(

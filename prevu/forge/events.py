@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from attrs import field, frozen, validators
 
+from prevu.revisions import SHA_PATTERN
+
 ForgeName = str
 """
 A forge's name as `prevu.forge.registry.FORGES` knows it (`github`, `gitlab`,
@@ -34,8 +36,6 @@ Normalised pull request actions:
 """
 
 TRUSTED_ASSOCIATIONS = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
-SHA_PATTERN = r"^[0-9a-f]{40}([0-9a-f]{24})?$"
-"""A full commit id: SHA-1 (40 hex digits) or SHA-256 (64). The one copy of the pattern."""
 
 
 @frozen
@@ -152,6 +152,32 @@ class Ignored:
 
 
 ForgeEvent = PullRequestEvent | ApproveCommand | Ping | Ignored
+
+
+COMMANDS = ("approve",)
+"""The `/preview` verbs prevu understands; each has its event type in `command_event`."""
+
+
+def command_event(
+    delivery: str,
+    forge: ForgeName,
+    repo: str,
+    number: int,
+    commenter: str,
+    association: str,
+    body: str,
+) -> ApproveCommand | Ignored:
+    """
+    The event of a `/preview` comment on pull request `number`, or `Ignored`
+    (no command, or a verb not in `COMMANDS`). The one place that turns a
+    verb into an event: each forge only finds the comment's fields.
+    """
+    command = parse_command(body)
+    if command is None:
+        return Ignored(delivery, forge, "comment has no /preview command")
+    if command not in COMMANDS:
+        return Ignored(delivery, forge, f"unknown command /preview {command}")
+    return ApproveCommand(delivery, forge, repo, number, commenter, association)
 
 
 def parse_command(body: str) -> str | None:

@@ -21,15 +21,14 @@ from attrs import frozen
 from prevu.config import Config
 from prevu.forge.base import Delivery, load_json, malformed, require_headers
 from prevu.forge.events import (
-    ApproveCommand,
     ForgeEvent,
     Ignored,
     Ping,
     PullRequest,
     PullRequestAction,
     PullRequestEvent,
+    command_event,
     forge_time,
-    parse_command,
 )
 
 SIGNATURE_PREFIX = "sha256="
@@ -112,18 +111,14 @@ def _comment(delivery: str, data: Mapping[str, Any]) -> ForgeEvent:
     if not issue.get("pull_request"):
         return Ignored(delivery, "github", "comment on an issue, not a pull request")
     comment = data["comment"]
-    command = parse_command(str(comment.get("body") or ""))
-    if command is None:
-        return Ignored(delivery, "github", "comment has no /preview command")
-    if command != "approve":
-        return Ignored(delivery, "github", f"unknown command /preview {command}")
-    return ApproveCommand(
-        delivery=delivery,
-        forge="github",
+    return command_event(
+        delivery,
+        "github",
         repo=str(data["repository"]["full_name"]),
         number=int(issue["number"]),
         commenter=str(comment["user"]["login"]),
         association=str(comment.get("author_association") or "NONE"),
+        body=str(comment.get("body") or ""),
     )
 
 

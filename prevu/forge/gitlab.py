@@ -22,15 +22,14 @@ from attrs import frozen
 from prevu.config import Config
 from prevu.forge.base import Delivery, load_json, malformed, require_headers
 from prevu.forge.events import (
-    ApproveCommand,
     ForgeEvent,
     Ignored,
     Ping,
     PullRequest,
     PullRequestAction,
     PullRequestEvent,
+    command_event,
     forge_time,
-    parse_command,
 )
 
 MERGE_REQUEST_ACTIONS: Mapping[str, PullRequestAction] = {
@@ -100,20 +99,16 @@ def _note(delivery: str, data: Mapping[str, Any]) -> ForgeEvent:
     attributes = data["object_attributes"]
     if attributes.get("noteable_type") != "MergeRequest":
         return Ignored(delivery, "gitlab", "note is not on a merge request")
-    command = parse_command(str(attributes.get("note") or ""))
-    if command is None:
-        return Ignored(delivery, "gitlab", "note has no /preview command")
-    if command != "approve":
-        return Ignored(delivery, "gitlab", f"unknown command /preview {command}")
-    return ApproveCommand(
-        delivery=delivery,
-        forge="gitlab",
+    return command_event(
+        delivery,
+        "gitlab",
         repo=str(data["project"]["path_with_namespace"]),
         number=int(data["merge_request"]["iid"]),
         commenter=str((data.get("user") or {}).get("username") or ""),
         # GitLab does not say how the author relates to the project; without
         # an API call it cannot be trusted (see prevu.forge.policy).
         association="UNKNOWN",
+        body=str(attributes.get("note") or ""),
     )
 
 

@@ -4,25 +4,22 @@ What a forge event asks of prevu, given the `[[repos]]` settings.
 Pure core: `decide` maps a typed event plus the server config to one
 admission `Decision` (deploy, destroy, deny, approve or skip). The webhook
 handler answers from it and the orchestrator carries it out. This module is
-the one home of `Decision` and of `Gate` (how a deploy was admitted); the
-lifecycle's `Deploy`/`Deny`/`Approve` are *events* of the state machine that
-the orchestrator makes from these decisions, and import `Gate` from here.
+the one home of `Decision`; `Gate` (how a deploy was admitted) is the
+lifecycle's, whose `Deploy`/`Deny`/`Approve` are *events* of the state machine
+that the orchestrator makes from these decisions.
 Forge-specific rules come from the forge (`Forge.fork_approval`).
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 from attrs import frozen
 
 from prevu.config import Config, RepoConfig
 from prevu.forge.events import ApproveCommand, PullRequest, PullRequestEvent
 from prevu.forge.registry import forge_named
+from prevu.lifecycle.states import Gate
 
 PREVIEW_LABEL = "preview"
-Gate = Literal["open", "approve"]
-"""How a deploy was admitted: `open`, or `approve` (a fork head that waits for approval)."""
 
 
 @frozen

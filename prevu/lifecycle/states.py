@@ -19,6 +19,7 @@ from prevu.revisions import SHA_PATTERN
 
 SHA = SHA_PATTERN
 Gate = Literal["open", "approve"]
+"""How a deploy was admitted: `open`, or `approve` (a fork head that waits for approval)."""
 JobKind = Literal["build", "start", "teardown", "suspend", "resume"]
 
 

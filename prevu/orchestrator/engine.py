@@ -65,12 +65,14 @@ class Orchestrator:
     metrics: Metrics = field(factory=Metrics)
     log: Logger = field(factory=Logger)
     registry: Registry = field(init=False)
+    jobs: Jobs = field(init=False)
     driver: Driver = field(init=False)
     reconciler: Reconciler = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         s = self.settings
         jobs = Jobs(s, self.clock, self.runtime, self.git, self.store, self.metrics, self.log)
+        self.jobs = jobs
         self.registry = Registry(s)
         self.driver = Driver(s, self.clock, self.routes, self.store, jobs, self.metrics, self.log)
         self.reconciler = Reconciler(
@@ -152,6 +154,7 @@ class Orchestrator:
                 return Receipt("ignored", reason=reason)
             case policy.Deploy(pull_request=pr):
                 slot = self.registry.slot_for(pr, decision.settings.access, self.clock.seconds())
+                self.jobs.trust(slot, pr.fork and decision.settings.forks == "allow")
                 if slot.tied(pr):
                     self.driver.background(self._deploy_head(slot, decision))
                     return self._receipt(slot)
@@ -274,6 +277,7 @@ class Orchestrator:
     async def start(self) -> None:
         """Load the store, reconcile at once (routes back within a second), then periodically."""
         self.driver.stopped = False
+        self.log.info("prevu instance {instance}", instance=self.instance)
         for record in self.store.list_previews():
             if record.id not in self.registry:
                 self.registry.add(records.restore(record, self.settings))

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from prevu import lifecycle as lc
 from prevu.appmodel import APP, AppModel, Service, single_dockerfile
 from prevu.errors import DockerError, DockerUnavailable, GitError, PrevuError, RepoConfigError
+from prevu.masking import Masker, masker
 from prevu.orchestrator.metrics import Metrics
 from prevu.orchestrator.registry import CancelToken, Slot, Superseded
 from prevu.orchestrator.settings import OrchestratorSettings
@@ -61,16 +62,20 @@ class Jobs:
     store: Store
     metrics: Metrics
     log: Logger = field(factory=Logger)
+    untrusted: set[str] = field(factory=set)
+    """Previews of forks admitted by `forks = "allow"`: no secrets, no shared cache image."""
     _semaphore: DeferredSemaphore = field(init=False)
+    _mask: Masker = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._semaphore = DeferredSemaphore(self.settings.build_concurrency)
+        self._mask = masker(self.settings.secret_values)
 
     # --- plumbing -------------------------------------------------------------------
 
     def note(self, slot: Slot, stream: LogStream, line: str) -> None:
-        """Keep one line in the preview's log."""
-        self.store.append_log(slot.id, stream, line)
+        """Keep one line in the preview's log, `[[repos]]` secret values masked (best-effort)."""
+        self.store.append_log(slot.id, stream, self._mask(line))
 
     def _wanted(self, slot: Slot, cancel: CancelToken) -> None:
         """Re-check before a side effect: raise Superseded if this revision is not wanted."""
@@ -109,7 +114,30 @@ class Jobs:
             "PREVU_BRANCH": revision.branch,
             "PREVU_REPO": slot.identity.repo,
         }
-        return Release(slot.id, revision, slot.name.host, slot.identity.labels(), env)
+        repo = slot.identity.repo.lower()
+        trusted = slot.id not in self.untrusted
+        # Precedence on a clash: PREVU_* > [[repos]] secrets > [[repos]] env > .prevu.toml env
+        # (the runtime lays `run_env` over the model's env and `env` over both).
+        run_env = dict(self.settings.repo_env.get(repo, {}))
+        if trusted:
+            run_env.update(self.settings.repo_secrets.get(repo, {}))
+        return Release(
+            slot.id,
+            revision,
+            slot.name.host,
+            slot.identity.labels(),
+            env,
+            run_env=run_env,
+            build_secrets=self.settings.repo_build_secrets.get(repo, {}) if trusted else {},
+            cache=f"{slot.identity.forge}/{repo}" if trusted else None,
+        )
+
+    def trust(self, slot: Slot, fork_allowed: bool) -> None:
+        """Remember whether `slot` is a fork admitted by `forks = "allow"` (it gets no secrets)."""
+        if fork_allowed:
+            self.untrusted.add(slot.id)
+        else:
+            self.untrusted.discard(slot.id)
 
     # --- build --------------------------------------------------------------------------
 
@@ -150,11 +178,16 @@ class Jobs:
         self, slot: Slot, cancel: CancelToken, revision: lc.Revision
     ) -> tuple[Built, RepoSettings]:
         self.note(slot, "system", f"fetching {slot.ref} at {revision.sha}")
+        token = self.settings.clone_token(slot.identity.forge)
+        if self.settings.clone_token_source is not None:
+            fresh = self.settings.clone_token_source(slot.identity.forge, slot.identity.repo)
+            token = await cancel.wait(fresh) or token
         source = GitSource(
             url=slot.clone_url,
             ref=slot.ref,
             sha=revision.sha,
-            token=self.settings.clone_token(slot.identity.forge),
+            token=token,
+            username=self.settings.clone_username(slot.identity.forge),
             timeout=self.settings.fetch_timeout,
         )
         checkout = await cancel.wait(self.git.fetch(source, slot.id))

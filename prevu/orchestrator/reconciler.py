@@ -127,3 +127,24 @@ class Reconciler:
                 self.log.warn("orphan removal failed: {error}", error=str(error))
         if result.removals:
             self.log.info("reconcile removed {count} orphans", count=len(result.removals))
+        await self._prune_caches()
+
+    async def _prune_caches(self) -> None:
+        """
+        Remove the shared build cache image of each repository that has had no
+        preview for `previews.ttl` (issue 10); a failure is logged, never raised.
+        """
+        keep = frozenset(
+            f"{slot.identity.forge}/{slot.identity.repo.lower()}"
+            for slot in self.registry
+            if not slot.state.closed
+        )
+        try:
+            removed = await self.runtime.prune_caches(
+                keep, self.clock.seconds(), self.settings.cache_ttl
+            )
+        except DockerError as error:
+            self.log.warn("cache image removal failed: {error}", error=str(error))
+            return
+        for repository in removed:
+            self.log.info("removed the build cache image of {repo}", repo=repository)

@@ -9,13 +9,16 @@ Durations are seconds, memory bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from attrs import field, frozen
 
 from prevu.backoff import BackoffPolicy, exponential
 from prevu.config import Config
+from prevu.endpoints import endpoint_port
+from prevu.forge.base import Credentials
+from prevu.forge.registry import FORGES, clone_credentials
 from prevu.instance import load_or_create as load_instance
 from prevu.naming import PreviewName, network_name
 from prevu.repoconfig import Limits
@@ -23,26 +26,27 @@ from prevu.repoconfig import Limits
 Access = Literal["private", "public"]
 
 
-def _endpoint_port(description: str | None) -> int | None:
-    """The port of a Twisted server endpoint string (`tcp:8000`, `ssl:port=443:...`)."""
-    if not description:
-        return None
-    for part in description.split(":")[1:]:
-        if part.startswith("port="):
-            part = part.split("=", 1)[1]
-        if part.isdigit():
-            return int(part)
-    return None
+def _clone_credentials(config: Config) -> dict[str, Credentials]:
+    """Each forge's clone user name and token, as its `Forge` says (`prevu.forge.registry`)."""
+    found = {forge: clone_credentials(config, forge, "") for forge in FORGES}
+    return {forge: credentials for forge, credentials in found.items() if credentials}
 
 
-def _clone_tokens(config: Config) -> dict[str, str]:
-    """The token each forge's clones authenticate with (the one place that chooses it)."""
-    tokens = {"github": config.github.token, "gitlab": config.gitlab.token}
-    return {forge: token for forge, token in tokens.items() if token}
+CloneTokenSource = Callable[[str, str], Awaitable[str | None]]
+"""(forge, repo) -> a fresh clone token, or None to use the configured one."""
 
 
 def _dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(value or {})
+
+
+def repo_secret_values(config: Config) -> tuple[str, ...]:
+    """The values of every `[[repos]]` `secrets` and `build_secrets` file (for masking)."""
+    values: list[str] = []
+    for repo in config.repos:
+        values += repo.secrets.values()
+        values += repo.build_secret_values
+    return tuple(values)
 
 
 @frozen
@@ -71,11 +75,27 @@ class OrchestratorSettings:
     start_timeout: float = 60.0
     probe_interval: float = 0.1
     retry: BackoffPolicy = field(default=exponential(0.5, 2.0, 30.0), eq=False)
-    clone_tokens: Mapping[str, str] = field(factory=dict, converter=_dict, repr=False)
+    clone_credentials: Mapping[str, Credentials] = field(factory=dict, converter=_dict, repr=False)
+    clone_token_source: CloneTokenSource | None = field(default=None, eq=False, repr=False)
+    """Per-repository clone tokens that expire (a GitHub App's installation tokens)."""
     repo_access: Mapping[str, Access] = field(factory=dict, converter=_dict)
     """Lower-cased `[[repos]]` name → its access, for `prevu up`."""
     login: bool = False
     """True when a way to log in is configured (a private preview can be opened)."""
+    repo_env: Mapping[str, Mapping[str, str]] = field(factory=dict, converter=_dict)
+    """Lower-cased `[[repos]]` name → its `env` (run time)."""
+    repo_secrets: Mapping[str, Mapping[str, str]] = field(
+        factory=dict, converter=_dict, repr=False
+    )
+    """Lower-cased `[[repos]]` name → its `secrets` values (run time; never for `allow`ed forks)."""
+    repo_build_secrets: Mapping[str, Mapping[str, str]] = field(
+        factory=dict, converter=_dict, repr=False
+    )
+    """Lower-cased `[[repos]]` name → BuildKit secret id → file (never for `allow`ed forks)."""
+    cache_ttl: float = 7 * 86400.0
+    """`previews.ttl`: a repository's build cache image goes after so long without a preview."""
+    secret_values: tuple[str, ...] = field(default=(), repr=False)
+    """Every `secrets` value and build secret's contents: masked in preview logs."""
     listed: frozenset[str] | None = None
     """Lower-cased `[[repos]]` names; None when there is no list (every repository is served)."""
     unlisted_grace: float = 3600.0
@@ -91,16 +111,23 @@ class OrchestratorSettings:
             or load_instance(server.state_dir, server.instance),
             "domain": server.domain,
             "scheme": "https" if https else "http",
-            "port": _endpoint_port(server.https if https else server.http),
+            "port": endpoint_port(server.https if https else server.http),
             "label_template": server.label,
             "network": docker.network,
             "max_previews": docker.max_previews,
             "build_concurrency": docker.build_concurrency,
             "reconcile_interval": docker.reconcile_interval,
             "limits": Limits(memory=docker.memory, cpus=docker.cpus),
-            "clone_tokens": _clone_tokens(config),
+            "clone_credentials": _clone_credentials(config),
             "repo_access": {repo.name.lower(): repo.access for repo in config.repos},
             "login": bool(config.auth.users_file or config.auth.github),
+            "repo_env": {repo.name.lower(): dict(repo.env) for repo in config.repos},
+            "repo_secrets": {repo.name.lower(): dict(repo.secrets) for repo in config.repos},
+            "secret_values": repo_secret_values(config),
+            "cache_ttl": config.previews.ttl,
+            "repo_build_secrets": {
+                repo.name.lower(): dict(repo.build_secrets) for repo in config.repos
+            },
             "listed": frozenset(r.name.lower() for r in config.repos) if config.repos else None,
             "unlisted_grace": config.previews.unlisted_grace,
         }
@@ -113,7 +140,13 @@ class OrchestratorSettings:
 
     def clone_token(self, forge: str) -> str | None:
         """The token that fetches from `forge`; None for `local` and forges without one."""
-        return self.clone_tokens.get(forge)
+        credentials = self.clone_credentials.get(forge)
+        return credentials.token if credentials else None
+
+    def clone_username(self, forge: str) -> str:
+        """The HTTPS user name that goes with `forge`'s token (GitHub's when none is set)."""
+        credentials = self.clone_credentials.get(forge)
+        return credentials.username if credentials else "x-access-token"
 
     def network_of(self, preview: str) -> str:
         """The name of the preview's network (kept in its record), carrying the instance."""

@@ -13,14 +13,15 @@ events on the happy path: this is the proxy's hot path.
 
 from __future__ import annotations
 
-from collections.abc import Set
-from typing import TYPE_CHECKING
-
 import httptools
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from prevu.proxy.admission import Forward
+from prevu.proxy.contracts import ClientSide, UpstreamLink
+from prevu.proxy.forwarding import HeaderPieces, without_headers
+from prevu.proxy.framing import Framing, delimited_by_close, response_framing
 from prevu.proxy.http import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -30,11 +31,7 @@ from prevu.proxy.http import (
     reason,
     simple_response,
 )
-from prevu.proxy.upstream import HeadResponseDone, ResponseTooLarge, UpstreamConnection
-from prevu.routing import Upstream
-
-if TYPE_CHECKING:
-    from prevu.proxy.server import ClientConnection
+from prevu.proxy.upstream import HeadResponseDone, ResponseTooLarge
 
 log = Logger()
 
@@ -52,7 +49,7 @@ class Exchange:
 
     # Defaults live on the class: most exchanges never change most of them,
     # and not setting them per request is measurably cheaper.
-    connection: UpstreamConnection | None = None
+    connection: UpstreamLink | None = None
     ready = False
     backlog: list[bytes] | None = None  # request bytes waiting for the upstream connection
     received = 0
@@ -62,8 +59,8 @@ class Exchange:
 
     status = 0
     reason = b""
-    # The response head for the client, as pieces to join: name, ": ", value, CRLF, ...
-    response_headers: list[bytes]
+    # The response head for the client, as pieces to join.
+    response_headers: HeaderPieces
     response_close = False
     connection_listed: frozenset[bytes] | None = None  # headers the upstream's Connection names
     response_length: int | None = None
@@ -71,7 +68,7 @@ class Exchange:
     trailers: list[tuple[bytes, bytes]] | None = None
     in_trailers = False
     started = False  # response head sent to the client
-    framing = b""  # b"length", b"chunked", b"close" or b"none"
+    framing: Framing = "none"  # prevu.proxy.framing; set with the response head
     until_close = False  # the upstream delimits the body by closing
     complete = False
     reusable = False
@@ -80,34 +77,20 @@ class Exchange:
     head_size = 0  # bytes of response head, then of trailers: bounded by max_head
     tunnel_backlog: list[bytes] | None = None  # client bytes after an Upgrade head, until 101
 
-    def __init__(
-        self,
-        client: ClientConnection,
-        method: bytes,
-        head: bytes,
-        upstream: Upstream,
-        host: str,
-        *,
-        chunked: bool,
-        content_length: int | None,
-        keep_alive: bool,
-        client_http11: bool,
-        upgrade: bool,
-        trusted: bool = False,
-    ) -> None:
+    def __init__(self, client: ClientSide, forward: Forward) -> None:
         self.client = client
-        self.method = method
-        self.head = head
-        self.upstream_address = upstream
-        self.host = host
-        self.chunked = chunked
-        self.content_length = content_length
-        self.keep_alive = keep_alive
-        self.client_http11 = client_http11
-        self.upgrade = upgrade
-        self.trusted = trusted
+        self.method = method = forward.method
+        self.head = forward.head
+        self.upstream_address = forward.upstream
+        self.host = forward.host
+        self.chunked = chunked = forward.chunked
+        self.content_length = forward.content_length
+        self.keep_alive = forward.keep_alive
+        self.client_http11 = forward.client_http11
+        self.upgrade = forward.upgrade
+        self.trusted = forward.trusted
         self.head_only = method == b"HEAD"
-        self.has_body = chunked or bool(content_length)
+        self.has_body = chunked or bool(forward.content_length)
         self.out: list[bytes] = []
         self.response_parser = httptools.HttpResponseParser(self)
 
@@ -116,11 +99,11 @@ class Exchange:
     def start(self) -> None:
         """Get an upstream connection and send the head (and any buffered body)."""
         self.client.set_deadline("response")
-        self.connection = self.client.factory.pool.acquire(self.upstream_address.key, self)
+        self.connection = self.client.acquire_upstream(self.upstream_address.key, self)
         if self.connection.connected_:
             self.upstream_ready(self.connection)
 
-    def upstream_ready(self, connection: UpstreamConnection) -> None:
+    def upstream_ready(self, connection: UpstreamLink) -> None:
         """The upstream connection is open: write what we have."""
         self.ready = True
         if self.backlog:
@@ -137,7 +120,7 @@ class Exchange:
     def request_body(self, data: bytes) -> None:
         """A piece of the request body from the client."""
         self.received += len(data)
-        if self.received > self.client.factory.settings.max_body:
+        if self.received > self.client.max_body:
             self.client.body_too_large(self)
             return
         framed = chunk(data) if self.chunked else data
@@ -291,23 +274,17 @@ class Exchange:
         if self.upgrade:
             # The upstream refused the upgrade: the client's stream is in an unknown state.
             self.keep_alive = False
-        no_body = self.head_only or status in (204, 304)
-        self.until_close = (
-            not no_body and self.response_length is None and not self.response_chunked
+        length = self.response_length
+        framing = self.framing = response_framing(
+            self.head_only, status, length, self.response_chunked, self.client_http11
         )
-        if no_body:
-            self.framing = b"none"
-            if self.response_length is not None:
-                headers.append(b"Content-Length: %d\r\n" % self.response_length)
-        elif self.response_length is not None and not self.response_chunked:
-            self.framing = b"length"
-            headers.append(b"Content-Length: %d\r\n" % self.response_length)
-        elif self.client_http11:
-            self.framing = b"chunked"
+        self.until_close = delimited_by_close(framing, length, self.response_chunked)
+        if framing == "chunked":
             headers.append(b"Transfer-Encoding: chunked\r\n")
-        else:
-            self.framing = b"close"
+        elif framing == "close":
             self.keep_alive = False
+        elif length is not None:  # "length", or "none" with the representation's length
+            headers.append(b"Content-Length: %d\r\n" % length)
         if not self.keep_alive or (not self.request_done and not self.upgrade):
             headers.append(b"Connection: close\r\n")
             self.keep_alive = False
@@ -324,9 +301,9 @@ class Exchange:
     def on_body(self, data: bytes) -> None:
         if self.complete or not data:
             return
-        if self.framing == b"chunked":
+        if self.framing == "chunked":
             self.out.append(chunk(data))
-        elif self.framing != b"none":
+        elif self.framing != "none":
             self.out.append(data)
 
     def on_message_complete(self) -> None:
@@ -339,7 +316,7 @@ class Exchange:
             if self.status != 101:  # interim: the final response follows
                 self.status = 0
             return
-        if self.framing == b"chunked":
+        if self.framing == "chunked":
             if self.trailers:
                 self.out.append(
                     b"0\r\n" + b"".join(b"%s: %s\r\n" % t for t in self.trailers) + b"\r\n"
@@ -396,8 +373,7 @@ class Exchange:
         self.connection = None
         if connection is not None:
             if self.reusable and connection.connected_:
-                factory = self.client.factory
-                factory.pool.release(connection, factory.reactor.seconds())
+                self.client.release_upstream(connection)
             else:
                 connection.abort()
         self.finished = True
@@ -418,6 +394,11 @@ class Exchange:
             self.client.write(rest)
         for data in backlog or ():
             connection.write(data)
+
+    def tunnel_received(self, data: bytes) -> None:
+        """Bytes from the upgraded upstream: relayed to the client as they come."""
+        self.client.tunnel_activity()
+        self.client.write(data)
 
     # --- failures -------------------------------------------------------------
 
@@ -443,7 +424,7 @@ class Exchange:
             connection.abort()
         self.fail(502, "Bad Gateway", "The preview sent an invalid response.")
 
-    def upstream_lost(self, connection: UpstreamConnection, why: Failure) -> None:
+    def upstream_lost(self, connection: UpstreamLink, why: Failure) -> None:
         """The upstream connection closed while this exchange used it."""
         if self.finished or connection is not self.connection:
             return
@@ -516,15 +497,26 @@ class Exchange:
             connection.abort()
 
 
-def _head(status: int, text: bytes, pieces: list[bytes]) -> bytes:
+def _head(status: int, text: bytes, pieces: HeaderPieces) -> bytes:
     """A response head from its status and the header pieces (name, ": ", value, CRLF...)."""
     return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, text, b"".join(pieces))
 
 
-def without_headers(pieces: list[bytes], names: Set[bytes]) -> list[bytes]:
-    """Header pieces without the headers called `names` (lower-case)."""
-    kept: list[bytes] = []
-    for index in range(0, len(pieces), 4):
-        if pieces[index].lower() not in names:
-            kept += pieces[index : index + 4]
-    return kept
+class UploadProducer:
+    """
+    Registered on an upstream transport while a request body streams to it:
+    a slow upstream holds back reading the client (backpressure).
+    """
+
+    def __init__(self, client: ClientSide) -> None:
+        self.client = client
+
+    def pauseProducing(self) -> None:
+        self.client.hold_reading("upload", True)
+
+    def resumeProducing(self) -> None:
+        self.client.hold_reading("upload", False)
+
+    def stopProducing(self) -> None:
+        # The upstream connection is going away; the exchange handles that.
+        self.client.hold_reading("upload", False)

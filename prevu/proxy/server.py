@@ -1,135 +1,120 @@
 """
-The client side of the proxy: accepts connections, parses requests, routes.
+The client side of the proxy: accepts connections, parses requests, answers in order.
 
 `ClientConnection` parses requests with llhttp (through httptools), which
 refuses smuggling shapes such as Content-Length with Transfer-Encoding or
 duplicate Content-Length. Requests are answered strictly in order: a
 pipelined request waits (with reading paused) until the one before it has
-been answered. Each request is routed by `Host`, checked by the access gate
-when its route is private, rewritten (hop-by-hop headers out, forwarded
-headers in, prevu's session cookie removed) and handed to an `Exchange`.
+been answered. What happens to each parsed head is decided by
+`prevu.proxy.admission.admit` (routing, the gate, the checks, the head sent
+upstream); this module carries the decision out: an `Exchange` for a
+request to forward, the bytes of a `LocalReply` otherwise.
 
 Timeouts are enforced by one sweep per second over all connections rather
-than a timer per request, which keeps the per-request cost down.
+than a timer per request, which keeps the per-request cost down; how long
+each kind of wait may last is `prevu.proxy.deadlines`' table.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final, Literal
 
 import httptools
-from attrs import frozen
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from prevu.config import Config
-from prevu.proxy.exchange import Exchange, without_headers
+from prevu.proxy.admission import (
+    SPECIAL,
+    SPECIAL_FIRST,
+    SPOOF_NAMES,
+    Forward,
+    LocalReply,
+    admit,
+    dropped_in_any_spelling,
+    spoofing,
+)
+from prevu.proxy.contracts import UpstreamLink, UpstreamUser
+from prevu.proxy.deadlines import DeadlineKind, limits
+from prevu.proxy.exchange import Exchange, UploadProducer
 from prevu.proxy.fastpath import direct_writer, supported
-from prevu.proxy.hooks import (
-    AccessGate,
-    Allow,
-    Interceptor,
-    NoWaker,
-    OpenGate,
-    Reply,
-    RequestHead,
-    Waker,
-)
-from prevu.proxy.http import (
-    HOP_BY_HOP,
-    REQUEST_OWN,
-    connection_tokens,
-    page,
-    simple_response,
-    strip_session_cookie,
-    waiting_page,
-)
-from prevu.proxy.upstream import UpstreamConnection, UpstreamPool
-from prevu.routing import Route, RouteRegistry, normalize_host
+from prevu.proxy.forwarding import HeaderPieces
+from prevu.proxy.hooks import AccessGate, Interceptor, NoWaker, OpenGate, Waker
+from prevu.proxy.http import page, simple_response
+from prevu.proxy.settings import ProxySettings
+from prevu.proxy.upstream import UpstreamPool
+from prevu.routing import Route, RouteRegistry
+
+__all__ = ["ClientConnection", "ProxyFactory", "ProxySettings"]
 
 log = Logger()
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 SWEEP_INTERVAL = 1.0  # seconds between two timeout sweeps
 
-# Request headers the proxy reads, rewrites or drops itself (Host aside).
-_SPECIAL = (REQUEST_OWN | HOP_BY_HOP) - {b"host"}
-_SPECIAL_FIRST = frozenset(
-    letter
-    for name in (*_SPECIAL, b"host", b"forwarded", b"x-real-ip", b"x-forwarded-", b"x-prevu-")
-    for letter in (name[0], name[:1].upper()[0])
-)
-_NONE: tuple[bytes, ...] = ()
-# Never passed on from a client, in any spelling (`_` for `-` included): they
-# claim an identity or an origin that only prevu may state.
-_SPOOF_PREFIXES = (b"x-forwarded-", b"x-prevu-")
-_SPOOF_NAMES = frozenset({b"forwarded", b"x-real-ip"})
-_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
-# Host: a reg-name, IPv4 or [IPv6] literal, and an optional port (RFC 9110 §7.2).
-_HOST = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(?::[0-9]{1,5})?$")
-
-
-@frozen
-class ProxySettings:
-    """Everything the proxy needs from the config."""
-
-    scheme: str = "http"
-    trusted_proxies: tuple[Network, ...] = ()
-    max_body: int = 1 << 30
-    connect_timeout: float = 5.0
-    response_timeout: float = 60.0
-    idle_timeout: float = 120.0
-    head_timeout: float = 30.0
-    max_head: int = 64 * 1024
-    max_target: int = 8 * 1024
-    max_connections: int = 10_000
-    max_connections_per_client: int = 512
-    retry_after: int = 5
-    direct_write: bool = True  # prevu.proxy.fastpath; off under TLS by construction
-
-    @classmethod
-    def from_config(cls, config: Config, scheme: str = "http") -> ProxySettings:
-        """Settings for the proxy endpoint that serves `scheme`."""
-        server = config.server
-        return cls(
-            scheme=scheme,
-            trusted_proxies=server.trusted_proxies,
-            max_body=server.max_body,
-            connect_timeout=server.timeouts.connect,
-            response_timeout=server.timeouts.response,
-            idle_timeout=server.timeouts.idle,
-            head_timeout=min(30.0, server.timeouts.idle),
-        )
+ConnectionState = Literal["http", "last", "upgrading", "tunnel", "closing", "closed"]
+_ENDED: Final = ("closing", "closed")
 
 
 class ClientConnection(Protocol):
-    """One client's connection to the proxy."""
+    """
+    One client's connection to the proxy.
+
+    Its phase is `_state`, one of (transitions in brackets):
+
+    - "http": requests are read, admitted and answered in order: waiting
+      for a head, reading one, exchanges or local replies in flight,
+      pipelined ones queued in `pending`. The initial state.
+    - "last": an answer queued will close the connection; later requests
+      are still parsed (to stay in step) but never served
+      [http -> last: `closed_for_reading`].
+    - "upgrading": an Upgrade request was admitted (`upgrading`); what the
+      client sends after its head waits for the upstream's 101
+      [http -> upgrading: `on_headers_complete`].
+    - "tunnel": after the 101, bytes are spliced both ways unparsed with
+      `tunnel` [upgrading -> tunnel: `start_tunnel`].
+    - "closing": the last answer is written; the connection half-closes and
+      drops what the client still sends until it closes, for the "closing"
+      deadline at most [any of the above -> closing: `close_after_write`].
+    - "closed": aborted or lost [any -> closed: `close`, `connectionLost`].
+
+    Between requests the connection also satisfies `forwarding.ParsedHead`
+    (the head being parsed) and `contracts.ClientSide` (for its exchanges).
+    """
 
     factory: ProxyFactory
     transport: Any  # a TCP or TLS transport; typed loosely, as Twisted's interfaces are
+    # The head being parsed (`forwarding.ParsedHead`); the four below are set
+    # once the head is complete. Class defaults: nothing to store per request.
+    method = b""
+    version = ""
+    keep_alive = False
+    upgrade = False
 
     def __init__(self, factory: ProxyFactory, client_ip: str) -> None:
         self.factory = factory
         self.client_ip = client_ip
         self.client_ip_bytes = client_ip.encode()
-        self.max_head = factory.settings.max_head
+        settings = factory.settings
+        self.max_head = settings.max_head
+        self.max_body = settings.max_body
+        self.max_target = settings.max_target
         self.quiet_limit = 2 * self.max_head
+        self.policy = factory.policy
+        self.limits = factory.limits
+        self.acquire_upstream: Callable[[tuple[str, int], UpstreamUser], UpstreamLink] = (
+            factory.pool.acquire
+        )
         self.parser = httptools.HttpRequestParser(self)
+        self._state: ConnectionState = "http"
         self.current: Exchange | None = None  # being answered
         self.receiving: Exchange | None = None  # request body being read
-        self.pending: deque[Exchange | _LocalReply] = deque()
-        self.tunnel: UpstreamConnection | None = None
-        self.upgrading: Exchange | None = None
-        self.closed = False
-        self.refusing = False  # an answer queued will close: serve no later request
+        self.pending: deque[Exchange | LocalReply] = deque()
+        self.tunnel: UpstreamLink | None = None  # in "tunnel"
+        self.upgrading: Exchange | None = None  # in "upgrading"
         # Why reading from the client is held back, if it is: "pipeline" (a
         # request waits its turn), "write" (the client does not read its
         # answers), "upload" (the upstream does not take the body),
@@ -138,8 +123,8 @@ class ClientConnection(Protocol):
         self.holds: set[str] = set()
         self.reading = True
         self.write_blocked = False
-        self.upload_producer = _UploadProducer(self)
-        self.deadline_kind = ""
+        self.upload_producer = UploadProducer(self)
+        self.deadline_kind: DeadlineKind | None = None
         self.quiet_time = 0.0
         self.write: Callable[[bytes], None] = self._buffered_write
         self.in_head = False
@@ -155,20 +140,22 @@ class ClientConnection(Protocol):
 
     def _reset_head(self) -> None:
         self.url = b""
-        # Forwarded headers as pieces to join: name, ": ", value, CRLF, ...
-        self.headers: list[bytes] = []
+        # Forwarded headers, passed on as they are.
+        self.headers: HeaderPieces = []
         self.hosts: list[bytes] = []
         # Headers the proxy handles itself, by lower-case name; None when the
         # request had none (the common case costs one store to reset).
         self.special: dict[bytes, list[bytes]] | None = None
 
-    def _values(self, name: bytes) -> Sequence[bytes]:
-        special = self.special
-        return special.get(name, _NONE) if special is not None else _NONE
+    @property
+    def state(self) -> ConnectionState:
+        """The connection's phase (see the class docstring)."""
+        return self._state
 
-    def _value(self, name: bytes) -> bytes | None:
-        values = self._values(name)
-        return b", ".join(values) if values else None
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closing or closed: nothing more is served."""
+        return self._state in _ENDED
 
     # --- Protocol -----------------------------------------------------------
 
@@ -187,14 +174,15 @@ class ClientConnection(Protocol):
         self.set_deadline("idle")
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closed:
-            return  # closing: what the client still sends is dropped
-        if self.tunnel is not None:
-            self.quiet_time = 0.0
-            self.tunnel.write(data)
-            return
-        if self.upgrading is not None:
-            self.upgrading.tunnel_data(data)
+        state = self._state
+        # One comparison for the common case ("http"); "last" parses too.
+        if state != "http" and state != "last":
+            if state == "tunnel" and self.tunnel is not None:
+                self.quiet_time = 0.0
+                self.tunnel.write(data)
+            elif state == "upgrading" and self.upgrading is not None:
+                self.upgrading.tunnel_data(data)
+            # "closing", "closed": what the client still sends is dropped
             return
         self.quiet_bytes += len(data)
         try:
@@ -227,7 +215,7 @@ class ClientConnection(Protocol):
             self._refuse(431, "Request Header Fields Too Large", "The request head is too large.")
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        self.closed = True
+        self._state = "closed"
         self.factory.forget(self)
         for exchange in (self.current, self.receiving, self.upgrading):
             if exchange is not None and not exchange.finished:
@@ -248,7 +236,7 @@ class ClientConnection(Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        if len(self.url) > self.factory.settings.max_target:
+        if len(self.url) > self.max_target:
             raise _Refused(414, "URI Too Long", "The request target is too long.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -260,51 +248,62 @@ class ClientConnection(Protocol):
             raise _Refused(431, "Request Header Fields Too Large", "The request head is too large.")
         # Only names starting like a special one, or with an underscore, can be
         # special: most headers (Accept*, Referer, Sec-*, ...) skip lower().
-        if name[0] in _SPECIAL_FIRST or b"_" in name:
+        # The rules are admission's (SPECIAL, spoofing); the filters are here.
+        if name[0] in SPECIAL_FIRST or b"_" in name:
             lower = name.lower()
             if b"_" in lower:
                 # Some servers read `_` as `-`: never let X-Prevu_User or
                 # Content_Length through in any role.
-                normal = lower.replace(b"_", b"-")
-                if normal in _SPECIAL or normal == b"host" or _spoofing(normal):
+                if dropped_in_any_spelling(lower):
                     return
             elif lower == b"host":
                 self.hosts.append(value)
                 return
-            elif lower in _SPECIAL:
+            elif lower in SPECIAL:
                 special = self.special
                 if special is None:
                     special = self.special = {}
                 special.setdefault(lower, []).append(value)
                 return
-            elif (lower[:2] == b"x-" or lower in _SPOOF_NAMES) and _spoofing(lower):
+            elif (lower[:2] == b"x-" or lower in SPOOF_NAMES) and spoofing(lower):
                 return
         self.headers += (name, b": ", value, b"\r\n")
 
     def _trailer(self, name: bytes, value: bytes) -> None:
         """A request trailer: bounded, and filtered by the rules of headers."""
         self.trailer_bytes += len(name) + len(value) + 4
-        if self.trailer_bytes > self.factory.settings.max_head:
+        if self.trailer_bytes > self.max_head:
             raise _Refused(
                 431, "Request Header Fields Too Large", "The request trailers are too large."
             )
-        normal = name.lower().replace(b"_", b"-")
-        if normal in _SPECIAL or normal == b"host" or _spoofing(normal):
+        if dropped_in_any_spelling(name.lower()):
             return
         self.trailers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        if self.closed or self.refusing:
+        if self._state != "http":
             # The connection is closing (an answer said so): nothing more is served.
             self._reset_head()
             return
-        item = self._exchange_for_head()
+        parser = self.parser
+        self.method = parser.get_method()
+        self.version = parser.get_http_version()
+        self.keep_alive = bool(parser.should_keep_alive())
+        self.upgrade = bool(parser.should_upgrade())
+        decision = admit(self, self.policy)
         self._reset_head()
-        if isinstance(item, Exchange):
-            self.receiving = item
+        item: Exchange | LocalReply
+        if isinstance(decision, Forward):
+            self.factory.seen(decision.route)
+            item = self.receiving = Exchange(self, decision)
             if item.upgrade:
                 self.upgrading = item
+                self._state = "upgrading"
+        else:
+            item = decision
+            if decision.wake is not None:
+                self.factory.waker.wake(decision.wake)
         if self.current is None and not self.pending:
             self._begin(item)
         else:
@@ -314,7 +313,7 @@ class ClientConnection(Protocol):
     def on_body(self, body: bytes) -> None:
         self.quiet_bytes = 0
         exchange = self.receiving
-        if exchange is not None and not self.closed and not self.refusing:
+        if exchange is not None and self._state == "http":
             exchange.request_body(body)
             if self.current is exchange:
                 self.set_deadline("body")
@@ -325,244 +324,12 @@ class ClientConnection(Protocol):
         self.receiving = None
         trailers, self.trailers = self.trailers, []
         self.trailer_bytes = 0
-        if exchange is not None and not exchange.finished and not self.closed:
+        if exchange is not None and not exchange.finished and self._state not in _ENDED:
             exchange.request_complete(trailers)
 
     # --- request handling ---------------------------------------------------
 
-    def _exchange_for_head(self) -> Exchange | _LocalReply:
-        """Turn a parsed head into an Exchange, or into the bytes of a local reply."""
-        settings = self.factory.settings
-        parser = self.parser
-        method: bytes = parser.get_method()
-        version = parser.get_http_version()
-        http11 = version == "1.1"
-        keep_alive = bool(parser.should_keep_alive())
-        head_only = method == b"HEAD"
-
-        if version not in ("1.1", "1.0"):
-            return self._local(505, "HTTP Version Not Supported", "Use HTTP/1.1.", "", head_only)
-        if method == b"CONNECT":
-            return self._local(
-                405, "Method Not Allowed", "CONNECT is not supported.", "", head_only
-            )
-        target = self.url
-        if target[:1] != b"/" and not (target == b"*" and method == b"OPTIONS"):
-            target, host_from_target = _origin_form(target)
-            if host_from_target is None:
-                return self._local(400, "Bad Request", "Invalid request target.", "", head_only)
-            self.hosts = [host_from_target]
-        if len(self.hosts) != 1:
-            return self._local(
-                400, "Bad Request", "The request needs exactly one Host header.", "", head_only
-            )
-        raw_host = self.hosts[0]
-        host = self.factory.host_name(raw_host)
-        if not host:
-            return self._local(
-                400, "Bad Request", "The Host header is not a host name.", "", head_only
-            )
-        chunked = False
-        content_length = None
-        if self.special is not None:
-            transfer_encoding = self._value(b"transfer-encoding")
-            if transfer_encoding is not None:
-                if transfer_encoding.strip().lower() != b"chunked":
-                    return self._local(
-                        501,
-                        "Not Implemented",
-                        "Only the chunked transfer coding is supported.",
-                        host,
-                        head_only,
-                    )
-                chunked = True
-            length = self._value(b"content-length")
-            content_length = int(length) if length is not None else None
-            if content_length is not None and content_length > settings.max_body:
-                return self._local(
-                    413, "Content Too Large", "The request body is too large.", host, head_only
-                )
-
-        head = (
-            RequestHead(
-                method,
-                target,
-                host,
-                settings.scheme,
-                self.client_ip,
-                self._headers_for_hooks(raw_host),
-            )
-            if self.factory.interceptors
-            else None
-        )
-        for interceptor in self.factory.interceptors:
-            reply = interceptor.intercept(head)  # type: ignore[arg-type]
-            if reply is not None:
-                return _hook_reply(reply, not self._must_close(), head_only)
-
-        route = self.factory.routes.table.lookup(host)
-        if route is None:
-            return self._local(
-                404, "Not Found", "No preview or route is served at this address.", host, head_only
-            )
-        user: bytes | None = None
-        if route.access == "private":
-            head = head or RequestHead(
-                method,
-                target,
-                host,
-                settings.scheme,
-                self.client_ip,
-                self._headers_for_hooks(raw_host),
-            )
-            decision = self.factory.gate.check(route, head)
-            if not isinstance(decision, Allow):
-                return _hook_reply(decision, not self._must_close(), head_only)
-            if decision.user is not None:
-                user = decision.user.encode("utf-8")
-        if route.state != "ready" or route.upstream is None:
-            return self._not_ready(route, host, head_only)
-
-        # An upgrade exactly when llhttp treats the request as one, so that the
-        # two never disagree about where the HTTP stream ends.
-        upgrade = bool(parser.should_upgrade())
-        if upgrade and (chunked or content_length):
-            # llhttp hands everything after an Upgrade head to the new protocol,
-            # so a body here has no safe meaning.
-            return self._local(
-                400, "Bad Request", "An Upgrade request cannot carry a body.", host, head_only
-            )
-        request_head = self._forward_head(
-            method, target, raw_host, upgrade, user, content_length, chunked, route.trusted
-        )
-        self.factory.seen(route)
-        return Exchange(
-            self,
-            method,
-            request_head,
-            route.upstream,
-            host,
-            chunked=chunked,
-            content_length=content_length,
-            keep_alive=keep_alive,
-            client_http11=http11,
-            upgrade=upgrade,
-            trusted=route.trusted,
-        )
-
-    def _headers_for_hooks(self, raw_host: bytes) -> list[tuple[bytes, bytes]]:
-        """
-        What interceptors and the gate see, names in lower case: the forwarded
-        headers plus Host, cookies, the bypass token and the client's
-        X-Forwarded-* (whether to believe those is the hook's call).
-        """
-        pieces = self.headers
-        seen = [(b"host", raw_host)]
-        seen += [(pieces[i].lower(), pieces[i + 2]) for i in range(0, len(pieces), 4)]
-        for name in (b"cookie", b"x-prevu-bypass", *_FORWARDED):
-            seen += [(name, value) for value in self._values(name)]
-        return seen
-
-    def _forward_head(
-        self,
-        method: bytes,
-        target: bytes,
-        raw_host: bytes,
-        upgrade: bool,
-        user: bytes | None,
-        content_length: int | None,
-        chunked: bool,
-        trusted: bool,
-    ) -> bytes:
-        """The request head for the upstream: HTTP/1.1, original Host, forwarded headers."""
-        parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", raw_host, b"\r\n"]
-        parts += self.headers
-        forwarded_for = forwarded_proto = forwarded_host = None
-        if self.special is not None:
-            connection_values = self._values(b"connection")
-            if connection_values:
-                listed = connection_tokens(connection_values) - {
-                    b"close",
-                    b"keep-alive",
-                    b"upgrade",
-                }
-                if listed:
-                    parts = parts[:6] + without_headers(self.headers, listed)
-            for value in self._values(b"cookie"):
-                # Preview code is untrusted: it never sees the reviewer's session.
-                # prevu's own control app (a trusted route) needs it.
-                kept = value if trusted else strip_session_cookie(value)
-                if kept:
-                    parts += (b"Cookie: ", kept, b"\r\n")
-            if content_length is not None:
-                parts.append(b"Content-Length: %d\r\n" % content_length)
-            elif chunked:
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-            expect = self._value(b"expect")
-            if expect is not None:
-                parts += (b"Expect: ", expect, b"\r\n")
-            if upgrade:
-                parts += (
-                    b"Connection: Upgrade\r\nUpgrade: ",
-                    self._value(b"upgrade") or b"",
-                    b"\r\n",
-                )
-            if self.factory.trusts(self.client_ip):
-                forwarded_for = self._value(b"x-forwarded-for")
-                forwarded_proto = self._value(b"x-forwarded-proto")
-                forwarded_host = self._value(b"x-forwarded-host")
-        if forwarded_for is not None:
-            parts += (b"X-Forwarded-For: ", forwarded_for, b", ", self.client_ip_bytes, b"\r\n")
-        else:
-            parts += (b"X-Forwarded-For: ", self.client_ip_bytes, b"\r\n")
-        parts += (
-            b"X-Forwarded-Proto: ",
-            forwarded_proto or self.factory.scheme_bytes,
-            b"\r\nX-Forwarded-Host: ",
-            forwarded_host or raw_host,
-            b"\r\n",
-        )
-        if user is not None:
-            parts += (b"X-Prevu-User: ", user, b"\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
-
-    def _local(
-        self, status: int, title: str, message: str, host: str, head_only: bool
-    ) -> _LocalReply:
-        close = status != 404 or self._must_close()
-        data = simple_response(
-            status, page(status, title, message, host), close=close, head_only=head_only
-        )
-        return _LocalReply(data, close)
-
-    def _not_ready(self, route: Route, host: str, head_only: bool) -> _LocalReply:
-        retry = self.factory.settings.retry_after
-        if route.state == "sleeping":
-            self.factory.waker.wake(route)
-            message = "This preview was asleep and is waking up. This page refreshes by itself."
-        else:
-            message = "This preview is being built. This page refreshes by itself."
-        close = self._must_close()
-        data = simple_response(
-            503,
-            waiting_page(host, message, retry),
-            [(b"Retry-After", b"%d" % retry)],
-            close=close,
-            head_only=head_only,
-        )
-        return _LocalReply(data, close)
-
-    def _must_close(self) -> bool:
-        """Whether a reply prevu writes itself must close the connection."""
-        if not self.parser.should_keep_alive():
-            return True
-        # The client waits for 100 Continue before sending its body, which will
-        # now never be read: only closing keeps the two sides in step.
-        expect = self._value(b"expect")
-        return expect is not None and b"100-continue" in expect.lower()
-
-    def _begin(self, item: Exchange | _LocalReply) -> None:
+    def _begin(self, item: Exchange | LocalReply) -> None:
         if isinstance(item, Exchange):
             self.current = item
             item.start()
@@ -582,7 +349,7 @@ class ClientConnection(Protocol):
         if exchange is not self.current:
             return
         self.current = None
-        if self.closed:
+        if self._state in _ENDED:
             return
         if not keep_alive or exchange is self.upgrading:
             self.close_after_write()
@@ -612,7 +379,7 @@ class ClientConnection(Protocol):
         # A pipelined request: its 413 takes its place in the queue, then we close.
         exchange.abort()
         too_large = page(413, "Content Too Large", "The request body is too large.", exchange.host)
-        reply = _LocalReply(simple_response(413, too_large, close=True), close=True)
+        reply = LocalReply(simple_response(413, too_large, close=True), close=True)
         queue = list(self.pending)
         self.pending.clear()
         for item in queue:
@@ -625,20 +392,23 @@ class ClientConnection(Protocol):
     def closed_for_reading(self) -> None:
         """Read nothing more from this client (an answer will close the connection)."""
         self.hold_reading("closing", True)
-        self.refusing = True
+        if self._state == "http":
+            self._state = "last"
 
     def _finish_with_close(self) -> None:
         if self.current is None and not self.pending:
             self.close_after_write()
         else:
-            self.pending.append(_LocalReply(b"", close=True))
+            self.pending.append(LocalReply(b"", close=True))
             self.closed_for_reading()
 
-    def start_tunnel(self, exchange: Exchange, connection: UpstreamConnection) -> None:
+    def start_tunnel(self, exchange: Exchange, connection: UpstreamLink) -> None:
         """Switch to splicing raw bytes both ways (after a 101 response)."""
         self.tunnel = connection
         self.upgrading = None
         self.current = None
+        if self._state == "upgrading":
+            self._state = "tunnel"
         # A tunnel idle in both directions for timeouts.idle is closed (like
         # nginx's proxy_read_timeout; WebSocket apps ping to stay open).
         self.set_deadline("tunnel")
@@ -650,16 +420,25 @@ class ClientConnection(Protocol):
         if self.write_blocked:
             connection.transport.pauseProducing()
 
+    def tunnel_activity(self) -> None:
+        """Bytes came from the upstream of the tunnel: it is not idle."""
+        self.quiet_time = 0.0
+
+    def release_upstream(self, connection: UpstreamLink) -> None:
+        """Give a cleanly finished upstream connection back to the pool."""
+        factory = self.factory
+        factory.pool.release(connection, factory.reactor.seconds())  # type: ignore[arg-type]
+
     def close(self) -> None:
         """Drop the connection now (mid-response failures)."""
-        if not self.closed and self.transport is not None:
-            self.closed = True
+        if self._state not in _ENDED and self.transport is not None:
+            self._state = "closed"
             self.transport.abortConnection()
 
     def close_after_write(self) -> None:
-        """Close once what was written has been sent (or after `idle_timeout` at most)."""
-        if not self.closed and self.transport is not None:
-            self.closed = True
+        """Close once what was written has been sent (or after the "closing" deadline)."""
+        if self._state not in _ENDED and self.transport is not None:
+            self._state = "closing"
             # Read (and drop) whatever the client still sends until the close:
             # closing with unread bytes makes the kernel reset the connection,
             # which can destroy the answer just written.
@@ -723,11 +502,11 @@ class ClientConnection(Protocol):
 
     def stopProducing(self) -> None:
         # The transport is going away (connectionLost follows): nothing to do.
-        self.closed = True
+        self._state = "closed"
 
-    def set_deadline(self, kind: str) -> None:
+    def set_deadline(self, kind: DeadlineKind) -> None:
         """
-        Start the clock for `kind` ("idle", "head", "response" or "body").
+        Start the clock for a wait of `kind` (its limit: `deadlines.LIMITS`).
 
         No clock is read here: the sweep adds up how long it found the
         connection quiet, which costs one store per event.
@@ -738,28 +517,21 @@ class ClientConnection(Protocol):
     def check_deadline(self, elapsed: float) -> None:
         """Called by the sweep `elapsed` seconds after the last one: act on an expired deadline."""
         kind = self.deadline_kind
-        if not kind:
+        if kind is None:
             return
-        if self.closed:
+        if self._state in _ENDED:
             if kind == "closing":
                 self.quiet_time += elapsed
-                if self.quiet_time >= self.factory.settings.idle_timeout:
+                if self.quiet_time >= self.limits["closing"]:
                     # A client that never reads its last answer, or never closes
                     # its side, keeps nothing alive for long.
-                    self.deadline_kind = ""
+                    self.deadline_kind = None
                     self.transport.abortConnection()
             return
         self.quiet_time += elapsed
-        settings = self.factory.settings
-        if kind == "response":
-            timeout = settings.response_timeout
-        elif kind == "head":
-            timeout = settings.head_timeout
-        else:
-            timeout = settings.idle_timeout
-        if self.quiet_time < timeout:
+        if self.quiet_time < self.limits[kind]:
             return
-        self.deadline_kind = ""
+        self.deadline_kind = None
         exchange = self.current
         if exchange is not None and kind in ("response", "body"):
             exchange.timed_out()
@@ -786,50 +558,12 @@ class ClientConnection(Protocol):
             # An answer is in progress; the broken request follows it by closing.
             self.pending.clear()
             self.pending.append(
-                _LocalReply(simple_response(status, page(status, title, message), close=True), True)
+                LocalReply(simple_response(status, page(status, title, message), close=True), True)
             )
             self.closed_for_reading()
             return
         self.write(simple_response(status, page(status, title, message), close=True))
         self.close_after_write()
-
-
-@frozen
-class _LocalReply:
-    """A response prevu writes itself, in its turn among pipelined requests."""
-
-    data: bytes
-    close: bool
-
-
-def _hook_reply(reply: Reply, keep_alive: bool, head_only: bool) -> _LocalReply:
-    """The answer an interceptor or the gate gave, framed for this connection."""
-    data = simple_response(
-        reply.status, reply.body, reply.headers, close=not keep_alive, head_only=head_only
-    )
-    return _LocalReply(data, close=not keep_alive)
-
-
-def _spoofing(lower: bytes) -> bool:
-    """A client header that claims an identity or origin only prevu may state."""
-    return lower in _SPOOF_NAMES or lower.startswith(_SPOOF_PREFIXES)
-
-
-class _UploadProducer:
-    """Registered on an upstream transport: a slow upstream holds back reading the client."""
-
-    def __init__(self, client: ClientConnection) -> None:
-        self.client = client
-
-    def pauseProducing(self) -> None:
-        self.client.hold_reading("upload", True)
-
-    def resumeProducing(self) -> None:
-        self.client.hold_reading("upload", False)
-
-    def stopProducing(self) -> None:
-        # The upstream connection is going away; the exchange handles that.
-        self.client.hold_reading("upload", False)
 
 
 class _Refused(Exception):
@@ -840,23 +574,6 @@ class _Refused(Exception):
         self.status = status
         self.title = title
         self.message = message
-
-
-def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:
-    """Split an absolute-form target (http://host/path?q) into origin form and host."""
-    lower = target[:8].lower()
-    for prefix in (b"http://", b"https://"):
-        if lower.startswith(prefix):
-            rest = target[len(prefix) :]
-            end = min(
-                (i for i in (rest.find(c) for c in (b"/", b"?", b"#")) if i != -1),
-                default=len(rest),
-            )
-            host, path = rest[:end], rest[end:]
-            if path[:1] != b"/":
-                path = b"/" + path
-            return path.partition(b"#")[0], host or None
-    return target, None
 
 
 class ProxyFactory(Factory):
@@ -876,25 +593,35 @@ class ProxyFactory(Factory):
     ) -> None:
         self.reactor = reactor
         self.routes = routes
-        self.settings = settings or ProxySettings()
         self.gate = gate or OpenGate()
         self.interceptors = interceptors
         self.waker = waker or NoWaker()
+        self.settings = settings = settings or ProxySettings()
         self.pool = UpstreamPool(
             reactor,
-            self.settings.connect_timeout,
-            idle_timeout=min(60.0, self.settings.idle_timeout),
-            direct_write=self.settings.direct_write,
+            settings.timeouts.connect,
+            idle_timeout=settings.timeouts.pool_idle,
+            direct_write=settings.direct_write,
+            max_head=settings.max_head,
         )
         self.connections: set[ClientConnection] = set()
         self.per_client: dict[str, int] = {}
         # Preview id -> time of its last proxied request (shared by the http and
         # https proxies; read by prevu.idle).
         self.last_seen: dict[str, float] = activity if activity is not None else {}
-        self.host_names: dict[bytes, str] = {}
-        self.scheme_bytes = self.settings.scheme.encode()
         self.requests = 0
         self._sweeper: LoopingCall | None = None
+
+    @property
+    def settings(self) -> ProxySettings:
+        """The settings; new ones apply to the connections accepted afterwards."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: ProxySettings) -> None:
+        self._settings = settings
+        self.policy = settings.policy(self.routes, self.gate, self.interceptors)
+        self.limits = limits(settings.timeouts)  # raises if a deadline kind has no row
 
     def buildProtocol(self, addr: Any) -> ClientConnection | None:  # type: ignore[override]
         client_ip = getattr(addr, "host", "") or "unix"
@@ -902,7 +629,7 @@ class ProxyFactory(Factory):
         count = self.per_client.get(client_ip, 0)
         if len(self.connections) >= settings.max_connections or (
             # A trusted proxy (a load balancer in front) carries many clients.
-            count >= settings.max_connections_per_client and not self.trusts(client_ip)
+            count >= settings.max_connections_per_client and not self.policy.trusts(client_ip)
         ):
             log.warn("connection limit reached; refusing {client}", client=client_ip)
             return None
@@ -919,31 +646,6 @@ class ProxyFactory(Factory):
                 self.per_client[connection.client_ip] = count
             else:
                 self.per_client.pop(connection.client_ip, None)
-
-    def host_name(self, raw_host: bytes) -> str:
-        """
-        The route lookup key for a Host value, "" when it is not a host name.
-
-        Cached: clients repeat themselves, and this runs for every request.
-        """
-        host = self.host_names.get(raw_host)
-        if host is None:
-            if len(self.host_names) >= 4096:
-                self.host_names.clear()
-            valid = _HOST.match(raw_host) is not None
-            host = normalize_host(raw_host.decode("latin-1")) if valid else ""
-            self.host_names[raw_host] = host
-        return host
-
-    def trusts(self, client_ip: str) -> bool:
-        """Whether `client_ip` is a trusted proxy whose X-Forwarded-For is extended."""
-        if not self.settings.trusted_proxies:
-            return False
-        try:
-            address = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self.settings.trusted_proxies)
 
     def seen(self, route: Route) -> None:
         """Note activity on a preview (for sleep_after and ttl)."""

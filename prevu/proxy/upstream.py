@@ -11,7 +11,7 @@ to the same host and port.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httptools
 from twisted.internet.error import ConnectionDone, TimeoutError
@@ -19,10 +19,8 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from prevu.proxy.contracts import UpstreamUser
 from prevu.proxy.fastpath import direct_writer
-
-if TYPE_CHECKING:
-    from prevu.proxy.exchange import Exchange
 
 log = Logger()
 
@@ -40,7 +38,8 @@ class UpstreamConnection(Protocol):
     def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
         self.pool = pool
         self.key = key
-        self.exchange: Exchange | None = None
+        self.exchange: UpstreamUser | None = None
+        self.max_head = pool.max_head
         self.connected_ = False
         self.reused = False
         self.tunnel = False
@@ -71,8 +70,7 @@ class UpstreamConnection(Protocol):
         if self.tunnel:
             exchange = self.exchange
             if exchange is not None:
-                exchange.client.quiet_time = 0.0
-                exchange.client.write(data)
+                exchange.tunnel_received(data)
             return
         exchange = self.exchange
         if exchange is None:
@@ -96,7 +94,7 @@ class UpstreamConnection(Protocol):
         except httptools.HttpParserError as error:
             exchange.upstream_invalid(f"invalid upstream response: {error}")
         else:
-            if not exchange.started and exchange.head_size > exchange.client.max_head:
+            if not exchange.started and exchange.head_size > self.max_head:
                 exchange.upstream_invalid("response head too large")
                 return
             exchange.flush_to_client()
@@ -165,6 +163,7 @@ class UpstreamPool:
         idle_timeout: float = 60.0,
         max_idle: int = 512,
         direct_write: bool = True,
+        max_head: int = 64 * 1024,
     ) -> None:
         self.reactor = reactor
         self.connect_timeout = connect_timeout
@@ -173,8 +172,9 @@ class UpstreamPool:
         self.idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
         self.connects = 0
         self.direct_write = direct_write
+        self.max_head = max_head  # bytes of response head (then of trailers) relayed at most
 
-    def acquire(self, key: tuple[str, int], exchange: Exchange) -> UpstreamConnection:
+    def acquire(self, key: tuple[str, int], exchange: UpstreamUser) -> UpstreamConnection:
         """A connection for `exchange`: an idle one, or a new one being connected."""
         idle = self.idle.get(key)
         while idle:
@@ -226,6 +226,3 @@ class UpstreamPool:
         if key is not None:
             return len(self.idle.get(key, ()))
         return sum(len(v) for v in self.idle.values())
-
-
-Callback = Callable[[], None]

@@ -104,6 +104,8 @@ class FakeGit:
     fail: dict[str, str] = field(factory=dict)
     """workspace → reason: the next fetch into it fails with GitError(reason)."""
     pauses: _Pauses = field(factory=_Pauses)
+    sources: list[GitSource] = field(factory=list)
+    """Every `GitSource` fetched, in order (the credentials a fetch was given)."""
 
     def remote(self, url: str, ref: str, sha: str, files: Mapping[str, str]) -> None:
         self.refs[(url, ref)] = (sha, dict(files))
@@ -124,6 +126,7 @@ class FakeGit:
 
     async def fetch(self, source: GitSource, workspace: str) -> Checkout:
         self.calls.append(("fetch", workspace))
+        self.sources.append(source)
         await self.pauses.wait("fetch")
         if workspace in self.fail:
             raise GitError("fetch", self.fail.pop(workspace))
