@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,45 @@ def destroy(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_pull_request(text: str) -> tuple[str, int]:
+    """`OWNER/REPO#N` (GitLab `group/sub/project#N`) -> (repository, number), else ClientError."""
+    repo, _, number = text.rpartition("#")
+    if "/" not in repo or not number.isdigit() or int(number) < 1:
+        raise ClientError(f"expected OWNER/REPO#NUMBER, got {text!r}")
+    return repo, int(number)
+
+
+def why_lines(trail: list[dict[str, Any]]) -> list[str]:
+    """One line per delivery of a trail: time, forge event and action, SHA, decision, why."""
+    lines = []
+    for entry in trail:
+        event = f"{entry['event']} {entry['action']}".strip()
+        sha = (entry.get("sha") or "")[:12]
+        decision = entry["decision"]
+        why = entry.get("reason") or entry.get("preview") or ""
+        outcome = f" -> {entry['outcome']}" if entry.get("outcome") else ""
+        where = f"{entry['forge']}:{entry['delivery']}"
+        line = f"{entry['at']}  {where}  {event}  {sha}  {decision}"
+        lines.append(f"{line}  {why}{outcome}".rstrip())
+    return lines
+
+
+def why(args: argparse.Namespace) -> int:
+    """`prevu why OWNER/REPO#N`: every delivery of the pull request and what prevu decided."""
+    repo, number = parse_pull_request(args.pull_request)
+    query = urllib.parse.urlencode({"repo": repo, "number": number})
+    trail = call(args, "GET", f"/api/deliveries?{query}")
+    if args.json:
+        print(json.dumps(trail, indent=2))
+        return 0
+    if not trail:
+        print(f"no deliveries recorded for {repo}#{number}")
+        return 0
+    for line in why_lines(trail):
+        print(line)
+    return 0
+
+
 def _git(*command: str, cwd: str) -> str:
     result = subprocess.run(["git", *command], cwd=cwd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -169,7 +209,7 @@ def _common(command: argparse.ArgumentParser) -> None:
 
 
 def add_commands(commands: Any) -> None:
-    """Add `ls`, `destroy` and `up` to the `prevu` argument parser."""
+    """Add `ls`, `destroy`, `why` and `up` to the `prevu` argument parser."""
     ls = commands.add_parser("ls", help="list previews")
     _common(ls)
     ls.add_argument("--json", action="store_true", help="print the API's JSON")
@@ -179,6 +219,14 @@ def add_commands(commands: Any) -> None:
     _common(gone)
     gone.add_argument("name", help="the preview id, as `prevu ls` shows it")
     gone.set_defaults(handler=_run(destroy))
+
+    reasons = commands.add_parser(
+        "why", help="the webhook deliveries of a pull request and what prevu decided"
+    )
+    _common(reasons)
+    reasons.add_argument("pull_request", metavar="OWNER/REPO#N", help="e.g. acme/shop#42")
+    reasons.add_argument("--json", action="store_true", help="print the API's JSON")
+    reasons.set_defaults(handler=_run(why))
 
     deploy = commands.add_parser("up", help="deploy the current git checkout as a preview")
     _common(deploy)

@@ -65,6 +65,18 @@ def preview_label(template: str, repo: str, number: int, branch: str = "", salt:
     return label
 
 
+def network_name(prefix: str, instance: str, preview: str) -> str:
+    """
+    The Docker network of `preview` of the prevu `instance`: `<prefix>-<instance>-<preview>`.
+
+    The instance is part of the name so that two prevus on one engine with the
+    same `[docker] network` prefix and the same preview id (GitHub `acme/app`
+    PR 1 and GitLab `other-team/app` MR 1) never share or remove a network.
+    The preview's container names start with it.
+    """
+    return f"{prefix}-{instance}-{preview}"
+
+
 @frozen
 class PreviewName:
     """A preview's id (its DNS label), host and URL."""

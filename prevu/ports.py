@@ -101,6 +101,14 @@ class Git(Protocol):
         """
         ...
 
+    async def remote_head(self, source: GitSource) -> str:
+        """
+        The SHA `source.ref` of `source.url` is at now (`git ls-remote`), whatever
+        `source.sha` says: what a pull request's head really is when two events
+        disagree. Raises GitError on any failure, a timeout or a missing ref.
+        """
+        ...
+
     async def remove_workspace(self, workspace: str) -> None:
         """Delete the workspace named `workspace`; a missing one is fine."""
         ...
@@ -337,6 +345,50 @@ class Docker(Protocol):
 # --- store ---------------------------------------------------------------------
 
 
+Decision = Literal["queued", "ignored", "duplicate", "refused", "stale", "failed"]
+"""What the webhook handler decided for one delivery (SPEC §6, issue 11)."""
+
+
+@frozen
+class DeliveryEntry:
+    """
+    One verified webhook delivery and the decision about it, for
+    `GET /api/deliveries` and `prevu why`. `at` is epoch seconds; `seq`
+    orders entries (0 before the store numbered it); `outcome` is filled in
+    later (`superseded by <sha>`); `repo`, `number` and `sha` are empty/0 for
+    events that concern no pull request.
+    """
+
+    delivery: str
+    forge: str
+    event: str
+    action: str
+    repo: str
+    number: int
+    sha: str
+    at: float
+    decision: Decision
+    reason: str = ""
+    preview: str = ""
+    outcome: str = ""
+    seq: int = 0
+
+
+@frozen
+class UnverifiedDelivery:
+    """
+    A delivery that failed signature or token verification, recorded without
+    parsing its body: the delivery header, forge, time (epoch s), the peer
+    address and why it was refused. Never attached to a pull request.
+    """
+
+    delivery: str
+    forge: str
+    at: float
+    peer: str
+    reason: str
+
+
 @frozen
 class PreviewRecord:
     """
@@ -416,4 +468,36 @@ class Store(Protocol):
 
     def remember_delivery(self, delivery: str) -> bool:
         """Record a webhook delivery id; False when it was seen before (a redelivery)."""
+        ...
+
+    def record_delivery(self, entry: DeliveryEntry) -> DeliveryEntry:
+        """
+        Append `entry` to the delivery trail (kept to the newest `deliveries_kept`);
+        a queued entry with a SHA marks the PR's earlier queued entries of
+        another SHA `superseded by <sha12>`. Returns it numbered.
+        """
+        ...
+
+    def delivery_trail(self, repo: str = "", number: int = 0) -> list[DeliveryEntry]:
+        """The trail, oldest first; of one repository (case-insensitive) and number when given."""
+        ...
+
+    def record_unverified(self, entry: UnverifiedDelivery) -> bool:
+        """
+        Keep a delivery that failed verification in its own bounded bucket;
+        False (nothing kept) when over the rate limit (60 a minute).
+        """
+        ...
+
+    def unverified_deliveries(self) -> list[UnverifiedDelivery]:
+        """The unverified bucket, oldest first."""
+        ...
+
+    def seen_delivery(self, delivery: str) -> bool:
+        """
+        True when `delivery` was remembered (and not trimmed yet). The webhook
+        handler asks this first and remembers a delivery only once it was acted
+        on, so that an ignored, refused or failed one is processed again when
+        the forge redelivers it.
+        """
         ...

@@ -151,7 +151,7 @@ def build_previews(
     handlers. `builder` is the BuildKit client (None: found on the first build).
     """
     state_dir = os.path.abspath(config.server.state_dir)
-    store = SqliteStore.in_state_dir(state_dir, reactor)
+    store = SqliteStore.in_state_dir(state_dir, reactor, config.server.deliveries_kept)
     client_kwargs = {"base_url": config.docker.host} if config.docker.host else {}
     docker = DockerEngine(
         reactor,

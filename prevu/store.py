@@ -21,10 +21,18 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from attrs import define, field
+from attrs import define, evolve, field
 from twisted.logger import Logger
 
-from prevu.ports import LogLine, LogStream, LogWatcher, PreviewRecord, Store
+from prevu.ports import (
+    DeliveryEntry,
+    LogLine,
+    LogStream,
+    LogWatcher,
+    PreviewRecord,
+    Store,
+    UnverifiedDelivery,
+)
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -63,12 +71,44 @@ CREATE TABLE IF NOT EXISTS deliveries (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries (at);
+CREATE TABLE IF NOT EXISTS delivery_trail (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery TEXT NOT NULL,
+    forge TEXT NOT NULL,
+    event TEXT NOT NULL,
+    action TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    sha TEXT NOT NULL,
+    at REAL NOT NULL,
+    decision TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    preview TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trail_by_pr ON delivery_trail (repo COLLATE NOCASE, number, seq);
+CREATE TABLE IF NOT EXISTS unverified_deliveries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery TEXT NOT NULL,
+    forge TEXT NOT NULL,
+    at REAL NOT NULL,
+    peer TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 """
+DELIVERIES_MIN_AGE = 7 * 24 * 3600.0
+"""Acted-on delivery ids and body digests are kept at least this long (seconds)."""
+UNVERIFIED_KEPT = 1000
+UNVERIFIED_PER_MINUTE = 60
+_TRAIL = (
+    "delivery", "forge", "event", "action", "repo", "number", "sha", "at",
+    "decision", "reason", "preview", "outcome",
+)  # fmt: skip
 _COLUMNS = (
     "id", "repo", "number", "branch", "sha", "status", "url", "host", "error",
     "created_at", "updated_at", "access", "forge", "clone_url", "ref",
     "container", "image", "network", "closed", "data",
-)
+)  # fmt: skip
 _MAX_LINE = 8192
 
 
@@ -97,6 +137,9 @@ class SqliteStore:
     clock: Any
     max_log_lines: int = 20_000
     max_deliveries: int = 10_000
+    """Remembered delivery ids beyond this count are forgotten once older than 7 days."""
+    deliveries_kept: int = 10_000
+    """Entries of the visible delivery trail (`[server] deliveries_kept`)."""
     log: Logger = field(factory=Logger, eq=False)
     _db: sqlite3.Connection = field(init=False, eq=False)
     _watchers: list[LogWatcher] = field(factory=list, init=False, eq=False)
@@ -116,9 +159,10 @@ class SqliteStore:
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @classmethod
-    def in_state_dir(cls, state_dir: str, clock: Any) -> SqliteStore:
-        """The store at `<state_dir>/prevu.sqlite3`."""
-        return cls(os.path.join(state_dir, "prevu.sqlite3"), clock)
+    def in_state_dir(cls, state_dir: str, clock: Any, deliveries_kept: int = 10_000) -> SqliteStore:
+        """The store at `<state_dir>/prevu.sqlite3`, keeping `deliveries_kept` trail entries."""
+        path = os.path.join(state_dir, "prevu.sqlite3")
+        return cls(path, clock, deliveries_kept=deliveries_kept)
 
     def close(self) -> None:
         """Close the database (at shutdown)."""
@@ -183,8 +227,9 @@ class SqliteStore:
             (preview, after, limit),
         ).fetchall()
         return [
-            LogLine(seq=r["seq"], preview=r["preview"], stream=r["stream"], at=r["at"],
-                    line=r["line"])
+            LogLine(
+                seq=r["seq"], preview=r["preview"], stream=r["stream"], at=r["at"], line=r["line"]
+            )
             for r in rows
         ]
 
@@ -211,12 +256,78 @@ class SqliteStore:
             self._trim_deliveries()
         return True
 
+    def seen_delivery(self, delivery: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery,)).fetchone()
+        return row is not None
+
     def _trim_deliveries(self) -> None:
+        # Never before DELIVERIES_MIN_AGE: a redelivery within a week stays a duplicate.
         self._db.execute(
-            "DELETE FROM deliveries WHERE id IN ("
+            "DELETE FROM deliveries WHERE at < ? AND id IN ("
             " SELECT id FROM deliveries ORDER BY at DESC LIMIT -1 OFFSET ?)",
-            (self.max_deliveries,),
+            (float(self.clock.seconds()) - DELIVERIES_MIN_AGE, self.max_deliveries),
         )
+
+    # --- the delivery trail ---------------------------------------------------------
+
+    def record_delivery(self, entry: DeliveryEntry) -> DeliveryEntry:
+        if entry.decision == "queued" and entry.sha and entry.number:
+            self._db.execute(
+                "UPDATE delivery_trail SET outcome = ? WHERE forge = ? AND repo = ? COLLATE NOCASE"
+                " AND number = ? AND decision = 'queued' AND outcome = '' AND sha != ''"
+                " AND sha != ?",
+                (
+                    f"superseded by {entry.sha[:12]}",
+                    entry.forge,
+                    entry.repo,
+                    entry.number,
+                    entry.sha,
+                ),
+            )
+        values = tuple(getattr(entry, name) for name in _TRAIL)
+        columns, marks = ", ".join(_TRAIL), ", ".join("?" * len(_TRAIL))
+        cursor = self._db.execute(
+            f"INSERT INTO delivery_trail ({columns}) VALUES ({marks})", values
+        )
+        self._db.execute(
+            "DELETE FROM delivery_trail WHERE seq <= ?",
+            (int(cursor.lastrowid or 0) - self.deliveries_kept,),
+        )
+        return evolve(entry, seq=int(cursor.lastrowid or 0))
+
+    def delivery_trail(self, repo: str = "", number: int = 0) -> list[DeliveryEntry]:
+        query, args = "SELECT * FROM delivery_trail", list[Any]()
+        if repo:
+            query += " WHERE repo = ? COLLATE NOCASE"
+            args.append(repo)
+            if number:
+                query += " AND number = ?"
+                args.append(number)
+        rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
+        return [DeliveryEntry(**{name: row[name] for name in (*_TRAIL, "seq")}) for row in rows]
+
+    def record_unverified(self, entry: UnverifiedDelivery) -> bool:
+        (recent,) = self._db.execute(
+            "SELECT COUNT(*) FROM unverified_deliveries WHERE at > ?", (entry.at - 60.0,)
+        ).fetchone()
+        if recent >= UNVERIFIED_PER_MINUTE:
+            return False
+        cursor = self._db.execute(
+            "INSERT INTO unverified_deliveries (delivery, forge, at, peer, reason)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (entry.delivery, entry.forge, entry.at, entry.peer, entry.reason),
+        )
+        self._db.execute(
+            "DELETE FROM unverified_deliveries WHERE seq <= ?",
+            (int(cursor.lastrowid or 0) - UNVERIFIED_KEPT,),
+        )
+        return True
+
+    def unverified_deliveries(self) -> list[UnverifiedDelivery]:
+        rows = self._db.execute(
+            "SELECT delivery, forge, at, peer, reason FROM unverified_deliveries ORDER BY seq"
+        ).fetchall()
+        return [UnverifiedDelivery(*row) for row in rows]
 
 
 def _conforms(store: SqliteStore) -> Store:

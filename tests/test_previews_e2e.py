@@ -29,6 +29,7 @@ from prevu.control.api import PreviewsApi
 from prevu.control.app import ControlApp
 from prevu.control.webhooks import Webhooks
 from prevu.forge.github import sign
+from prevu.naming import network_name
 from prevu.orchestrator import Orchestrator, OrchestratorSettings
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import RouteRegistry
@@ -196,8 +197,9 @@ class Stack:
         api = docker_client.api
         found = [c["Names"][0] for c in api.containers(all=True, filters=wanted)]
         found += [n["Name"] for n in api.networks(filters=wanted)]
-        network = f"{self.config.docker.network}-{preview}"
-        found += [n["Name"] for n in api.networks(names=[network]) if n["Name"] == network]
+        prefix = self.config.docker.network
+        for network in (network_name(prefix, instance, preview), f"{prefix}-{preview}"):
+            found += [n["Name"] for n in api.networks(names=[network]) if n["Name"] == network]
         found += [i["Id"] for i in api.images(filters=wanted)]
         workspace = self.tmp / "state" / "workspaces" / preview
         if workspace.exists():
@@ -238,7 +240,8 @@ async def test_pull_request_lifecycle_end_to_end(stack: Stack, docker_client: An
     assert env["PREVU_SHA"] == first and env["PREVU_PR"] == "1"
     assert env["PREVU_HOST"] == host and env["PREVU_REPO"] == REPO
     assert attrs["Config"]["Labels"]["prevu.sha"] == first
-    network = f"{stack.config.docker.network}-pr-1-hello-world"
+    prefix, instance = stack.config.docker.network, stack.orchestrator.instance
+    network = f"{prefix}-{instance}-pr-1-hello-world"
     assert list(attrs["NetworkSettings"]["Networks"]) == [network]
 
     # synchronize while a client polls: every request answers, first old then new content.

@@ -4,10 +4,13 @@ The Docker engine runtime: `prevu.runtime.Runtime` on one Docker host.
 Runs app models with the container-level `prevu.ports.Docker` port (the
 Docker SDK adapter `prevu.adapters.docker.DockerEngine` in production, which
 keeps every SDK call on prevu's own thread pool). One preview gets one bridge
-network `<network>-<preview>`; a service's container is
-`<network>-<preview>-<sha12>-<serial>` (the exposed service) and its image is
+network `<network>-<instance>-<preview>`; a service's container is
+`<network>-<instance>-<preview>-<sha12>-<serial>` (the exposed service) and its image is
 tagged `prevu/<preview>:<sha12>-<serial>`. Only single-service models run
 here for now; a model with more services is refused with a DockerError.
+No object is reused or removed by name alone: a network or container found
+under a preview's name is checked for `prevu.instance` (and `prevu.preview`)
+first, and one of another prevu is refused with a DockerError.
 
 Builds are BuildKit builds (the `Docker` port's `build`, see
 `prevu.adapters.buildkit`), with the model's `target` and the release's build
@@ -32,6 +35,7 @@ from prevu import labels as lb
 from prevu.appmodel import APP, AppModel
 from prevu.config import DockerConfig
 from prevu.errors import DockerError
+from prevu.naming import network_name
 from prevu.ports import BuildRequest, Docker, ExecResult, LogSink, Managed, RunRequest
 from prevu.routing import Upstream
 from prevu.runtime import Built, Deployed, Health, HealthChecker, Observed, Release, Runtime
@@ -103,8 +107,15 @@ class DockerRuntime:
         return removed
 
     def network_of(self, preview: str) -> str:
-        """The bridge network of `preview`."""
-        return f"{self.network}-{preview}"
+        """The bridge network of `preview` (its name carries the instance)."""
+        return network_name(self.network, self.instance, preview)
+
+    def _ensure_ours(self, kind: str, name: str, labels: Mapping[str, str], preview: str) -> None:
+        """Raise DockerError unless the object found under `name` is this instance's `preview`."""
+        if lb.owned(labels, self.instance) != preview:
+            owner = labels.get(lb.INSTANCE) or "nobody (unlabelled)"
+            mine = f"{preview} of {self.instance}"
+            raise DockerError("run", f"{kind} {name} exists and belongs to {owner}, not to {mine}")
 
     @staticmethod
     def _single(model: AppModel) -> None:
@@ -153,8 +164,12 @@ class DockerRuntime:
         revision, image = release.revision, built.image
         network = self.network_of(release.preview)
         name = f"{network}-{revision.short}-{revision.serial}"
-        await self.docker.create_network(network, release.labels)
-        await self.docker.remove_container(name)
+        created = await self.docker.create_network(network, release.labels)
+        self._ensure_ours("network", network, created.labels, release.preview)
+        existing = await self.docker.inspect_container(name)
+        if existing is not None:
+            self._ensure_ours("container", name, existing.labels, release.preview)
+            await self.docker.remove_container(existing.id)
         identity = lb.Identity.from_labels(release.labels)
         request = RunRequest(
             image=image,
@@ -225,9 +240,7 @@ class DockerRuntime:
         for image in owned.images:
             if lb.owned(image.labels, self.instance) == preview:
                 await self.docker.remove_image(image.id)
-        networks = {self.network_of(preview)} | {
-            n.name for n in owned.networks if lb.owned(n.labels, self.instance) == preview
-        }
+        networks = {n.name for n in owned.networks if lb.owned(n.labels, self.instance) == preview}
         for network in sorted(networks):
             await self.docker.remove_network(network)
         if data:

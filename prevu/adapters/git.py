@@ -160,6 +160,24 @@ class GitCli:
     setsid: str = field(factory=lambda: shutil.which("setsid") or "/usr/bin/setsid")
     log: Logger = field(factory=Logger, eq=False)
 
+    async def remote_head(self, source: GitSource) -> str:
+        if source.url.startswith("-") or source.ref.startswith("-"):
+            raise GitError("ls-remote", "URL and ref may not start with '-'")
+        deadline = self.reactor.seconds() + source.timeout
+        secrets = _forms([source.token] if source.token else [], source.username)
+        shown_url = redact_url(source.url)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        output = await self._git(
+            ["ls-remote", "--", source.url, source.ref],
+            deadline, secrets, cwd=self.root, env=self._auth_env(source),
+            what=f"ls-remote {shown_url}",
+        )  # fmt: skip
+        for line in output.splitlines():
+            sha, _, name = line.partition("\t")
+            if name.strip() == source.ref:
+                return sha.strip()
+        raise GitError("ls-remote", f"{source.ref} does not exist at {shown_url}")
+
     async def fetch(self, source: GitSource, workspace: str) -> Checkout:
         path = self._path(workspace)
         if source.url.startswith("-") or source.ref.startswith("-"):

@@ -49,6 +49,8 @@ class PreviewsConfig:
 
     ttl: float = 7 * 86400.0
     sleep_after: float = 30 * 60.0
+    unlisted_grace: float = 3600.0
+    """Seconds a preview of a repository taken out of `[[repos]]` keeps running."""
 
 
 def parse_docker(t: Table) -> DockerConfig:
@@ -94,7 +96,9 @@ def parse_previews(t: Table) -> PreviewsConfig:
     """The `[previews]` table."""
     d = PreviewsConfig()
     config = PreviewsConfig(
-        ttl=t.duration("ttl", d.ttl), sleep_after=t.duration("sleep_after", d.sleep_after)
+        ttl=t.duration("ttl", d.ttl),
+        sleep_after=t.duration("sleep_after", d.sleep_after),
+        unlisted_grace=t.duration("unlisted_grace", d.unlisted_grace),
     )
     t.finish()
     return config

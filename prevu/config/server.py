@@ -43,6 +43,8 @@ class ServerConfig:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body: int = 1 << 30
     timeouts: Timeouts = Timeouts()
+    deliveries_kept: int = 10_000
+    """Entries of the visible webhook delivery trail (`GET /api/deliveries`, `prevu why`)."""
 
     @property
     def public_host(self) -> str:
@@ -102,6 +104,7 @@ def parse_server(t: Table) -> ServerConfig:
             response=timeouts.duration("response", Timeouts().response),
             idle=timeouts.duration("idle", Timeouts().idle),
         ),
+        deliveries_kept=t.integer("deliveries_kept", d.deliveries_kept, minimum=1),
     )
     timeouts.finish()
     t.finish()

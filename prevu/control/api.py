@@ -43,7 +43,7 @@ from prevu.control.responses import (
 from prevu.errors import DockerError, RequestRefused
 from prevu.orchestrator.engine import Receipt
 from prevu.orchestrator.metrics import Metrics
-from prevu.ports import LogLine, PreviewRecord, Store
+from prevu.ports import DeliveryEntry, LogLine, PreviewRecord, Store, UnverifiedDelivery
 from prevu.revisions import SHA_PATTERN
 
 SHA = re.compile(SHA_PATTERN)
@@ -102,6 +102,36 @@ def preview_json(record: PreviewRecord) -> dict[str, Any]:
     }
 
 
+def delivery_json(entry: DeliveryEntry) -> dict[str, Any]:
+    """The API's view of one webhook delivery and its decision (`GET /api/deliveries`)."""
+    return {
+        "seq": entry.seq,
+        "delivery": entry.delivery,
+        "forge": entry.forge,
+        "event": entry.event,
+        "action": entry.action,
+        "repo": entry.repo,
+        "number": entry.number,
+        "sha": entry.sha,
+        "at": _iso(entry.at),
+        "decision": entry.decision,
+        "reason": entry.reason or None,
+        "preview": entry.preview or None,
+        "outcome": entry.outcome or None,
+    }
+
+
+def unverified_json(entry: UnverifiedDelivery) -> dict[str, Any]:
+    """The API's view of a delivery that failed verification (body never parsed)."""
+    return {
+        "delivery": entry.delivery,
+        "forge": entry.forge,
+        "at": _iso(entry.at),
+        "peer": entry.peer,
+        "reason": entry.reason,
+    }
+
+
 def _log_text(line: LogLine) -> str:
     stamp = _iso(line.at) or ""
     return f"{stamp} [{line.stream}] {line.line}"
@@ -142,6 +172,22 @@ class PreviewsApi:
     def list(self, request: Request) -> Answer:
         self.authorize(request)
         return json_answer("ok", [preview_json(r) for r in self.orchestrator.previews()])
+
+    def deliveries(self, request: Request) -> Answer:
+        """`GET /api/deliveries?repo=OWNER/NAME&number=N`: the delivery trail, oldest first."""
+        self.authorize(request)
+        repo, raw = _arg(request, b"repo"), _arg(request, b"number")
+        if raw and not raw.isdigit():
+            raise RequestRefused("malformed", f"number must be a positive integer, got {raw!r}")
+        if raw and not repo:
+            raise RequestRefused("malformed", "number needs repo")
+        trail = self.store.delivery_trail(repo, int(raw or 0))
+        return json_answer("ok", [delivery_json(entry) for entry in trail])
+
+    def unverified(self, request: Request) -> Answer:
+        """`GET /api/deliveries/unverified`: deliveries that failed verification, oldest first."""
+        self.authorize(request)
+        return json_answer("ok", [unverified_json(e) for e in self.store.unverified_deliveries()])
 
     def show(self, request: Request, preview: str) -> Answer:
         self.authorize(request)
@@ -255,6 +301,12 @@ class PreviewsApi:
             (b"content-security-policy", policy),
         )
         return Answer("ok", page.encode(), headers)
+
+
+def _arg(request: Request, name: bytes) -> str:
+    args: Any = request.args or {}
+    values = args.get(name) or [b""]
+    return str(values[0].decode("utf-8", "replace"))
 
 
 def _has_arg(request: Request, name: bytes) -> bool:

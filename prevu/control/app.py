@@ -121,6 +121,14 @@ class ControlApp:
     def webhook(self, request: Request, forge: str) -> bytes:
         return send(request, _need(self.webhooks, "webhooks").receive(request, forge))
 
+    @app.route("/api/deliveries", methods=["GET"])
+    def api_deliveries(self, request: Request) -> bytes:
+        return send(request, _need(self.previews, "the API").deliveries(request))
+
+    @app.route("/api/deliveries/unverified", methods=["GET"])
+    def api_unverified(self, request: Request) -> bytes:
+        return send(request, _need(self.previews, "the API").unverified(request))
+
     @app.route("/api/previews", methods=["GET"])
     def api_list(self, request: Request) -> bytes:
         return send(request, _need(self.previews, "the API").list(request))

@@ -3,8 +3,11 @@ The webhook endpoint, `POST /webhooks/<forge>`, for every forge of the registry.
 
 Answer fast and never wait for git or Docker: the body is checked (size,
 then the forge's signature or token), parsed by the forge into a typed event,
-de-duplicated by delivery id and body, filtered by `[[repos]]`, and handed to
-the orchestrator, which only records the event and schedules its jobs. What
+filtered by `[[repos]]` (a close never is), and handed to the orchestrator,
+which only records the event and schedules its jobs. A delivery id or body
+that was acted on before is a duplicate; one is remembered only AFTER it was
+acted on, so an ignored delivery, or one answered 5xx, is processed again when
+the forge redelivers it (GitHub's "Redeliver" is the user's recovery tool). What
 differs between forges lives in `prevu/forge/<name>.py`; this module knows
 none by name. Outcomes (the control app maps them to SPEC §4's codes):
 
@@ -19,7 +22,8 @@ none by name. Outcomes (the control app maps them to SPEC §4's codes):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from attrs import define, field
@@ -31,9 +35,10 @@ from prevu.control.responses import STATUS, Answer, header, json_answer
 from prevu.errors import RequestRefused
 from prevu.forge import policy
 from prevu.forge.base import Delivery, Forge
-from prevu.forge.events import ForgeEvent, Ignored, Ping
+from prevu.forge.events import ApproveCommand, ForgeEvent, Ignored, Ping, PullRequestEvent
 from prevu.forge.registry import webhook_forge
 from prevu.orchestrator.metrics import Metrics
+from prevu.ports import Decision, DeliveryEntry, UnverifiedDelivery
 
 MAX_WEBHOOK_BODY = 25 << 20
 """GitHub caps payloads at 25 MB; anything bigger is not a real delivery."""
@@ -65,6 +70,12 @@ class Deliveries(Protocol):
     """What the webhooks need of the store."""
 
     def remember_delivery(self, delivery: str) -> bool: ...
+
+    def seen_delivery(self, delivery: str) -> bool: ...
+
+    def record_delivery(self, entry: DeliveryEntry) -> DeliveryEntry: ...
+
+    def record_unverified(self, entry: UnverifiedDelivery) -> bool: ...
 
 
 def read_body(request: Request, limit: int) -> bytes:
@@ -100,6 +111,8 @@ class Webhooks:
     metrics: Metrics = field(factory=Metrics)
     max_body: int = MAX_WEBHOOK_BODY
     log: Logger = field(factory=Logger)
+    clock: Callable[[], float] = time.time
+    """Epoch seconds of the delivery records."""
 
     def receive(self, request: Request, name: str) -> Answer:
         """POST /webhooks/<name>."""
@@ -114,6 +127,7 @@ class Webhooks:
             delivery = Delivery(_headers(request), read_body(request, self.max_body))
             refused = forge.verify(secret, delivery)
             if refused is not None:
+                self._unverified(request, label, delivery, refused)
                 raise RequestRefused("unauthenticated", refused)
             event = forge.parse(delivery)
         except RequestRefused as error:
@@ -121,6 +135,39 @@ class Webhooks:
         return self._handle(forge, event, delivery.body)
 
     # --- steps ------------------------------------------------------------------
+
+    def _unverified(self, request: Request, forge: str, delivery: Delivery, reason: str) -> None:
+        """Keep a delivery that failed verification in its own bucket; its body is never parsed."""
+        ids = ("x-github-delivery", "x-gitlab-event-uuid", "x-gitlab-webhook-uuid")
+        delivery_id = next((delivery.headers[h] for h in ids if delivery.headers.get(h)), "")
+        address = request.getClientAddress()
+        peer = str(getattr(address, "host", "") or "")
+        entry = UnverifiedDelivery(delivery_id[:200], forge, self.clock(), peer, reason)
+        self.store.record_unverified(entry)
+
+    def _record(
+        self,
+        forge: str,
+        event: ForgeEvent,
+        decision: Decision,
+        reason: str | None = None,
+        preview: str | None = None,
+    ) -> None:
+        """Add the delivery and its decision to the trail (`GET /api/deliveries`, `prevu why`)."""
+        kind, action, repo, number, sha = "other", "", "", 0, ""
+        if isinstance(event, PullRequestEvent):
+            pr = event.pull_request
+            kind, action = "pull_request", event.raw_action or event.action
+            repo, number, sha = pr.repo, pr.number, pr.sha
+        elif isinstance(event, ApproveCommand):
+            kind, action, repo, number = "comment", "approve", event.repo, event.number
+        elif isinstance(event, Ping):
+            kind = "ping"
+        entry = DeliveryEntry(
+            event.delivery, forge, kind, action, repo, number, sha, self.clock(), decision,
+            reason or "", preview or "",
+        )  # fmt: skip
+        self.store.record_delivery(entry)
 
     def _refuse(self, forge: str, error: RequestRefused) -> RequestRefused:
         # The metric keeps the status code as its label (docs/api.md), read from the one table.
@@ -143,24 +190,40 @@ class Webhooks:
         delivery = event.delivery
         body: dict[str, Any]
         if isinstance(event, Ping):
+            self._record(name, event, "ignored", "ping")
             body = {"status": "pong", "delivery": delivery}
             return self._answer(name, "ping", body, False)
         if isinstance(event, Ignored):
+            self._record(name, event, "ignored", event.reason)
             body = {"status": "ignored", "reason": event.reason, "delivery": delivery}
             return self._answer(name, "ignored", body, False)
         # The delivery id is not covered by GitHub's signature: a captured
         # delivery replayed under a new id is recognised by its body.
+        # Remembered only once acted on: an ignored delivery, or one that
+        # failed before its decision (5xx), is processed again when redelivered.
         digest = hashlib.sha256(raw).hexdigest()
-        fresh_id = self.store.remember_delivery(f"{name}:{delivery}")
-        fresh_body = self.store.remember_delivery(f"{name}:sha256:{digest}")
-        if not (fresh_id and fresh_body):
+        keys = (f"{name}:{delivery}", f"{name}:sha256:{digest}")
+        if any(self.store.seen_delivery(key) for key in keys):
+            self._record(name, event, "duplicate", "already acted on")
             body = {"status": "duplicate", "reason": "already handled", "delivery": delivery}
             return self._answer(name, "duplicate", body, False)
         decision = policy.decide(self.config, event)
-        receipt = self.orchestrator.apply(decision)
+        try:
+            receipt = self.orchestrator.apply(decision)
+        except Exception as error:
+            self._record(name, event, "failed", f"{type(error).__name__}: {error}")
+            raise
         if receipt.status == "ignored":
+            stale = (receipt.reason or "").startswith("stale")
+            self._record(name, event, "stale" if stale else "ignored", receipt.reason)
             body = {"status": "ignored", "reason": receipt.reason, "delivery": delivery}
             return self._answer(name, "ignored", body, False)
+        if isinstance(decision, policy.Deny):  # refused: processed again when redelivered
+            self._record(name, event, "refused", decision.reason, receipt.preview)
+        else:
+            self._record(name, event, "queued", None, receipt.preview)
+            for key in keys:
+                self.store.remember_delivery(key)
         self.log.info(
             "{forge} delivery {delivery} queued for preview {preview}",
             forge=name,

@@ -9,7 +9,8 @@ payload dict.
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from attrs import field, frozen, validators
 
@@ -61,6 +62,36 @@ class PullRequest:
     author: str = ""
     open: bool = True
     """False when the forge already reports the pull request closed or merged."""
+    updated_at: float | None = None
+    """
+    When the forge last changed the pull request (epoch seconds; GitHub
+    `pull_request.updated_at`, GitLab `object_attributes.updated_at`), or None
+    when the payload does not say. Orders the events of one pull request.
+    """
+
+
+def forge_time(value: Any) -> float | None:
+    """
+    Epoch seconds of a forge timestamp, or None when `value` is not one.
+
+    Reads ISO 8601 (`2019-05-15T15:21:18Z`, `...+02:00`, GitHub and GitLab's
+    documentation) and GitLab's webhook form `2013-12-03 17:23:34 UTC`. A
+    time without a zone is taken as UTC.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    if text.endswith(" UTC"):
+        text = text[:-4] + "+00:00"
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 @frozen

@@ -28,6 +28,7 @@ from prevu.forge.events import (
     PullRequestAction,
     PullRequestEvent,
     command_event,
+    forge_time,
 )
 
 SIGNATURE_PREFIX = "sha256="
@@ -99,6 +100,7 @@ def pull_request(data: Mapping[str, Any]) -> PullRequest:
         title=str(pr.get("title") or ""),
         author=str((pr.get("user") or {}).get("login") or ""),
         open=pr.get("state", "open") == "open",
+        updated_at=forge_time(pr.get("updated_at")),
     )
 
 

@@ -29,6 +29,7 @@ from prevu.forge.events import (
     PullRequestAction,
     PullRequestEvent,
     command_event,
+    forge_time,
 )
 
 MERGE_REQUEST_ACTIONS: Mapping[str, PullRequestAction] = {
@@ -90,6 +91,7 @@ def merge_request(data: Mapping[str, Any]) -> PullRequest:
         title=str(attributes.get("title") or ""),
         author=str((data.get("user") or {}).get("username") or ""),
         open=attributes.get("state", "opened") in ("opened", "reopened"),
+        updated_at=forge_time(attributes.get("updated_at")),
     )
 
 

@@ -78,8 +78,17 @@ def repo_settings(config: Config, repo: str) -> RepoConfig | None:
 
 
 def decide(config: Config, event: PullRequestEvent | ApproveCommand) -> Decision:
-    """The decision for one verified event."""
+    """
+    The decision for one verified event.
+
+    A close is never gated by policy (issue 11): it is a Destroy whatever
+    `[[repos]]`, `trigger` or the fork rules say now, so that a preview
+    started before the repository was unlisted (or renamed) is torn down at
+    once; the orchestrator ignores it when prevu runs no preview for the PR.
+    """
     repo = event.repo
+    if isinstance(event, PullRequestEvent) and event.action == "close":
+        return _close(event)
     settings = repo_settings(config, repo)
     if settings is None:
         return Skip(f"repository {repo} is not listed in [[repos]]")
@@ -99,11 +108,16 @@ def _approve(event: ApproveCommand, settings: RepoConfig) -> Decision:
     return Approve(event.forge, event.repo, event.number, event.commenter)
 
 
+def _close(event: PullRequestEvent) -> Destroy:
+    merged = event.raw_action == "merge"
+    reason = "merge request merged" if merged else "pull request closed"
+    return Destroy(event.pull_request, reason)
+
+
 def _pull_request(event: PullRequestEvent, settings: RepoConfig) -> Decision:
     pr = event.pull_request
     if event.action == "close":
-        merged = event.raw_action == "merge"
-        return Destroy(pr, "merge request merged" if merged else "pull request closed")
+        return _close(event)
     if not pr.open:
         return Skip(f"pull request {pr.number} is already closed")
     labelled = PREVIEW_LABEL in {label.lower() for label in pr.labels}

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from prevu import lifecycle as lc
 from prevu.config import RepoConfig
+from prevu.errors import GitError
 from prevu.forge import policy
 from prevu.forge.events import PullRequest
 from prevu.orchestrator import records
@@ -31,7 +32,7 @@ from prevu.orchestrator.metrics import Metrics
 from prevu.orchestrator.reconciler import Reconciler
 from prevu.orchestrator.registry import Registry, Slot
 from prevu.orchestrator.settings import OrchestratorSettings
-from prevu.ports import Git, PreviewRecord, Store
+from prevu.ports import Git, GitSource, PreviewRecord, Store
 from prevu.routing import Route, RouteRegistry
 from prevu.runtime import Runtime
 
@@ -135,27 +136,44 @@ class Orchestrator:
         return Receipt("queued", slot.id, slot.name.url)
 
     def apply(self, decision: policy.Decision) -> Receipt:
-        """Carry out a webhook decision; never waits for git or the engine."""
+        """
+        Carry out a webhook decision; never waits for git or the engine.
+
+        Events of one pull request are ordered by the forge's `updated_at`:
+        one older than an event already applied is stale and ignored (a late
+        `synchronize` of an older commit never cancels a newer build; a late
+        `opened` never revives a pull request closed after it), and an open
+        view newer than the forge's close revives the preview (it was reopened
+        since, whatever the order its deliveries come in).
+        """
+        stale = self._stale(decision)
+        if stale is not None:
+            return stale
         match decision:
             case policy.Skip(reason=reason):
                 return Receipt("ignored", reason=reason)
             case policy.Deploy(pull_request=pr):
                 slot = self.registry.slot_for(pr, decision.settings.access, self.clock.seconds())
                 self.jobs.trust(slot, pr.fork and decision.settings.forks == "allow")
-                room, limit = self.registry.has_room(slot), self.settings.max_previews
-                event = lc.Deploy(
-                    pr.sha, pr.branch, decision.gate, decision.revive, room=room, limit=limit
-                )
-                self.feed(slot, event)
+                if slot.tied(pr):
+                    self.driver.background(self._deploy_head(slot, decision))
+                    return self._receipt(slot)
+                revive = decision.revive or slot.reopened(pr)
+                slot.saw(pr)
+                self.feed(slot, self._deploy(slot, decision, pr.sha, revive))
                 return self._receipt(slot)
             case policy.Deny(pull_request=pr):
                 slot = self.registry.slot_for(pr, decision.settings.access, self.clock.seconds())
+                slot.saw(pr)
                 self.feed(slot, lc.Deny(pr.sha, pr.branch, decision.reason))
                 return self._receipt(slot)
             case policy.Destroy(pull_request=pr):
                 found = self.registry.find(pr.forge, pr.repo, pr.number)
                 if found is None:
+                    self.registry.note_close(pr)
                     return Receipt("ignored", reason=f"no preview for {pr.repo}#{pr.number}")
+                found.saw(pr)
+                found.forge_closed = pr.updated_at
                 self.feed(found, lc.Close(decision.reason))
                 return self._receipt(found)
             case policy.Approve():
@@ -166,6 +184,53 @@ class Orchestrator:
                 self.feed(found, lc.Approve(decision.by))
                 return self._receipt(found)
         raise AssertionError(f"unknown decision {decision!r}")
+
+    def _deploy(self, slot: Slot, decision: policy.Deploy, sha: str, revive: bool) -> lc.Deploy:
+        room, limit = self.registry.has_room(slot), self.settings.max_previews
+        branch = decision.pull_request.branch
+        return lc.Deploy(sha, branch, decision.gate, revive, room=room, limit=limit)
+
+    async def _deploy_head(self, slot: Slot, decision: policy.Deploy) -> None:
+        """
+        Two events as new as each other disagree on the head: ask the repository
+        what `refs/pull/N/head` is now (never on the webhook's path) and deploy
+        that; nothing changes when the target is the head already.
+        """
+        pr = decision.pull_request
+        source = GitSource(
+            url=slot.clone_url,
+            ref=slot.ref,
+            sha=pr.sha,
+            token=self.settings.clone_token(pr.forge),
+            timeout=self.settings.fetch_timeout,
+        )
+        try:
+            head = await self.git.remote_head(source)
+        except GitError as error:
+            self.store.append_log(slot.id, "system", f"cannot read {slot.ref}: {error}")
+            head = pr.sha
+        target = slot.state.target
+        line = f"events disagree on the head ({pr.sha[:12]}); {slot.ref} is at {head[:12]}"
+        self.store.append_log(slot.id, "system", line)
+        if (target is not None and target.sha == head) or slot.state.closed:
+            return
+        self.feed(slot, self._deploy(slot, decision, head, decision.revive))
+
+    def _stale(self, decision: policy.Decision) -> Receipt | None:
+        """An `ignored` receipt for a decision made from a stale event, else None."""
+        if not isinstance(decision, policy.Deploy | policy.Deny | policy.Destroy):
+            return None
+        pr = decision.pull_request
+        if not self.registry.stale(pr):
+            return None
+        slot = self.registry.find(pr.forge, pr.repo, pr.number)
+        reason = (
+            f"stale: {pr.repo}#{pr.number} at {pr.sha[:12]} is older than an event "
+            "already applied (the forge's updated_at)"
+        )
+        if slot is None:
+            return Receipt("ignored", reason=reason)
+        return Receipt("ignored", slot.id, slot.name.url, reason)
 
     def deploy_local(
         self, repo: str, branch: str, sha: str, clone_url: str, access: str | None = None

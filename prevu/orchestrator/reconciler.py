@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from prevu import lifecycle as lc
 from prevu.errors import DockerError, DockerUnavailable
 from prevu.orchestrator.driver import Driver
 from prevu.orchestrator.metrics import Metrics
@@ -40,6 +41,8 @@ class Reconciler:
     log: Logger = field(factory=Logger)
     _loop: LoopingCall | None = None
     _running: Deferred[None] | None = None
+    _unlisted: dict[str, float] = field(factory=dict)
+    """Preview id → when a pass first found its repository out of `[[repos]]`."""
 
     def start(self) -> None:
         """Reconcile every `reconcile_interval` from now on."""
@@ -75,6 +78,27 @@ class Reconciler:
             self._running = None
             done.callback(None)
 
+    def _close_unlisted(self) -> None:
+        """
+        Close the previews of repositories no longer in `[[repos]]` once they have
+        been unlisted for `unlisted_grace` seconds (counted from the first pass
+        that found them so; a repository listed again keeps its previews).
+        """
+        listed, now = self.settings.listed, self.clock.seconds()
+        for slot in self.registry:
+            repo = slot.identity.repo
+            served = listed is None or slot.identity.forge == "local" or repo.lower() in listed
+            if served or slot.state.closed:
+                self._unlisted.pop(slot.id, None)
+                continue
+            since = self._unlisted.setdefault(slot.id, now)
+            grace = self.settings.unlisted_grace
+            if now - since >= grace:
+                self._unlisted.pop(slot.id, None)
+                reason = f"repository {repo} is no longer in [[repos]] (unlisted_grace {grace:g}s)"
+                self.log.info("closing {preview}: {reason}", preview=slot.id, reason=reason)
+                self.driver.feed(slot, lc.Close(reason))
+
     async def _once(self) -> None:
         epochs = {slot.id: slot.epoch for slot in self.registry}
         observed = await self.runtime.list_owned()
@@ -83,6 +107,7 @@ class Reconciler:
             slot.id: SlotView(slot.state, settled=slot.epoch == epochs.get(slot.id))
             for slot in self.registry
         }
+        self._close_unlisted()
         result = plan(observed, views, workspaces, self.settings.instance)
         for preview, event in result.events:
             slot = self.registry.get(preview)

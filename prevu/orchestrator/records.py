@@ -131,6 +131,10 @@ def encode(slot: Slot, settings: OrchestratorSettings) -> PreviewRecord:
     data = {"state": json.dumps(state_to_json(state), sort_keys=True)}
     if state.detail:
         data["detail"] = state.detail
+    if slot.forge_seen:
+        data["forge_seen"] = repr(slot.forge_seen)
+    if slot.forge_closed is not None:
+        data["forge_closed"] = repr(slot.forge_closed)
     return PreviewRecord(
         id=slot.id,
         repo=slot.identity.repo,
@@ -207,4 +211,13 @@ def restore(record: PreviewRecord, settings: OrchestratorSettings) -> Slot:
         record.created_at,
         record.updated_at,
         after_restart(decode(record)),
+        forge_seen=_float(record.data.get("forge_seen")),
+        forge_closed=_float(record.data["forge_closed"]) if "forge_closed" in record.data else None,
     )
+
+
+def _float(text: str | None) -> float:
+    try:
+        return float(text) if text else 0.0
+    except ValueError:
+        return 0.0

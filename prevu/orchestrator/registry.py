@@ -25,6 +25,7 @@ from prevu.orchestrator.settings import OrchestratorSettings
 from prevu.runtime import Built
 
 T = TypeVar("T")
+CLOSED_UNKNOWN_KEPT = 10_000
 Access = Literal["private", "public"]
 
 
@@ -83,6 +84,49 @@ class Slot:
     epoch: int = 0
     mailbox: deque[lc.Event] = field(factory=deque)
     busy: bool = False
+    forge_seen: float = 0.0
+    """The newest forge `updated_at` (epoch seconds) of the events applied to this PR."""
+    forge_closed: float | None = None
+    """The forge `updated_at` of the close applied last (None: not closed by the forge)."""
+
+    def stale(self, pr: PullRequest) -> bool:
+        """True when `pr` (an event's view) is older than an event already applied."""
+        return pr.updated_at is not None and pr.updated_at < self.forge_seen
+
+    def reopened(self, pr: PullRequest) -> bool:
+        """
+        True when the slot was closed by the forge and `pr`, an open view of
+        it, is newer than that close: the pull request was reopened since (its
+        `reopened` delivery may be late or lost).
+        """
+        closed_at = self.forge_closed
+        return (
+            self.state.closed
+            and pr.open
+            and closed_at is not None
+            and pr.updated_at is not None
+            and pr.updated_at > closed_at
+        )
+
+    def tied(self, pr: PullRequest) -> bool:
+        """
+        True when `pr` is as new as the newest event applied (the forge's
+        `updated_at` has a one-second resolution) but names another SHA than
+        the target: only the repository can tell which is the head.
+        """
+        target = self.state.target
+        return (
+            pr.updated_at is not None
+            and pr.updated_at == self.forge_seen
+            and target is not None
+            and target.sha != pr.sha
+            and not self.state.closed
+        )
+
+    def saw(self, pr: PullRequest) -> None:
+        """Note that an event with `pr`'s `updated_at` was applied."""
+        if pr.updated_at is not None:
+            self.forge_seen = max(self.forge_seen, pr.updated_at)
 
     @property
     def id(self) -> str:
@@ -100,6 +144,8 @@ class Registry:
     settings: OrchestratorSettings
     _slots: dict[str, Slot] = field(factory=dict)
     _keys: dict[tuple[str, str, int], str] = field(factory=dict)
+    _closed_unknown: dict[tuple[str, str, int], float] = field(factory=dict)
+    """Closes of pull requests without a slot (key → forge updated_at); bounded, in memory."""
 
     def __iter__(self) -> Iterator[Slot]:
         return iter(list(self._slots.values()))
@@ -121,6 +167,23 @@ class Registry:
         preview = self._keys.get((forge, repo.lower(), number))
         return self._slots.get(preview) if preview else None
 
+    def note_close(self, pr: PullRequest) -> None:
+        """Remember a close of a pull request that has no slot, so older events stay stale."""
+        if pr.updated_at is None:
+            return
+        key = (pr.forge, pr.repo.lower(), pr.number)
+        self._closed_unknown[key] = max(self._closed_unknown.get(key, 0.0), pr.updated_at)
+        while len(self._closed_unknown) > CLOSED_UNKNOWN_KEPT:
+            del self._closed_unknown[next(iter(self._closed_unknown))]
+
+    def stale(self, pr: PullRequest) -> bool:
+        """True when `pr` (an event's view) is older than what prevu knows of the PR."""
+        slot = self.find(pr.forge, pr.repo, pr.number)
+        if slot is not None:
+            return slot.stale(pr)
+        closed = self._closed_unknown.get((pr.forge, pr.repo.lower(), pr.number))
+        return closed is not None and pr.updated_at is not None and pr.updated_at <= closed
+
     def has_room(self, slot: Slot) -> bool:
         """True when `slot` holds resources already or fewer than `max_previews` do."""
         if slot.state.active:
@@ -140,17 +203,36 @@ class Registry:
                 return slot.identity.number
         return max((slot.identity.number for slot in local), default=0) + 1
 
+    def free_label(self, forge: str, repo: str, number: int, branch: str) -> str:
+        """
+        A preview id no slot holds, for the pull request (`forge`, `repo`, `number`).
+
+        The template's label when it is free; else the label salted with the
+        pull request's own key (forge, lower-cased repository, number), so that
+        two pull requests the template cannot tell apart (`{branch}` with
+        `fix/login` and `fix_login`, two repositories that fold alike, unicode
+        folded away) never share an id, a host or a Docker object name. A salted
+        label that is taken too (a 24-bit hash collision) is salted again with
+        a counter. Ids of slots restored from the store are never recomputed:
+        the host of a running preview does not change.
+        """
+        template = self.settings.label_template
+        label = preview_label(template, repo, number, branch)
+        key = f"{forge}:{repo.lower()}#{number}"
+        attempt = 0
+        while label in self._slots:
+            salt = key if attempt == 0 else f"{key}/{attempt}"
+            label = preview_label(template, repo, number, branch, salt=salt)
+            attempt += 1
+        return label
+
     def slot_for(self, pr: PullRequest, access: Access, now: float) -> Slot:
         """The pull request's slot, made (and named) on its first deploy."""
         slot = self.find(pr.forge, pr.repo, pr.number)
         if slot is not None:
             slot.clone_url, slot.ref, slot.branch = pr.clone_url, pr.ref, pr.branch
             return slot
-        template = self.settings.label_template
-        label = preview_label(template, pr.repo, pr.number, pr.branch)
-        if label in self._slots:
-            salt = f"{pr.forge}:{pr.repo}"
-            label = preview_label(template, pr.repo, pr.number, pr.branch, salt=salt)
+        label = self.free_label(pr.forge, pr.repo, pr.number, pr.branch)
         identity = Identity(self.settings.instance, label, pr.repo, pr.number, pr.forge)
         slot = Slot(
             identity, self.settings.name(label), pr.branch, pr.clone_url, pr.ref, access, now, now

@@ -20,7 +20,7 @@ from prevu.endpoints import endpoint_port
 from prevu.forge.base import Credentials
 from prevu.forge.registry import FORGES, clone_credentials
 from prevu.instance import load_or_create as load_instance
-from prevu.naming import PreviewName
+from prevu.naming import PreviewName, network_name
 from prevu.repoconfig import Limits
 
 Access = Literal["private", "public"]
@@ -96,6 +96,10 @@ class OrchestratorSettings:
     """`previews.ttl`: a repository's build cache image goes after so long without a preview."""
     secret_values: tuple[str, ...] = field(default=(), repr=False)
     """Every `secrets` value and build secret's contents: masked in preview logs."""
+    listed: frozenset[str] | None = None
+    """Lower-cased `[[repos]]` names; None when there is no list (every repository is served)."""
+    unlisted_grace: float = 3600.0
+    """Seconds before the reconcile closes a preview of a repository no longer listed."""
 
     @classmethod
     def from_config(cls, config: Config, **overrides: Any) -> OrchestratorSettings:
@@ -124,6 +128,8 @@ class OrchestratorSettings:
             "repo_build_secrets": {
                 repo.name.lower(): dict(repo.build_secrets) for repo in config.repos
             },
+            "listed": frozenset(r.name.lower() for r in config.repos) if config.repos else None,
+            "unlisted_grace": config.previews.unlisted_grace,
         }
         values.update(overrides)
         return cls(**values)
@@ -143,5 +149,5 @@ class OrchestratorSettings:
         return credentials.username if credentials else "x-access-token"
 
     def network_of(self, preview: str) -> str:
-        """The name of the preview's network (kept in its record)."""
-        return f"{self.network}-{preview}"
+        """The name of the preview's network (kept in its record), carrying the instance."""
+        return network_name(self.network, self.instance, preview)

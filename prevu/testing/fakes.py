@@ -30,6 +30,7 @@ from prevu.ports import (
     BuildRequest,
     Checkout,
     ContainerInfo,
+    DeliveryEntry,
     Docker,
     ExecResult,
     Git,
@@ -46,6 +47,7 @@ from prevu.ports import (
     RunningContainer,
     RunRequest,
     Store,
+    UnverifiedDelivery,
     VolumeInfo,
 )
 from prevu.runtime import HealthChecker, Runtime
@@ -113,6 +115,14 @@ class FakeGit:
 
     def release(self, operation: str = "fetch") -> None:
         self.pauses.release(operation)
+
+    async def remote_head(self, source: GitSource) -> str:
+        self.calls.append(("remote_head", source.ref))
+        await self.pauses.wait("remote_head")
+        found = self.refs.get((source.url, source.ref))
+        if found is None:
+            raise GitError("ls-remote", f"{source.ref} does not exist")
+        return found[0]
 
     async def fetch(self, source: GitSource, workspace: str) -> Checkout:
         self.calls.append(("fetch", workspace))
@@ -341,6 +351,8 @@ class FakeStore:
     logs: list[LogLine] = field(factory=list)
     deliveries: set[str] = field(factory=set)
     watchers: list[LogWatcher] = field(factory=list)
+    trail: list[DeliveryEntry] = field(factory=list)
+    unverified: list[UnverifiedDelivery] = field(factory=list)
 
     def list_previews(self) -> list[PreviewRecord]:
         return sorted(self.previews.values(), key=lambda r: (r.created_at, r.id))
@@ -380,6 +392,42 @@ class FakeStore:
             return False
         self.deliveries.add(delivery)
         return True
+
+    def seen_delivery(self, delivery: str) -> bool:
+        return delivery in self.deliveries
+
+    def record_delivery(self, entry: DeliveryEntry) -> DeliveryEntry:
+        if entry.decision == "queued" and entry.sha and entry.number:
+            for i, old in enumerate(self.trail):
+                same = (old.forge, old.repo.lower(), old.number) == (
+                    entry.forge,
+                    entry.repo.lower(),
+                    entry.number,
+                )
+                if (
+                    same
+                    and old.decision == "queued"
+                    and not old.outcome
+                    and old.sha not in ("", entry.sha)
+                ):
+                    self.trail[i] = evolve(old, outcome=f"superseded by {entry.sha[:12]}")
+        numbered = evolve(entry, seq=len(self.trail) + 1)
+        self.trail.append(numbered)
+        return numbered
+
+    def delivery_trail(self, repo: str = "", number: int = 0) -> list[DeliveryEntry]:
+        return [
+            e
+            for e in self.trail
+            if (not repo or e.repo.lower() == repo.lower()) and (not number or e.number == number)
+        ]
+
+    def record_unverified(self, entry: UnverifiedDelivery) -> bool:
+        self.unverified.append(entry)
+        return True
+
+    def unverified_deliveries(self) -> list[UnverifiedDelivery]:
+        return list(self.unverified)
 
     def lines(self, preview: str) -> list[str]:
         """Just the text of a preview's log lines (for assertions)."""
