@@ -171,7 +171,13 @@ def build_previews(
     )
     git = GitCli(reactor, os.path.join(state_dir, "workspaces"), pool)
     orchestrator = Orchestrator(settings, reactor, routes, runtime, git, store)
-    webhooks = Webhooks(config, orchestrator, store, orchestrator.metrics)
+    webhooks = Webhooks(
+        config,
+        orchestrator,
+        store,
+        orchestrator.metrics,
+        installations=github.remember_installation if github is not None else None,
+    )
     api = PreviewsApi(config, orchestrator, store, docker, orchestrator.metrics)
     services: tuple[Service, ...] = (_StoreService(store), OrchestratorService(orchestrator))
     feedback = build_feedback(config, reactor, orchestrator.watch, store, api=github)

@@ -409,3 +409,16 @@ def test_refusals_are_counted_by_status_code(client: Client) -> None:
     code, _, text = client.api_call("GET", "/metrics")
     assert code == 200
     assert b'prevu_webhooks_total{forge="github",result="401"} 1' in text
+
+
+def test_a_github_app_delivery_names_its_installation(client: Client) -> None:
+    """A delivery from a GitHub App hands (repo, installation.id) on; others hand nothing."""
+    told: list[tuple[str, int]] = []
+    client.webhooks.installations = lambda repo, installation: told.append((repo, installation))
+    publish(client)
+    plain = fixture_bytes("github/pull_request-opened.json", installation=None)
+    assert client.github("pull_request", plain, delivery="d-plain")[0] == 202
+    assert told == []
+    from_app = fixture_bytes("github/pull_request-opened.json", installation={"id": 4242})
+    assert client.github("pull_request", from_app, delivery="d-app")[0] in (200, 202)
+    assert told == [("Codertocat/Hello-World", 4242)]

@@ -113,6 +113,8 @@ class Webhooks:
     log: Logger = field(factory=Logger)
     clock: Callable[[], float] = time.time
     """Epoch seconds of the delivery records."""
+    installations: Callable[[str, int], None] | None = None
+    """Told (repo, installation id) of each verified GitHub App delivery (saves a look-up)."""
 
     def receive(self, request: Request, name: str) -> Answer:
         """POST /webhooks/<name>."""
@@ -132,9 +134,16 @@ class Webhooks:
             event = forge.parse(delivery)
         except RequestRefused as error:
             raise self._refuse(label, error) from None
+        if isinstance(event, PullRequestEvent):
+            self._remember_installation(event)
         return self._handle(forge, event, delivery.body)
 
     # --- steps ------------------------------------------------------------------
+
+    def _remember_installation(self, event: PullRequestEvent) -> None:
+        """Hand a GitHub App delivery's installation on, so no look-up is needed for it."""
+        if event.installation is not None and self.installations is not None:
+            self.installations(event.repo, event.installation)
 
     def _unverified(self, request: Request, forge: str, delivery: Delivery, reason: str) -> None:
         """Keep a delivery that failed verification in its own bucket; its body is never parsed."""

@@ -102,6 +102,8 @@ class PullRequestEvent:
     action: PullRequestAction
     pull_request: PullRequest
     raw_action: str = ""
+    installation: int | None = None
+    """The GitHub App installation that sent it (`installation.id`), when one did."""
 
     @property
     def forge(self) -> ForgeName:

@@ -76,7 +76,14 @@ def _pull_request_event(delivery: str, data: Mapping[str, Any]) -> ForgeEvent:
     action = PULL_REQUEST_ACTIONS.get(raw_action)
     if action is None:
         return Ignored(delivery, "github", f"pull_request action {raw_action!r} is not used")
-    return PullRequestEvent(delivery, action, pull_request(data), raw_action)
+    installation = (data.get("installation") or {}).get("id")
+    return PullRequestEvent(
+        delivery,
+        action,
+        pull_request(data),
+        raw_action,
+        installation=int(installation) if installation is not None else None,
+    )
 
 
 def pull_request(data: Mapping[str, Any]) -> PullRequest:
