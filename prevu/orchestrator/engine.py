@@ -16,8 +16,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from attrs import define, field, frozen
-from twisted.application.service import Service
-from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 
 from prevu import lifecycle as lc
@@ -295,21 +293,3 @@ class Orchestrator:
         """Make the engine and the previews agree (see prevu.orchestrator.reconcile)."""
         await self.reconciler.reconcile()
 
-
-class OrchestratorService(Service):
-    """Starts the orchestrator (load, reconcile, periodic reconcile) with the service tree."""
-
-    def __init__(self, orchestrator: Orchestrator) -> None:
-        self.orchestrator = orchestrator
-
-    def startService(self) -> None:
-        super().startService()
-        deferred = ensureDeferred(self.orchestrator.start())
-        deferred.addErrback(
-            lambda f: self.orchestrator.log.failure("orchestrator start", failure=f)
-        )
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self.orchestrator.stop()
-        return None
