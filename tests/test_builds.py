@@ -326,7 +326,7 @@ async def test_push_and_close_during_a_build_and_the_build_timeout(
             if any(f"slow-{nonce}" in line for line in logs):
                 break
             await sleep(0.1)
-        tag = f"prevu/pr-41-hello-world:{first[:12]}"
+        tag = f"prevu/{instance}/pr-41-hello-world:{first[:12]}"
         assert build_processes(tag), "the build runs"
         fast = {"Dockerfile": SLOW_DOCKERFILE.replace("sleep 40", "true"), "www/index.html": "y\n"}
         second = push(forge, 41, fast)
@@ -347,7 +347,7 @@ async def test_push_and_close_during_a_build_and_the_build_timeout(
         await stack.until("pr-41-hello-world", "stopped")
         await stack.settled()
         await sleep(0.5)
-        assert build_processes(f"prevu/pr-41-hello-world:{third[:12]}") == []
+        assert build_processes(f"prevu/{instance}/pr-41-hello-world:{third[:12]}") == []
         assert stack.leftovers(docker_client, "pr-41-hello-world") == []
         assert untagged_of(docker_client, instance) == []
 
@@ -361,7 +361,7 @@ async def test_push_and_close_during_a_build_and_the_build_timeout(
             await sleep(0.1)
         assert record is not None and record.status == "failed"
         assert record.error is not None and "timed out after 6s" in record.error
-        assert build_processes(f"prevu/pr-42-hello-world:{timed[:12]}") == []
+        assert build_processes(f"prevu/{instance}/pr-42-hello-world:{timed[:12]}") == []
     finally:
         await stack.shutdown()
         cleanup(docker_client, instance)

@@ -254,7 +254,7 @@ def test_missing_dockerfile_fails_with_reason(h: Harness) -> None:
 def test_build_error_keeps_the_lines_in_the_log(h: Harness) -> None:
     """A failing docker build fails the preview; its output stays in the log."""
     h.publish(12, SHAS[0])
-    tag = f"prevu/pr-12-shop:{SHAS[0][:12]}-1"
+    tag = f"prevu/{h.orchestrator.instance}/pr-12-shop:{SHAS[0][:12]}-1"
     h.docker.fail_build[tag] = "The command '/bin/sh -c make' returned a non-zero code: 2"
     h.deploy(12, SHAS[0])
     assert h.status("pr-12-shop") == "failed"

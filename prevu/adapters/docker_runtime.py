@@ -132,7 +132,7 @@ class DockerRuntime:
         revision = release.revision
         request = BuildRequest(
             context=service.build.context,
-            tag=f"prevu/{release.preview}:{revision.short}-{revision.serial}",
+            tag=f"prevu/{self.instance}/{release.preview}:{revision.short}-{revision.serial}",
             dockerfile=service.build.dockerfile,
             args=service.build.args,
             prevu_args=release.env,
