@@ -21,7 +21,9 @@ from tests.test_lifecycle import STATES
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RELEASE = "release-7ee9a63"
-SETTINGS = OrchestratorSettings.from_config(Config(server=ServerConfig(state_dir="/srv/prevu")))
+SETTINGS = OrchestratorSettings.from_config(
+    Config(server=ServerConfig(state_dir="/srv/prevu")), instance="0123456789ab"
+)
 B = "b" * 40
 RB = lc.Revision(B, "fork", 7)
 # Beyond the lifecycle table: serials above 1 everywhere, awaiting next to what serves.
@@ -112,3 +114,12 @@ def test_a_reloaded_old_record_is_written_back_in_the_new_format(tmp_path: Path)
         assert "state" in again.data and records.decode(again) == slot.state
         assert (again.sha, again.error) == (record.sha, record.error)
     store.close()
+
+
+@pytest.mark.parametrize("untrusted", [True, False])
+def test_a_fork_allowed_without_approval_stays_untrusted_across_a_restart(untrusted: bool) -> None:
+    """`forks = "allow"` trust is in the record: a restored slot gets no secrets either."""
+    slot = slot_with(STATES["running"])
+    slot.untrusted = untrusted
+    restored = records.restore(records.encode(slot, SETTINGS), SETTINGS)
+    assert restored.untrusted is untrusted

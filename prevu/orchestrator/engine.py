@@ -152,7 +152,8 @@ class Orchestrator:
                 return Receipt("ignored", reason=reason)
             case policy.Deploy(pull_request=pr):
                 slot = self.registry.slot_for(pr, decision.settings.access, self.clock.seconds())
-                self.jobs.trust(slot, pr.fork and decision.settings.forks == "allow")
+                # Kept in the record: a restart never hands an allowed fork the secrets.
+                slot.untrusted = pr.fork and decision.settings.forks == "allow"
                 if slot.tied(pr):
                     self.driver.background(self._deploy_head(slot, decision))
                     return self._receipt(slot)

@@ -62,7 +62,6 @@ class Jobs:
     store: Store
     metrics: Metrics
     log: Logger = field(factory=Logger)
-    untrusted: set[str] = field(factory=set)
     """Previews of forks admitted by `forks = "allow"`: no secrets, no shared cache image."""
     _semaphore: DeferredSemaphore = field(init=False)
     _mask: Masker = field(init=False)
@@ -115,7 +114,7 @@ class Jobs:
             "PREVU_REPO": slot.identity.repo,
         }
         repo = slot.identity.repo.lower()
-        trusted = slot.id not in self.untrusted
+        trusted = not slot.untrusted
         # Precedence on a clash: PREVU_* > [[repos]] secrets > [[repos]] env > .prevu.toml env
         # (the runtime lays `run_env` over the model's env and `env` over both).
         run_env = dict(self.settings.repo_env.get(repo, {}))
@@ -131,13 +130,6 @@ class Jobs:
             build_secrets=self.settings.repo_build_secrets.get(repo, {}) if trusted else {},
             cache=f"{slot.identity.forge}/{repo}" if trusted else None,
         )
-
-    def trust(self, slot: Slot, fork_allowed: bool) -> None:
-        """Remember whether `slot` is a fork admitted by `forks = "allow"` (it gets no secrets)."""
-        if fork_allowed:
-            self.untrusted.add(slot.id)
-        else:
-            self.untrusted.discard(slot.id)
 
     # --- build --------------------------------------------------------------------------
 

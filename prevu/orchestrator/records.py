@@ -135,6 +135,8 @@ def encode(slot: Slot, settings: OrchestratorSettings) -> PreviewRecord:
         data["forge_seen"] = repr(slot.forge_seen)
     if slot.forge_closed is not None:
         data["forge_closed"] = repr(slot.forge_closed)
+    if slot.untrusted:
+        data["untrusted"] = "true"
     return PreviewRecord(
         id=slot.id,
         repo=slot.identity.repo,
@@ -213,6 +215,7 @@ def restore(record: PreviewRecord, settings: OrchestratorSettings) -> Slot:
         after_restart(decode(record)),
         forge_seen=_float(record.data.get("forge_seen")),
         forge_closed=_float(record.data["forge_closed"]) if "forge_closed" in record.data else None,
+        untrusted=record.data.get("untrusted") == "true",
     )
 
 

@@ -88,6 +88,8 @@ class Slot:
     """The newest forge `updated_at` (epoch seconds) of the events applied to this PR."""
     forge_closed: float | None = None
     """The forge `updated_at` of the close applied last (None: not closed by the forge)."""
+    untrusted: bool = False
+    """A fork admitted by `forks = "allow"`: it gets no secrets, build secrets or cache."""
 
     def stale(self, pr: PullRequest) -> bool:
         """True when `pr` (an event's view) is older than an event already applied."""
