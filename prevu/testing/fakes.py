@@ -302,6 +302,12 @@ class FakeDocker:
         await self._enter("remove_volume", name)
         self.volumes.pop(name, None)
 
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        await self._enter("create_volume", name)
+        if name not in self.volumes:
+            self.volumes[name] = VolumeInfo(name, {**labels, **MANAGED})
+        return self.volumes[name]
+
     async def inspect_container(self, container: str) -> ContainerInfo | None:
         await self._enter("inspect_container", container)
         return self._find(container)
