@@ -186,6 +186,8 @@ class FakeDocker:
     builds: list[BuildRequest] = field(factory=list)
     calls: list[tuple[str, str]] = field(factory=list)
     pauses: _Pauses = field(factory=_Pauses)
+    execs: list[tuple[str, tuple[str, ...]]] = field(factory=list)
+    """(container, argv) of every `exec_in`, in order."""
     _counter: int = 0
 
     def pause(self, operation: str) -> None:
@@ -314,6 +316,7 @@ class FakeDocker:
 
     async def exec_in(self, container: str, argv: Sequence[str]) -> ExecResult:
         await self._enter("exec_in", container)
+        self.execs.append((container, tuple(argv)))
         info = self._find(container)
         if info is None or not info.running:
             raise DockerError("exec", f"container {container} is not running")
