@@ -17,12 +17,16 @@ from twisted.internet.defer import ensureDeferred
 
 from prevu import labels as lb
 from prevu import lifecycle as lc
+from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.appmodel import single_dockerfile
 from prevu.errors import RepoConfigError
 from prevu.orchestrator import records
-from prevu.ports import ExecResult
+from prevu.ports import ExecResult, VolumeInfo
 from prevu.repoconfig import parse_repo_config
+from tests.test_lifecycle import RA
+from tests.test_lifecycle import STATES as LIFECYCLE_STATES
 from tests.test_orchestrator import SHAS, Harness
+from tests.test_webhooks import Client, make_config
 
 MIGRATE = ("./migrate",)
 SEED = ("./seed", "demo")
@@ -264,3 +268,52 @@ def test_reset_wipes_the_volumes_then_runs_on_push_and_seed_again(h: Harness) ->
     h.settle()
     assert h.docker.volumes == {}
     assert h.orchestrator.reset("pr-1-shop") is False
+
+
+@pytest.mark.parametrize("name", sorted(LIFECYCLE_STATES))
+def test_the_on_push_flag_only_ever_holds_a_serving_revision(name: str) -> None:
+    """For every state of the lifecycle table: StartFailed(on_push) differs from a plain
+    StartFailed only by `held`, and holds only while a revision serves and the target failed."""
+    state = LIFECYCLE_STATES[name]
+    plain = lc.transition(state, lc.StartFailed(RA, "x"))
+    held = lc.transition(state, lc.StartFailed(RA, "x", on_push=True))
+    assert held.effects == plain.effects
+    assert evolve(held.state, held=False) == plain.state
+    if held.state.held:
+        assert held.state.serving is not None and held.state.failed == held.state.target
+        assert held.state.status == "running"
+
+
+def test_a_volume_of_another_owner_is_refused_not_mounted(h: Harness) -> None:
+    """A volume found under the preview's volume name that is not ours fails the start."""
+    runtime = h.orchestrator.runtime
+    assert isinstance(runtime, DockerRuntime)
+    name = runtime.volume_name("pr-1-shop", "/data")
+    h.docker.volumes[name] = VolumeInfo(name, {lb.MANAGED: "true", lb.INSTANCE: "someone-else"})
+    h.publish(1, SHAS[0], {".prevu.toml": DATA_TOML})
+    h.deploy(1, SHAS[0])
+    h.settle()
+    record = h.store.get("pr-1-shop")
+    assert record is not None and record.status == "failed"
+    assert record.error is not None and "belongs to someone-else" in record.error
+    assert h.docker.runs == {} and h.docker.execs == []
+
+
+def test_api_reset_answers_202_then_409_once_closed(tmp_path: Path) -> None:
+    """POST /api/previews/{id}/reset: 401 without the token, 404 unknown, 202, 409 closed."""
+    client = Client(tmp_path, make_config(tmp_path))
+    h = client.h
+    h.publish(2, SHAS[0], {".prevu.toml": DATA_TOML})
+    h.deploy(2, SHAS[0])
+    h.settle()
+    path = "/api/previews/pr-2-shop/reset"
+    assert client.api_call("POST", path, token=None)[0] == 401
+    assert client.api_call("POST", "/api/previews/nope/reset")[0] == 404
+    code, _, body = client.api_call("POST", path)
+    assert code == 202 and json.loads(body)["id"] == "pr-2-shop"
+    h.settle()
+    assert execs(h) == [MIGRATE, SEED, MIGRATE, SEED]
+    h.close(2, SHAS[0])
+    h.settle()
+    code, _, body = client.api_call("POST", path)
+    assert code == 409 and "cannot be reset" in json.loads(body)["error"]
