@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet.defer import ensureDeferred
 
 from prevu import labels as lb
 from tests.support.docker import HTTPD_DOCKERFILE
@@ -159,7 +158,9 @@ async def test_data_lives_with_the_preview(stack: Stack, docker_client: Any) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_failing_on_push_on_the_first_start_fails_the_preview(stack: Stack) -> None:
+async def test_a_failing_on_push_on_the_first_start_fails_the_preview(
+    stack: Stack, docker_client: Any
+) -> None:
     """Nothing served before: the preview fails with on_push's output; nothing is routed."""
     sha = push(stack.forge, 8, files("never", BROKEN))
     assert (await stack.pull_request("opened", 8, sha))[0] == 202
@@ -169,4 +170,10 @@ async def test_a_failing_on_push_on_the_first_start_fails_the_preview(stack: Sta
         await sleep(0.1)
     assert record.error == "on_push failed (exit 3): migration broke"
     assert (await stack.get("pr-8-hello-world.localhost"))[0] == 404
-    await ensureDeferred(stack.settled())
+    await stack.settled()
+    assert (await stack.pull_request("closed", 8, sha))[0] == 202
+    await stack.until("pr-8-hello-world", "stopped")
+    await stack.settled()
+    assert stack.leftovers(docker_client, "pr-8-hello-world") == []
+    ours = {"label": [f"{lb.PREVIEW}=pr-8-hello-world"]}
+    assert (docker_client.api.volumes(filters=ours) or {}).get("Volumes") in (None, [])
