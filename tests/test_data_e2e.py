@@ -9,6 +9,7 @@ named volume at /data; `[data]` commands append marker lines to
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import pytest_twisted
 import treq
 
 from prevu import labels as lb
-from tests.support.docker import HTTPD_DOCKERFILE
+from prevu.adapters.docker import DockerEngine
+from tests.support.docker import HTTPD_DOCKERFILE, TEST_LABELS
 from tests.support.git_repos import ForgeRepo
 from tests.support.timeouts import sleep, within
 from tests.test_previews_e2e import Stack, push, site_files
@@ -177,3 +179,23 @@ async def test_a_failing_on_push_on_the_first_start_fails_the_preview(
     assert stack.leftovers(docker_client, "pr-8-hello-world") == []
     ours = {"label": [f"{lb.PREVIEW}=pr-8-hello-world"]}
     assert (docker_client.api.volumes(filters=ours) or {}).get("Volumes") in (None, [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_volume_makes_a_labelled_volume_or_answers_the_existing_one(
+    reactor: Any, thread_pool: Any, docker_client: Any
+) -> None:
+    """The adapter creates with prevu's labels; an existing volume comes back with its own."""
+    engine = DockerEngine(reactor, thread_pool, labels=TEST_LABELS, self_container="none")
+    name = f"prevu-test-{uuid.uuid4().hex[:12]}"
+    mine = {lb.INSTANCE: "me", lb.PREVIEW: "pr-1-x"}
+    try:
+        made = await within(engine.create_volume(name, mine), 30)
+        assert made.name == name and made.labels[lb.INSTANCE] == "me"
+        assert made.labels[lb.MANAGED] == "true" and made.labels["prevu.test"] == "true"
+        again = await within(engine.create_volume(name, {lb.INSTANCE: "other"}), 30)
+        assert again.labels[lb.INSTANCE] == "me", "never relabelled"
+        assert docker_client.api.inspect_volume(name)["Labels"][lb.PREVIEW] == "pr-1-x"
+    finally:
+        await within(engine.remove_volume(name), 30)
+    assert docker_client.volumes.list(filters={"name": name}) == []
