@@ -70,8 +70,11 @@ def test_data_and_volumes_are_read_into_settings_and_the_model() -> None:
         ('[run]\nvolumes = ["/a/.."]\n', "run.volumes", "absolute container path"),
         ('[run]\nvolumes = ["/data:/x"]\n', "run.volumes", "absolute container path"),
         ('[run]\nvolumes = ["/data", "/data/"]\n', "run.volumes", "listed twice"),
-        ("[run]\nvolumes = [" + ", ".join(f'"/v{n}"' for n in range(17)) + "]\n",
-         "run.volumes", "at most 16"),
+        (
+            "[run]\nvolumes = [" + ", ".join(f'"/v{n}"' for n in range(17)) + "]\n",
+            "run.volumes",
+            "at most 16",
+        ),
     ],
 )
 def test_bad_data_settings_name_the_key(text: str, key: str, reason: str) -> None:
@@ -104,9 +107,7 @@ OLD = lc.Deployment(R1, "c1", "i1", "10.0.0.1", 8080)
 
 
 def starting(serving: lc.Deployment | None) -> lc.Preview:
-    return lc.Preview(
-        target=R2, serving=serving, job=lc.Job("start", R2, "i2", True), clean=False
-    )
+    return lc.Preview(target=R2, serving=serving, job=lc.Job("start", R2, "i2", True), clean=False)
 
 
 def test_failed_on_push_keeps_the_old_revision_running_with_an_error() -> None:
