@@ -80,12 +80,24 @@ class Service:
             raise ValueError(f"service {self.name}: exactly one of image and build")
 
 
+def _argv(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    return tuple(value) if value else None
+
+
 @frozen
 class AppModel:
-    """The services of an app and which one the preview's host reaches."""
+    """
+    The services of an app and which one the preview's host reaches.
+
+    `on_push` and `seed` are the `[data]` commands (argv, None: none), run in
+    the exposed service's running container: `on_push` on every start before
+    the route moves, `seed` once per preview after it (docs/data.md).
+    """
 
     services: tuple[Service, ...] = field(converter=_services)
     exposed: str = APP
+    on_push: tuple[str, ...] | None = field(default=None, converter=_argv)
+    seed: tuple[str, ...] | None = field(default=None, converter=_argv)
 
     def __attrs_post_init__(self) -> None:
         names = [service.name for service in self.services]
@@ -124,8 +136,9 @@ def single_dockerfile(checkout: str, settings: RepoSettings) -> AppModel:
         command=settings.command,
         env=settings.env,
         health=settings.health,
+        volumes=settings.volumes,
         port=settings.port,
         memory=settings.memory,
         cpus=settings.cpus,
     )
-    return AppModel((service,), exposed=APP)
+    return AppModel((service,), exposed=APP, on_push=settings.on_push, seed=settings.seed)

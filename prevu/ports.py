@@ -179,6 +179,8 @@ class RunRequest:
     memory: int | None = None
     nano_cpus: int | None = None
     pids: int | None = None
+    volumes: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
+    """Named volume → container path it is mounted at (created first with `create_volume`)."""
 
 
 @frozen
@@ -319,6 +321,13 @@ class Docker(Protocol):
 
     async def remove_volume(self, name: str) -> None:
         """Remove a named volume and its data; a missing one is fine."""
+        ...
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        """
+        Create the named volume `name` with `labels` (plus `prevu.managed`), or
+        answer the existing one with its own labels (the caller checks the owner).
+        """
         ...
 
     async def inspect_container(self, container: str) -> ContainerInfo | None:

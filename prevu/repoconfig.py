@@ -54,6 +54,12 @@ class RepoSettings:
     memory: int | None = None
     cpus: float | None = None
     access: Literal["private", "public"] | None = None
+    volumes: tuple[str, ...] = ()
+    """`[run] volumes`: container paths that get a named volume of the preview (docs/data.md)."""
+    on_push: tuple[str, ...] | None = None
+    """`[data] on_push`: the command run on every start, before the route moves (docs/data.md)."""
+    seed: tuple[str, ...] | None = None
+    """`[data] seed`: the command run once per preview, after the first on_push (docs/data.md)."""
 
     @property
     def dockerfile_in_context(self) -> str:
@@ -73,13 +79,14 @@ def parse_repo_config(text: str | None, limits: Limits = Limits()) -> RepoSettin
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RepoConfigError("", f"invalid TOML: {error}") from None
-    _only(data, "", ("build", "run", "preview"))
+    _only(data, "", ("build", "run", "preview", "data"))
     build = _table(data, "build")
     run = _table(data, "run")
     preview = _table(data, "preview")
     _only(build, "build.", ("dockerfile", "context", "args", "target"))
-    _only(run, "run.", ("port", "command", "env", "health", "memory", "cpus"))
+    _only(run, "run.", ("port", "command", "env", "health", "memory", "cpus", "volumes"))
     _only(preview, "preview.", ("access",))
+    on_push, seed = _data(_table(data, "data"))
     return RepoSettings(
         dockerfile=_path(build, "build.dockerfile", "Dockerfile"),
         context=_path(build, "build.context", "."),
@@ -92,6 +99,9 @@ def parse_repo_config(text: str | None, limits: Limits = Limits()) -> RepoSettin
         memory=_memory(run, limits),
         cpus=_cpus(run, limits),
         access=_access(preview),
+        volumes=_volumes(run),
+        on_push=on_push,
+        seed=seed,
     )
 
 
@@ -213,3 +223,50 @@ def _access(preview: Mapping[str, Any]) -> Literal["private", "public"] | None:
     if value == "public":
         return "public"
     raise RepoConfigError("preview.access", f'must be "private" or "public", got {value!r}')
+
+
+# --- [data] and [run] volumes (issue 18, docs/data.md) ---------------------------------
+
+MAX_VOLUMES = 16
+_VOLUME_PATH = re.compile(r"^/[A-Za-z0-9_.@+=/-]+$")
+
+
+def _volumes(run: Mapping[str, Any]) -> tuple[str, ...]:
+    """`[run] volumes`: distinct absolute container paths (normalized), at most 16."""
+    value = run.get("volumes", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RepoConfigError("run.volumes", f'expected a list like ["/data"], got {value!r}')
+    if len(value) > MAX_VOLUMES:
+        raise RepoConfigError("run.volumes", f"at most {MAX_VOLUMES} volumes, got {len(value)}")
+    paths: list[str] = []
+    for item in value:
+        path = posixpath.normpath(item) if item.startswith("/") else item
+        if path.startswith("//"):
+            path = "/" + path.lstrip("/")
+        if not _VOLUME_PATH.match(path) or path == "/" or "/../" in f"{path}/":
+            raise RepoConfigError(
+                "run.volumes", f"expected an absolute container path like /data, got {item!r}"
+            )
+        if path in paths:
+            raise RepoConfigError("run.volumes", f"{item!r} is listed twice")
+        paths.append(path)
+    return tuple(paths)
+
+
+def _data(data: Mapping[str, Any]) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """`[data]`: the `on_push` and `seed` commands (argv lists), each optional."""
+    _only(data, "data.", ("on_push", "seed"))
+    return _argv(data, "data.on_push"), _argv(data, "data.seed")
+
+
+def _argv(table: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
+    value = table.get(_leaf(key))
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise RepoConfigError(key, 'expected a list like ["sh", "-c", "./migrate && ./check"]')
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise RepoConfigError(key, f"expected a non-empty list of strings, got {value!r}")
+    if not value[0].strip() or any("\0" in v for v in value):
+        raise RepoConfigError(key, f"expected a program to run first, got {value!r}")
+    return tuple(value)

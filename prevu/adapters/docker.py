@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 from attrs import define, evolve, field
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock
@@ -370,6 +371,11 @@ class DockerEngine:
             security_opt=["no-new-privileges:true"],
             privileged=False,
             restart_policy={"Name": "no"},
+            mounts=[
+                docker.types.Mount(path, name, type="volume")
+                for name, path in sorted(request.volumes.items())
+            ]
+            or None,
         )
         networking = api.create_networking_config(
             {request.network: api.create_endpoint_config(aliases=[request.name])}
@@ -499,6 +505,17 @@ class DockerEngine:
             return ExecResult(int(code if code is not None else -1), text)
 
         return await self._call("exec", run)
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        def create() -> VolumeInfo:
+            api = self._get_client().api
+            try:
+                found = api.inspect_volume(name)
+            except docker.errors.NotFound:
+                found = api.create_volume(name, driver="local", labels=self._labels(labels))
+            return VolumeInfo(found["Name"], found.get("Labels") or {})
+
+        return await self._call("volume create", create)
 
     async def remove_volume(self, name: str) -> None:
         def remove() -> None:

@@ -8,6 +8,9 @@ network `<network>-<instance>-<preview>`; a service's container is
 `<network>-<instance>-<preview>-<sha12>-<serial>` (the exposed service) and its image is
 tagged `prevu/<preview>:<sha12>-<serial>`. Only single-service models run
 here for now; a model with more services is refused with a DockerError.
+A service's `volumes` are named volumes `<network>-<instance>-<preview>-<path
+slug>-<hash8>` with the preview's labels: the next revision mounts the same
+ones (kept across pushes), `remove(preview, data=True)` drops them.
 No object is reused or removed by name alone: a network or container found
 under a preview's name is checked for `prevu.instance` (and `prevu.preview`)
 first, and one of another prevu is refused with a DockerError.
@@ -25,6 +28,7 @@ Errors and threading: see `prevu.runtime`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -170,6 +174,7 @@ class DockerRuntime:
         if existing is not None:
             self._ensure_ours("container", name, existing.labels, release.preview)
             await self.docker.remove_container(existing.id)
+        volumes = await self._volumes(release, service.volumes)
         identity = lb.Identity.from_labels(release.labels)
         request = RunRequest(
             image=image,
@@ -182,6 +187,7 @@ class DockerRuntime:
             memory=min(service.memory or self.memory, self.memory),
             nano_cpus=int(min(service.cpus or self.cpus, self.cpus) * 1e9),
             pids=self.pids,
+            volumes=volumes,
         )
         running = await self.docker.run(request)
         return Deployed(
@@ -193,6 +199,22 @@ class DockerRuntime:
             endpoints={service.name: Upstream(running.address, running.port)},
             health=service.health,
         )
+
+    def volume_name(self, preview: str, path: str) -> str:
+        """The named volume of `preview` mounted at container `path` (kept across pushes)."""
+        slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")[:40] or "root"
+        digest = hashlib.sha256(path.encode()).hexdigest()[:8]
+        return f"{self.network_of(preview)}-{slug}-{digest}"
+
+    async def _volumes(self, release: Release, paths: Sequence[str]) -> dict[str, str]:
+        """Create (or find) the preview's named volumes: name → path; refuse another's."""
+        volumes: dict[str, str] = {}
+        for path in paths:
+            name = self.volume_name(release.preview, path)
+            found = await self.docker.create_volume(name, release.labels)
+            self._ensure_ours("volume", name, found.labels, release.preview)
+            volumes[name] = path
+        return volumes
 
     async def health(self, deployed: Deployed) -> Health:
         if await self.health_checker.check(deployed.endpoint, deployed.health, deployed.host):

@@ -13,6 +13,8 @@ HTTP answers.
   text; `Accept: text/event-stream` follows them as Server-Sent Events
   (`Last-Event-ID` or `?after=SEQ` resumes).
 - `POST /api/previews/{id}/redeploy` — build the current commit again (202).
+- `POST /api/previews/{id}/reset` — drop the preview's data (volumes), start
+  its commit again, run `[data] on_push` then `seed` (202; docs/data.md).
 - `DELETE /api/previews/{id}` — tear the preview down (202; listed as stopped).
 - `POST /api/previews` — `prevu up`: `{"repo", "branch", "sha", "clone_url"}` (202).
 """
@@ -59,6 +61,8 @@ class PreviewOperations(Protocol):
     def get(self, preview: str) -> PreviewRecord | None: ...
 
     def redeploy(self, preview: str) -> bool: ...
+
+    def reset(self, preview: str) -> bool: ...
 
     def destroy(self, preview: str, reason: str = ...) -> bool: ...
 
@@ -200,6 +204,15 @@ class PreviewsApi:
             reason = f"preview {preview!r} is closed; reopen the pull request"
             raise RequestRefused("conflict", reason)
         self.orchestrator.redeploy(preview)
+        return json_answer("accepted", preview_json(self._record(preview)))
+
+    def reset(self, request: Request, preview: str) -> Answer:
+        """Wipe the preview's data and start its commit again (docs/data.md): 202, or 409."""
+        self.authorize(request)
+        record = self._record(preview)
+        if record.closed or not self.orchestrator.reset(preview):
+            reason = f"preview {preview!r} cannot be reset: it is closed or has no commit yet"
+            raise RequestRefused("conflict", reason)
         return json_answer("accepted", preview_json(self._record(preview)))
 
     def delete(self, request: Request, preview: str) -> Answer:

@@ -153,6 +153,10 @@ class ControlApp:
     def api_redeploy(self, request: Request, preview: str) -> bytes:
         return send(request, _need(self.previews, "the API").redeploy(request, preview))
 
+    @app.route("/api/previews/<preview>/reset", methods=["POST"])
+    def api_reset(self, request: Request, preview: str) -> bytes:
+        return send(request, _need(self.previews, "the API").reset(request, preview))
+
     @app.route("/previews/<preview>", methods=["GET"])
     def preview_page(self, request: Request, preview: str) -> bytes:
         visible = self._reviewer(request, f"/previews/{preview}")

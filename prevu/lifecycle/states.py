@@ -78,6 +78,9 @@ class Preview:
     note: str | None = None
     asleep: bool = False
     clean: bool = True
+    held: bool = False
+    """The failed target's `[data] on_push` failed while the previous revision serves:
+    that one keeps serving and the status stays `running`, with `error` (docs/data.md)."""
 
     @property
     def status(self) -> PreviewStatus:
@@ -95,11 +98,16 @@ class Preview:
             return "stopped"
         if self.awaiting is not None:
             return "queued"
-        if self.failed is not None and self.failed == self.target:
+        if self.failed is not None and self.failed == self.target and not self.holding:
             return "failed"
         if self.serving is not None:
             return "sleeping" if self.asleep else "running"
         return "queued" if self.target is not None else "stopped"
+
+    @property
+    def holding(self) -> bool:
+        """True when a failed `on_push` left the previous revision serving (see `held`)."""
+        return self.held and self.serving is not None and self.failed == self.target
 
     @property
     def detail(self) -> str | None:
@@ -219,10 +227,14 @@ class Started:
 
 @frozen
 class StartFailed:
-    """The container of `revision` did not start or never became healthy."""
+    """
+    The container of `revision` did not start or never became healthy; or
+    (`on_push`) it was healthy but its `[data] on_push` command failed.
+    """
 
     revision: Revision
     reason: str
+    on_push: bool = False
 
 
 @frozen

@@ -246,7 +246,7 @@ def _failed(state: Preview, revision: Revision, reason: str) -> Step:
     if state.closed or revision != state.target:
         return state, ()
     effects: list[Effect] = [] if state.serving is not None else [Unroute()]
-    return evolve(state, failed=revision, error=reason), effects
+    return evolve(state, failed=revision, error=reason, held=False), effects
 
 
 def _on_build_failed(state: Preview, event: BuildFailed) -> Step:
@@ -273,7 +273,7 @@ def _on_started(state: Preview, event: Started) -> Step:
     if old is not None and old.container != deployment.container:
         image = old.image if old.image != deployment.image else None
         effects.append(Discard(old.container, image))
-    new = evolve(state, serving=deployment, failed=None, error=None, asleep=False)
+    new = evolve(state, serving=deployment, failed=None, error=None, asleep=False, held=False)
     return new, effects
 
 
@@ -287,6 +287,9 @@ def _on_start_failed(state: Preview, event: StartFailed) -> Step:
         return state, ()
     image = state.job.image if state.job is not None else None
     new, effects = _failed(state, event.revision, event.reason)
+    # A failed on_push (migration) keeps the previous revision serving, status running.
+    held = event.on_push and new.serving is not None and new.failed == event.revision
+    new = evolve(new, held=held)
     if image is None:
         return new, effects
     return new, (*effects, Discard(image=image))

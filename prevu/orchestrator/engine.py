@@ -23,8 +23,8 @@ from prevu.config import RepoConfig
 from prevu.errors import GitError
 from prevu.forge import policy
 from prevu.forge.events import PullRequest
-from prevu.orchestrator import records
-from prevu.orchestrator.driver import Driver, Watcher
+from prevu.orchestrator import data, records
+from prevu.orchestrator.driver import ROUTE_SOURCE, Driver, Watcher
 from prevu.orchestrator.jobs import Jobs
 from prevu.orchestrator.metrics import Metrics
 from prevu.orchestrator.reconciler import Reconciler
@@ -258,6 +258,10 @@ class Orchestrator:
     def redeploy(self, preview: str) -> bool:
         """Build the preview's current commit again; False when unknown."""
         return self._by_id(preview, lc.Redeploy())
+
+    def reset(self, preview: str) -> bool:
+        """Drop the preview's data, start its commit again (docs/data.md); False: cannot."""
+        return data.reset(self.registry.get(preview), self.driver, ROUTE_SOURCE)
 
     def destroy(self, preview: str, reason: str = "deleted through the API") -> bool:
         """Tear the preview down (it stays listed as stopped); False when unknown."""

@@ -34,6 +34,7 @@ from prevu import lifecycle as lc
 from prevu.appmodel import APP, AppModel, Service, single_dockerfile
 from prevu.errors import DockerError, DockerUnavailable, GitError, PrevuError, RepoConfigError
 from prevu.masking import Masker, masker
+from prevu.orchestrator import data
 from prevu.orchestrator.metrics import Metrics
 from prevu.orchestrator.registry import CancelToken, Slot, Superseded
 from prevu.orchestrator.settings import OrchestratorSettings
@@ -145,6 +146,8 @@ class Jobs:
         try:
             self._wanted(slot, cancel)
             report(lc.BuildStarted(revision))
+            if slot.wipe:
+                await self._wipe(slot, cancel)
             built, settings = await self._fetch_and_build(slot, cancel, revision)
         except Superseded:
             self._result("cancelled", started)
@@ -161,6 +164,14 @@ class Jobs:
         if settings.access is not None and settings.access != slot.access:
             slot.access = settings.access
         return lc.Built(revision, built.image)
+
+    async def _wipe(self, slot: Slot, cancel: CancelToken) -> None:
+        """Reset: remove every container, image, network and volume of the preview first."""
+        self.note(slot, "system", "reset: removing the preview's containers and volumes")
+        await self.retrying(slot, cancel, lambda: self.runtime.remove(slot.id, data=True))
+        slot.wipe = False
+        slot.seeded = False
+        self.note(slot, "system", "reset: data removed; starting the same commit again")
 
     def _result(self, result: str, started: float) -> None:
         self.metrics.inc("prevu_builds_total", result=result)
@@ -215,6 +226,7 @@ class Jobs:
             )
             await self._until_healthy(slot, cancel, deployed)
             self._wanted(slot, cancel)
+            await self._data(slot, cancel, built.model, deployed)
         except Superseded:
             await self._remove_quietly(deployed)
             return lc.StartFailed(revision, "superseded or closed")
@@ -227,10 +239,29 @@ class Jobs:
             await self._remove_quietly(deployed)
             self.note(slot, "system", str(error))
             return lc.StartFailed(revision, str(error))
+        except data.DataFailed as error:
+            await self._remove_quietly(deployed)
+            reason = self._mask(str(error))
+            return lc.StartFailed(revision, reason, on_push=error.step == "on_push")
         endpoint = deployed.endpoint
         return lc.Started(
             lc.Deployment(revision, deployed.container, image, endpoint.host, endpoint.port)
         )
+
+    async def _data(
+        self, slot: Slot, cancel: CancelToken, model: AppModel, deployed: Deployed
+    ) -> None:
+        """`[data]`: on_push on every start, then seed once per preview (docs/data.md)."""
+
+        def note(stream: LogStream, line: str) -> None:
+            self.note(slot, stream, line)
+
+        if model.on_push:
+            await data.run_step(self.runtime, cancel, deployed, "on_push", model.on_push, note)
+            self._wanted(slot, cancel)
+        if model.seed and not slot.seeded:
+            await data.run_step(self.runtime, cancel, deployed, "seed", model.seed, note)
+            slot.seeded = True
 
     async def _until_healthy(self, slot: Slot, cancel: CancelToken, deployed: Deployed) -> None:
         deadline = self.clock.seconds() + self.settings.start_timeout
@@ -326,6 +357,7 @@ class Jobs:
     async def teardown(self, slot: Slot, cancel: CancelToken, report: Report) -> lc.Event:
         """Containers, images, network, then workspace (the route is gone already): TornDown."""
         await self.retrying(slot, cancel, lambda: self.runtime.remove(slot.id, data=True))
+        slot.seeded = slot.wipe = False  # the volumes went with it: a revived preview seeds again
         await self.git.remove_workspace(slot.id)
         slot.built.clear()
         self.note(slot, "system", "torn down: no container, image, network or workspace left")

@@ -76,6 +76,7 @@ def state_to_json(state: lc.Preview) -> dict[str, Any]:
         "note": state.note,
         "asleep": state.asleep,
         "clean": state.clean,
+        "held": state.held,
     }
 
 
@@ -118,6 +119,7 @@ def state_from_json(value: Mapping[str, Any]) -> lc.Preview:
         note=value["note"],
         asleep=bool(value["asleep"]),
         clean=bool(value["clean"]),
+        held=bool(value.get("held", False)),
     )
 
 
@@ -137,6 +139,10 @@ def encode(slot: Slot, settings: OrchestratorSettings) -> PreviewRecord:
         data["forge_closed"] = repr(slot.forge_closed)
     if slot.untrusted:
         data["untrusted"] = "true"
+    if slot.seeded:
+        data["seeded"] = "true"
+    if slot.wipe:
+        data["wipe"] = "true"
     return PreviewRecord(
         id=slot.id,
         repo=slot.identity.repo,
@@ -146,7 +152,7 @@ def encode(slot: Slot, settings: OrchestratorSettings) -> PreviewRecord:
         status=state.status,
         url=slot.name.url,
         host=slot.name.host,
-        error=state.error if state.status == "failed" else None,
+        error=state.error if state.status == "failed" or state.holding else None,
         created_at=slot.created_at,
         updated_at=slot.updated_at,
         access=slot.access,
@@ -216,6 +222,8 @@ def restore(record: PreviewRecord, settings: OrchestratorSettings) -> Slot:
         forge_seen=_float(record.data.get("forge_seen")),
         forge_closed=_float(record.data["forge_closed"]) if "forge_closed" in record.data else None,
         untrusted=record.data.get("untrusted") == "true",
+        seeded=record.data.get("seeded") == "true",
+        wipe=record.data.get("wipe") == "true",
     )
 
 

@@ -90,6 +90,10 @@ class Slot:
     """The forge `updated_at` of the close applied last (None: not closed by the forge)."""
     untrusted: bool = False
     """A fork admitted by `forks = "allow"`: it gets no secrets, build secrets or cache."""
+    seeded: bool = False
+    """`[data] seed` ran since the preview's volumes were made (kept in the record)."""
+    wipe: bool = False
+    """A reset was asked for: the next build first removes the preview's data (docs/data.md)."""
 
     def stale(self, pr: PullRequest) -> bool:
         """True when `pr` (an event's view) is older than an event already applied."""

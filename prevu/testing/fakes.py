@@ -186,6 +186,8 @@ class FakeDocker:
     builds: list[BuildRequest] = field(factory=list)
     calls: list[tuple[str, str]] = field(factory=list)
     pauses: _Pauses = field(factory=_Pauses)
+    execs: list[tuple[str, tuple[str, ...]]] = field(factory=list)
+    """(container, argv) of every `exec_in`, in order."""
     _counter: int = 0
 
     def pause(self, operation: str) -> None:
@@ -302,12 +304,19 @@ class FakeDocker:
         await self._enter("remove_volume", name)
         self.volumes.pop(name, None)
 
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        await self._enter("create_volume", name)
+        if name not in self.volumes:
+            self.volumes[name] = VolumeInfo(name, {**labels, **MANAGED})
+        return self.volumes[name]
+
     async def inspect_container(self, container: str) -> ContainerInfo | None:
         await self._enter("inspect_container", container)
         return self._find(container)
 
     async def exec_in(self, container: str, argv: Sequence[str]) -> ExecResult:
         await self._enter("exec_in", container)
+        self.execs.append((container, tuple(argv)))
         info = self._find(container)
         if info is None or not info.running:
             raise DockerError("exec", f"container {container} is not running")
