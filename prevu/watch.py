@@ -179,7 +179,7 @@ def watch(
     call: Call,
     text: Text,
     follower: Follower,
-    out: IO[str] = sys.stdout,
+    out: IO[str] | None = None,
     timeout: float = 900.0,
     interval: float = 1.0,
 ) -> int:
@@ -188,6 +188,7 @@ def watch(
     failed or was stopped (the reason and the last TAIL log lines printed),
     or 1 after `timeout` seconds still on its way.
     """
+    out = out or sys.stdout
     name = preview["id"]
     follower.start()
     deadline = time.monotonic() + timeout

@@ -1,4 +1,8 @@
-"""`prevu ls`, `prevu destroy` and `prevu up` against the real control app, on fakes."""
+"""
+`prevu ls`, `prevu destroy` and `prevu up` against the real control app, on
+fakes; the CLI's own pieces (checkout checks, the `ls` table, the SSE reader).
+The same commands on the real engine: tests/test_cli_e2e.py.
+"""
 
 from __future__ import annotations
 
@@ -41,9 +45,11 @@ def checkout(tmp: Path) -> tuple[Path, str]:
     work = tmp / "myapp"
     work.mkdir()
     env = {**GIT_ENV, "PATH": "/usr/bin:/bin:/usr/local/bin"}
+    (work / "Dockerfile").write_text("FROM scratch\n")
     for command in (
         ["init", "-q", "-b", "feature/x"],
-        ["commit", "-q", "--allow-empty", "-m", "x"],
+        ["add", "Dockerfile"],
+        ["commit", "-q", "-m", "x"],
     ):
         subprocess.run(["git", *command], cwd=work, env=env, check=True)
     sha = subprocess.run(
@@ -111,3 +117,101 @@ def test_token_is_read_from_the_state_dir(tmp_path: Path, monkeypatch: Any) -> N
     monkeypatch.delenv("PREVU_URL", raising=False)
     args = argparse.Namespace(url=None, token=None, config=str(config))
     assert connection(args) == ("http://127.0.0.1:8001", "stored-token")
+
+
+def git_in(work: Path, *command: str) -> None:
+    env = {**GIT_ENV, "PATH": "/usr/bin:/bin:/usr/local/bin"}
+    subprocess.run(["git", *command], cwd=work, env=env, check=True, capture_output=True)
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("none", "is not in a git checkout: run prevu up in the repository"),
+        ("empty", "has no commit yet: prevu deploys committed code"),
+        ("no-dockerfile", "no Dockerfile in"),
+        ("untracked", "it is not committed yet: git add Dockerfile && git commit"),
+        ("detached", "detached HEAD: check out a branch first"),
+    ],
+)
+def test_up_says_what_to_do_when_the_checkout_cannot_be_deployed(
+    tmp_path: Path, capsys: Any, setup: str, expected: str
+) -> None:
+    """Outside a checkout, before the first commit, without a committed Dockerfile, on a
+    detached HEAD: exit 1 with what to do, and no request is made."""
+    work = tmp_path / "app"
+    work.mkdir()
+    if setup != "none":
+        git_in(work, "init", "-q", "-b", "main")
+    if setup in ("no-dockerfile", "untracked", "detached"):
+        (work / "README").write_text("x\n")
+        git_in(work, "add", "README")
+        git_in(work, "commit", "-q", "-m", "x")
+    if setup == "untracked":
+        (work / "Dockerfile").write_text("FROM scratch\n")
+    if setup == "detached":
+        (work / "Dockerfile").write_text("FROM scratch\n")
+        git_in(work, "add", "Dockerfile")
+        git_in(work, "commit", "-q", "-m", "y")
+        git_in(work, "checkout", "-q", "--detach")
+    assert main(["up", "--url", "http://127.0.0.1:9", "--token", "x", "-C", str(work)]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "cannot reach" not in err
+
+
+def test_ls_table_has_a_header_age_and_one_line_notes() -> None:
+    """`ls`: header, aligned columns, age in the largest unit, a multi-line reason on one line."""
+    from datetime import UTC, datetime
+
+    from prevu.client import table
+
+    now = datetime(2026, 1, 2, 12, 0, 0, tzinfo=UTC)
+    previews = [
+        {
+            "id": "pr-1-a",
+            "status": "running",
+            "created_at": "2026-01-02T11:59:18.5Z",
+            "sha": "a" * 40,
+            "url": "http://pr-1-a.localhost:8000/",
+        },
+        {
+            "id": "pr-22-shop",
+            "status": "failed",
+            "created_at": "2025-12-30T11:00:00Z",
+            "sha": None,
+            "url": "http://pr-22-shop.localhost:8000/",
+            "error": "exited\nno DB",
+        },
+    ]
+    lines = table(previews, now)
+    assert lines[0].split() == ["PREVIEW", "STATUS", "AGE", "SHA", "URL"]
+    assert lines[1].split() == ["pr-1-a", "running", "41s", "a" * 12, previews[0]["url"]]
+    assert lines[2].endswith("http://pr-22-shop.localhost:8000/  exited / no DB")
+    assert lines[2].split()[:3] == ["pr-22-shop", "failed", "3d"]
+    assert lines[1].index("running") == lines[2].index("failed") == lines[0].index("STATUS")
+
+
+def test_the_event_stream_reader_yields_one_line_per_event() -> None:
+    """SSE: `id` and `data` make a LogEvent; comments and id-less events are skipped."""
+    from prevu.watch import LogEvent, brief, noise, parse_events
+
+    stream = [
+        b": following\n",
+        b"\n",
+        b"id: 7\n",
+        b"event: build\n",
+        b"data: 2026-01-02T03:04:05Z [build] #1 DONE\n",
+        b"\n",
+        b"data: no id\n",
+        b"\n",
+        b"id: 9\r\n",
+        b"data: a\n",
+        b"data: b\n",
+        b"\n",
+    ]
+    events = list(parse_events(iter(stream)))
+    assert events == [LogEvent(7, "2026-01-02T03:04:05Z [build] #1 DONE"), LogEvent(9, "a\nb")]
+    assert brief(events[0].text) == "[build] #1 DONE"
+    assert noise("2026-01-02T03:04:05Z [build] #4 sha256:" + "0f" * 32)
+    assert noise("2026-01-02T03:04:05Z [build] ")
+    assert not noise(events[0].text)
