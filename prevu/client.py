@@ -84,7 +84,15 @@ def _request(
             reason = json.loads(error.read()).get("error", error.reason)
         except (ValueError, AttributeError):
             reason = error.reason
-        raise ClientError(f"{method} {path.partition('?')[0]}: {error.code} {reason}") from None
+        hint = ""
+        if error.code == 401:
+            hint = (
+                "; give the server's API token with --token or PREVU_TOKEN (twistd's start-up "
+                'summary says where it is: PREVU_TOKEN="$(cat STATE_DIR/api_token)")'
+            )
+        raise ClientError(
+            f"{method} {path.partition('?')[0]}: {error.code} {reason}{hint}"
+        ) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise ClientError(f"cannot reach prevu at {url}: {reason}") from None
