@@ -6,6 +6,7 @@ import io
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, LogLevel, LogPublisher
@@ -63,7 +64,8 @@ def test_cannot_listen_names_the_port_key_and_reason() -> None:
 def test_json_lines_carry_time_level_namespace_message_and_fields() -> None:
     """One JSON object per line: the formatted message, the plain fields, a failure's traceback."""
     stream = io.StringIO()
-    publisher = LogPublisher(JsonLineObserver(stream))
+    observer: Any = JsonLineObserver(stream)  # zope interfaces are not Protocols for mypy
+    publisher: Any = LogPublisher(observer)
     log = Logger(namespace="prevu.test", observer=publisher)
     log.info("preview {preview} running at {url}", preview="pr-1-a", url="http://a/", n=3)
     try:
@@ -96,3 +98,17 @@ def test_twistd_logger_option_writes_json_lines(tmp_path: Path) -> None:
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert records and all({"time", "level", "namespace", "message"} <= set(r) for r in records)
     assert any(f"cannot listen on port {port}" in r["message"] for r in records), records
+
+
+def test_twistd_turns_factory_start_and_stop_lines_off(monkeypatch: Any) -> None:
+    """After makeService's quiet_factories, no factory (probes, forge API pools) is noisy."""
+    from twisted.internet.protocol import ClientFactory, Factory, Protocol
+    from twisted.web.client import _HTTP11ClientFactory
+
+    from prevu.tap import quiet_factories
+
+    monkeypatch.setattr(Factory, "noisy", True)  # restored after the test
+    assert Factory.forProtocol(Protocol).noisy
+    quiet_factories()
+    factories = (Factory.forProtocol(Protocol), ClientFactory(), _HTTP11ClientFactory(None, ""))
+    assert not any(factory.noisy for factory in factories)
