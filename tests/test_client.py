@@ -215,3 +215,31 @@ def test_the_event_stream_reader_yields_one_line_per_event() -> None:
     assert noise("2026-01-02T03:04:05Z [build] #4 sha256:" + "0f" * 32)
     assert noise("2026-01-02T03:04:05Z [build] ")
     assert not noise(events[0].text)
+
+
+@pytest.mark.parametrize(
+    ("files", "error"),
+    [
+        (
+            {"README": "x"},
+            "docker build: Dockerfile not found at the top of the repository: commit one, "
+            "or name yours with build.dockerfile in .prevu.toml",
+        ),
+        (
+            {".prevu.toml": '[build]\ndockerfile = "web/Dockerfile"\n'},
+            ".prevu.toml: build.dockerfile: web/Dockerfile not found in the repository",
+        ),
+    ],
+)
+def test_a_missing_dockerfile_is_a_prevu_toml_error_only_when_it_names_one(
+    tmp_path: Path, files: dict[str, str], error: str
+) -> None:
+    """No Dockerfile and no .prevu.toml naming one: not reported as a .prevu.toml error."""
+    from tests.test_orchestrator import SHAS, URL
+
+    h = Harness(tmp_path)
+    h.git.remote(URL, "refs/pull/11/head", SHAS[0], files)
+    h.deploy(11, SHAS[0])
+    record = h.store.get("pr-11-shop")
+    assert record is not None and record.status == "failed"
+    assert record.error == error

@@ -337,8 +337,8 @@ def _checked(checkout: str, settings: RepoSettings) -> AppModel:
     dockerfile = os.path.join(checkout, settings.dockerfile)
     if not os.path.isfile(dockerfile):
         if settings.dockerfile == RepoSettings().dockerfile:  # not a .prevu.toml choice
-            reason = "no Dockerfile at the top of the repository: commit one, or name yours "
-            raise DockerError("build", reason + "with build.dockerfile in .prevu.toml")
+            reason = "Dockerfile not found at the top of the repository: commit one, or name "
+            raise DockerError("build", reason + "yours with build.dockerfile in .prevu.toml")
         raise RepoConfigError(
             "build.dockerfile", f"{settings.dockerfile} not found in the repository"
         )
