@@ -333,3 +333,28 @@ def test_public_url_defaults_to_the_proxy_port_unless_80_or_443(
     """Moving the proxy's port moves the default public_url with it, so login keeps working."""
     tls = {"tls": {"mode": "files", "cert": "c", "key": "k"}} if "https" in server else {}
     assert parse_config({"server": server, **tls}).server.public_url == public_url
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[acme.rfc2136]\nserver = "127.0.0.1:99999"\nkey_name = "k"\nkey_secret = "s"\n',
+            "acme.rfc2136.server: port '99999' is not a port (1-65535)",
+        ),
+        (
+            '[acme.rfc2136]\nserver = "[::1:53"\nkey_name = "k"\nkey_secret = "s"\n',
+            "acme.rfc2136.server: expected host, host:port or [v6]:port",
+        ),
+        ('[acme]\ndirectory = "https://acme.test:0/dir"\n', "acme.directory: port '0'"),
+        (
+            '[[routes]]\nhost = "a.test"\nupstream = "http://127.0.0.1:65536"\n',
+            "routes[0].upstream: port '65536' is not a port (1-65535)",
+        ),
+    ],
+)
+def test_ports_out_of_range_are_refused_in_every_table(text: str, message: str) -> None:
+    """A port outside 1-65535 in an address or URL is refused, naming the key."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tomllib.loads(text), "p.toml")
+    assert f"p.toml: {message}" in str(caught.value)

@@ -141,10 +141,32 @@ class Table:
         if parts.scheme not in schemes or not parts.hostname:
             raise self.error(name, f"expected an {'/'.join(schemes)} URL, got {value!r}")
         try:
-            parts.port  # noqa: B018 - the property validates the port
+            valid = parts.port != 0  # the property raises ValueError above 65535
         except ValueError:
+            valid = False
+        if not valid:
             port = parts.netloc.rpartition(":")[2]
-            raise self.error(name, f"port {port!r} is not a port (1-65535) in {value!r}") from None
+            raise self.error(name, f"port {port!r} is not a port (1-65535) in {value!r}")
+        return value
+
+    def address(self, name: str) -> str:
+        """
+        A required `host`, `host:port` or `[v6]:port` (port 1-65535), returned
+        as written; the reader of the address supplies the default port.
+        """
+        value = self.required(name)
+        if value.startswith("["):
+            host, bracket, rest = value[1:].partition("]")
+            port = rest.removeprefix(":") if rest.startswith(":") else None
+            bad_shape = not bracket or (rest and port is None)
+        else:
+            host, colon, port_text = value.rpartition(":")
+            host, port = (host, port_text) if colon and ":" not in host else (value, None)
+            bad_shape = False
+        if bad_shape or not host:
+            raise self.error(name, f"expected host, host:port or [v6]:port, got {value!r}")
+        if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise self.error(name, f"port {port!r} is not a port (1-65535) in {value!r}")
         return value
 
     def secret(self, name: str) -> str | None:
