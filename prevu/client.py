@@ -1,5 +1,9 @@
 """
-`prevu ls`, `prevu destroy NAME` and `prevu up`: the CLI side of the API.
+`prevu ls`, `up`, `logs`, `redeploy`, `destroy` and `why`: the CLI side of the API.
+
+`up`, `redeploy` and `logs -f` watch the preview until it settles
+(`prevu.watch`); errors are `ClientError`s printed as one `error:` line
+(exit status 1) that says what to do where prevu can tell.
 
 These talk to the control app's API (SPEC §4) with the bearer `api_token`.
 Where: `--url`/`--token`, else the environment (`PREVU_URL`, `PREVU_TOKEN`),
