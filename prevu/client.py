@@ -253,15 +253,8 @@ def _git(*command: str, cwd: str) -> str:
     return result.stdout.strip()
 
 
-APP_FILES = (
-    "Dockerfile",
-    ".prevu.toml",
-    "compose.yaml",
-    "compose.yml",
-    "docker-compose.yml",
-    "docker-compose.yaml",
-)
-"""Files at the top of a commit that say how to build it (SPEC §3)."""
+APP_FILES = ("Dockerfile", ".prevu.toml")
+"""Files at the top of a commit that say how to build it (SPEC §3; Compose needs .prevu.toml)."""
 
 
 def checkout_of(directory: str) -> tuple[str, str, str]:
