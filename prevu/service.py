@@ -121,8 +121,9 @@ def cannot_listen(key: str, description: str, error: BaseException) -> str:
 def startup_summary(config: Config, builder: str, token_file: str | None) -> str:
     """
     The start-up summary block: where previews and the dashboard are, where
-    the API token is, the builder found and the TLS mode. `token_file` is the
-    file prevu made the token in (None: the config gives it).
+    the API token is, how to point the CLI here, the builder found and the
+    TLS mode. `token_file` is the file prevu made the token in (None: the
+    config gives it).
     """
     server = config.server
     scheme = "https" if server.https else "http"
@@ -130,18 +131,25 @@ def startup_summary(config: Config, builder: str, token_file: str | None) -> str
     suffix = f":{port}" if port and port != (443 if server.https else 80) else ""
     previews = f"{scheme}://{server.label}.{server.domain}{suffix}/"
     control = loopback_address(server.control)
-    direct = f"http://{control.host}:{control.port}/" if control is not None else server.control
+    if control is not None:
+        host = f"[{control.host}]" if ":" in control.host else control.host
+        api = f"http://{host}:{control.port}"
+    else:
+        api = server.public_url
     if token_file is not None:
-        token = f'{token_file} (PREVU_TOKEN="$(cat {token_file})" for the CLI)'
+        token = token_file
+        cli = f'export PREVU_URL={api} PREVU_TOKEN="$(cat {token_file})"'
     else:
         token = f"{config.path}: server.api_token"
+        cli = f"export PREVU_URL={api} PREVU_TOKEN=<server.api_token>"
     tls = config.tls.mode + (f" ({server.https})" if server.https else "")
     return "\n".join(
         (
             "prevu is up",
             f"  previews   {previews}  (proxy on {server.http})",
-            f"  dashboard  {server.public_url}/  (control app on {direct})",
+            f"  dashboard  {server.public_url}/  (control app on {server.control})",
             f"  API token  {token}",
+            f"  CLI        {cli}",
             f"  builder    {builder}",
             f"  TLS        {tls}",
         )

@@ -26,8 +26,9 @@ def test_the_summary_says_where_everything_is() -> None:
     assert summary.splitlines() == [
         "prevu is up",
         "  previews   http://pr-{number}-{repo}.p.test:18480/  (proxy on tcp:18480)",
-        "  dashboard  http://prevu.p.test:18480/  (control app on http://127.0.0.1:18481/)",
-        '  API token  /s/api_token (PREVU_TOKEN="$(cat /s/api_token)" for the CLI)',
+        "  dashboard  http://prevu.p.test:18480/  (control app on tcp:18481)",
+        "  API token  /s/api_token",
+        '  CLI        export PREVU_URL=http://127.0.0.1:18481 PREVU_TOKEN="$(cat /s/api_token)"',
         "  builder    /usr/bin/docker with DOCKER_BUILDKIT=1",
         "  TLS        off",
     ]
@@ -37,7 +38,13 @@ def test_the_summary_names_the_config_key_of_a_given_token_and_the_https_port() 
     """A token from the config is named by its key; with TLS the previews are https."""
     config = parse_config(
         {
-            "server": {"domain": "p.test", "http": "tcp:80", "https": "tcp:443", "api_token": "s"},
+            "server": {
+                "domain": "p.test",
+                "http": "tcp:80",
+                "https": "tcp:443",
+                "control": "tcp6:8001:interface=\\:\\:",
+                "api_token": "s",
+            },
             "tls": {"mode": "files", "cert": "c.pem", "key": "k.pem"},
         },
         "/etc/prevu.toml",
@@ -46,7 +53,10 @@ def test_the_summary_names_the_config_key_of_a_given_token_and_the_https_port() 
     assert lines[1].startswith("  previews   https://pr-{number}-{repo}.p.test/  ")
     assert lines[2].startswith("  dashboard  https://prevu.p.test/  ")
     assert lines[3] == "  API token  /etc/prevu.toml: server.api_token"
-    assert lines[5] == "  TLS        files (tcp:443)"
+    assert (
+        lines[4] == "  CLI        export PREVU_URL=http://[::1]:8001 PREVU_TOKEN=<server.api_token>"
+    )
+    assert lines[6] == "  TLS        files (tcp:443)"
 
 
 def test_cannot_listen_names_the_port_key_and_reason() -> None:

@@ -157,7 +157,10 @@ async def test_twistd_serves_the_configured_routes(tmp_path: Path) -> None:
     summary = log[log.index("prevu is up") :]
     assert f"previews   http://pr-{{number}}-{{repo}}.localhost:{prevu.http_port}/" in summary
     assert f"dashboard  http://prevu.localhost:{prevu.http_port}/" in summary
-    assert f"API token  {tmp_path / 'state' / 'api_token'}" in summary
+    token = tmp_path / "state" / "api_token"
+    assert f"API token  {token}" in summary
+    url = f"http://127.0.0.1:{prevu.control_port}"
+    assert f'CLI        export PREVU_URL={url} PREVU_TOKEN="$(cat {token})"' in summary
     assert "builder    " in summary and "TLS        off" in summary
     assert log.count("prevu is up") == 1
     assert "Starting factory" not in log and "Stopping factory" not in log, log
