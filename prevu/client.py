@@ -99,7 +99,10 @@ def _request(
         ) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise ClientError(f"cannot reach prevu at {url}: {reason}") from None
+        raise ClientError(
+            f"cannot reach prevu at {url}: {reason}; is twistd prevu running? Its start-up "
+            "summary's CLI line gives PREVU_URL (or use --url)"
+        ) from None
 
 
 def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
