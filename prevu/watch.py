@@ -147,7 +147,10 @@ class Follower:
         path = f"{parts.path}/api/previews/{self.preview}/logs?after={self.after}"
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
-        if response.status != 200:
+        with self._lock:
+            stopped = self._stopped  # stop() came before the socket existed to shut down
+        if stopped or response.status != 200:
+            connection.close()
             return
         if connection.sock is not None:
             connection.sock.settimeout(None)  # a build step may print nothing for minutes
