@@ -310,13 +310,20 @@ def _watch(args: argparse.Namespace, preview: dict[str, Any], since: datetime | 
     follower = Follower(url, token, preview["id"], _show(not args.timestamps), since=since)
     if args.quiet:
         follower.show = lambda event: None
-    return watch(
-        preview,
-        lambda method, path: call(args, method, path),
-        lambda path: text(args, path),
-        follower,
-        timeout=args.timeout,
-    )
+    try:
+        return watch(
+            preview,
+            lambda method, path: call(args, method, path),
+            lambda path: text(args, path),
+            follower,
+            timeout=args.timeout,
+        )
+    except KeyboardInterrupt:
+        name = preview["id"]
+        print(
+            f"\n{name}: no longer watching; prevu goes on (prevu logs -f {name})", file=sys.stderr
+        )
+        return 130
 
 
 def up(args: argparse.Namespace) -> int:
