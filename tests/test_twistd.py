@@ -107,7 +107,7 @@ def test_twistd_exits_1_with_one_line_when_a_port_is_taken(tmp_path: Path, taken
         elapsed = time.monotonic() - started
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
-    assert elapsed < 10, elapsed
+    assert elapsed < 15, f"{elapsed:.1f}s"  # ~2-4 s alone; loaded CI machines are slower
     lines = [line for line in output.splitlines() if "cannot listen" in line]
     port = ports[taken]
     expected = (
