@@ -243,3 +243,72 @@ def test_a_missing_dockerfile_is_a_prevu_toml_error_only_when_it_names_one(
     record = h.store.get("pr-11-shop")
     assert record is not None and record.status == "failed"
     assert record.error == error
+
+
+WATCHED_LOG = (
+    "2026-01-02T03:04:00Z [system] status failed: old\n"
+    "2026-01-02T03:05:00Z [build] #1 sha256:" + "ab" * 32 + "\n"
+    "2026-01-02T03:05:01Z [build] #1 DONE 0.1s\n"
+    "2026-01-02T03:05:02Z [run] no DATABASE_URL\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("final", "status", "printed"),
+    [
+        ("running", 0, ["pr-1-a: running at http://a/"]),
+        (
+            "failed",
+            1,
+            [
+                "pr-1-a: failed: exited",
+                "  x",
+                "last 3 log lines:",
+                "  [system] status failed: old",
+                "  [build] #1 DONE 0.1s",
+                "  [run] no DATABASE_URL",
+                "all of it: prevu logs pr-1-a; try again: prevu redeploy pr-1-a",
+            ],
+        ),
+    ],
+)
+def test_watch_shows_this_deployments_lines_once_then_the_outcome(
+    final: str, status: int, printed: list[str]
+) -> None:
+    """No stream (nothing listens): the stored lines of this deployment (from `since`), then
+    the outcome; a failure adds the reason and the last lines without digest noise."""
+    import io
+    from datetime import UTC, datetime
+
+    from prevu.watch import Follower, watch
+
+    statuses = iter(["building", final])
+    preview = {"id": "pr-1-a", "status": "queued", "url": "http://a/", "error": "exited\nx"}
+
+    def call(method: str, path: str) -> dict[str, str]:
+        assert (method, path) == ("GET", "/api/previews/pr-1-a")
+        return {**preview, "status": next(statuses)}
+
+    shown: list[str] = []
+    since = datetime(2026, 1, 2, 3, 5, tzinfo=UTC)
+    follower = Follower("http://127.0.0.1:9", None, "pr-1-a", lambda e: shown.append(e.text))
+    follower.since = since
+    out = io.StringIO()
+    assert watch(preview, call, lambda path: WATCHED_LOG, follower, out, interval=0) == status
+    assert shown == WATCHED_LOG.splitlines()[1:]
+    assert out.getvalue().splitlines() == printed
+
+
+def test_watch_gives_up_after_the_timeout() -> None:
+    """Still building after --timeout seconds: exit status 1 saying so."""
+    import io
+
+    from prevu.watch import Follower, watch
+
+    stuck = Follower("http://127.0.0.1:9", None, "pr-1-a", lambda e: None)
+    out = io.StringIO()
+    building = {"id": "pr-1-a", "status": "building", "url": "u"}
+    result = watch(
+        building, lambda m, p: building, lambda p: "", stuck, out, timeout=0.05, interval=0.01
+    )
+    assert result == 1 and out.getvalue() == "pr-1-a: still building after 0.05s\n"
