@@ -1,5 +1,9 @@
 """
-`prevu ls`, `prevu destroy NAME` and `prevu up`: the CLI side of the API.
+`prevu ls`, `up`, `logs`, `redeploy`, `destroy` and `why`: the CLI side of the API.
+
+`up`, `redeploy` and `logs -f` watch the preview until it settles
+(`prevu.watch`); errors are `ClientError`s printed as one `error:` line
+(exit status 1) that says what to do where prevu can tell.
 
 These talk to the control app's API (SPEC §4) with the bearer `api_token`.
 Where: `--url`/`--token`, else the environment (`PREVU_URL`, `PREVU_TOKEN`),
@@ -17,10 +21,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ from prevu.config import Config, default_config, load_config
 from prevu.endpoints import loopback_address
 from prevu.errors import ConfigError
 from prevu.secretfile import API_TOKEN_FILE, read_secret
+from prevu.watch import Follower, LogEvent, brief, noise, watch
 
 DEFAULT_CONFIG = "prevu.toml"
 
@@ -62,28 +68,68 @@ def connection(args: argparse.Namespace) -> tuple[str, str | None]:
     return url.rstrip("/"), token
 
 
-def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    """One API request; the decoded JSON answer, or ClientError."""
+def _request(
+    args: argparse.Namespace, method: str, path: str, body: Any, accept: str
+) -> tuple[bytes, Any]:
     url, token = connection(args)
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url + path, data=data, method=method)
-    request.add_header("Accept", "application/json")
+    request.add_header("Accept", accept)
     if data is not None:
         request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
+            content: bytes = response.read()
+            return content, response.headers
     except urllib.error.HTTPError as error:
         try:
             reason = json.loads(error.read()).get("error", error.reason)
         except (ValueError, AttributeError):
             reason = error.reason
-        raise ClientError(f"{method} {path}: {error.code} {reason}") from None
+        hint = ""
+        if error.code == 401:
+            hint = (
+                "; give the server's API token with --token or PREVU_TOKEN (twistd's start-up "
+                'summary says where it is: PREVU_TOKEN="$(cat STATE_DIR/api_token)")'
+            )
+        raise ClientError(
+            f"{method} {path.partition('?')[0]}: {error.code} {reason}{hint}"
+        ) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise ClientError(f"cannot reach prevu at {url}: {reason}") from None
+        raise ClientError(
+            f"cannot reach prevu at {url}: {reason}; is twistd prevu running? Its start-up "
+            "summary's CLI line gives PREVU_URL (or use --url)"
+        ) from None
+
+
+def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    """One API request; the decoded JSON answer, or ClientError."""
+    content, _ = _request(args, method, path, body, "application/json")
+    return json.loads(content or b"null")
+
+
+def act(args: argparse.Namespace, path: str, body: Any = None) -> tuple[Any, datetime | None]:
+    """
+    A POST that starts a deployment: the decoded JSON answer, and the server's
+    time of the answer less a second (its `Date` header has whole seconds):
+    the log lines of this deployment are the ones from that time on.
+    """
+    content, headers = _request(args, "POST", path, body, "application/json")
+    try:
+        date = parsedate_to_datetime(headers.get("Date", ""))
+    except (TypeError, ValueError):
+        date = None
+    since = date - timedelta(seconds=1) if date is not None else None
+    return json.loads(content or b"null"), since
+
+
+def text(args: argparse.Namespace, path: str) -> str:
+    """One GET of a plain-text API answer (the logs), or ClientError."""
+    content, _ = _request(args, "GET", path, None, "text/plain")
+    return content.decode("utf-8", "replace")
 
 
 def _run(handler: Any) -> Any:
@@ -98,23 +144,57 @@ def _run(handler: Any) -> Any:
     return wrapped
 
 
+def age(created_at: str | None, now: datetime) -> str:
+    """`created_at` (ISO 8601) to `now` as `42s`, `5m`, `3h` or `2d`; `-` when unknown."""
+    if not created_at:
+        return "-"
+    try:
+        seconds = (now - datetime.fromisoformat(created_at.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return "-"
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def destroyed(preview: dict[str, Any]) -> bool:
+    """A preview that was torn down (pull request closed, `prevu destroy`): hidden by `ls`."""
+    return bool(preview.get("closed", preview.get("status") == "stopped"))
+
+
+def table(previews: list[dict[str, Any]], now: datetime) -> list[str]:
+    """`prevu ls` lines: a header, then one line per preview (id, status, age, SHA, URL, why)."""
+    rows = [("PREVIEW", "STATUS", "AGE", "SHA", "URL", "")]
+    for preview in previews:
+        note = " / ".join((preview.get("error") or preview.get("detail") or "").split("\n"))
+        sha = (preview.get("sha") or "")[:12]
+        status = str(preview["status"])
+        rows.append(
+            (preview["id"], status, age(preview.get("created_at"), now), sha, preview["url"], note)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[5]]).rstrip())
+    return lines
+
+
 def list_previews(args: argparse.Namespace) -> int:
-    """`prevu ls`: one line per preview."""
+    """`prevu ls`: a header and one line per preview; destroyed ones only with --all."""
     previews = call(args, "GET", "/api/previews")
+    if not args.all:
+        previews = [p for p in previews if not destroyed(p)]
     if args.json:
         print(json.dumps(previews, indent=2))
         return 0
     if not previews:
-        print("no previews")
+        print("no previews" + ("" if args.all else " (destroyed ones: prevu ls --all)"))
         return 0
-    width = max(len(p["id"]) for p in previews)
-    for preview in previews:
-        note = preview.get("error") or preview.get("detail") or ""
-        line = (
-            f"{preview['id']:<{width}}  {preview['status']:<8}  "
-            f"{(preview['sha'] or '')[:12]:<12}  {preview['url']}"
-        )
-        print(f"{line}  {note}".rstrip())
+    for line in table(previews, datetime.now(UTC)):
+        print(line)
     return 0
 
 
@@ -165,41 +245,119 @@ def why(args: argparse.Namespace) -> int:
 
 
 def _git(*command: str, cwd: str) -> str:
-    result = subprocess.run(["git", *command], cwd=cwd, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(
+            ["git", *command], cwd=cwd, capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        raise ClientError(f"{cwd}: no such directory (or git is not installed)") from None
     if result.returncode != 0:
         raise ClientError(f"git {' '.join(command)}: {result.stderr.strip()}")
     return result.stdout.strip()
 
 
-def up(args: argparse.Namespace) -> int:
-    """`prevu up`: deploy the current git checkout (its committed HEAD) as a preview."""
-    top = _git("rev-parse", "--show-toplevel", cwd=args.directory)
+APP_FILES = ("Dockerfile", ".prevu.toml")
+"""Files at the top of a commit that say how to build it (SPEC §3; Compose needs .prevu.toml)."""
+
+
+def checkout_of(directory: str) -> tuple[str, str, str]:
+    """
+    The git checkout at `directory`: (top directory, branch, HEAD sha); a
+    ClientError saying what to do when it is not a checkout, has no commit,
+    is on a detached HEAD or its HEAD has nothing to build.
+    """
+    try:
+        top = _git("rev-parse", "--show-toplevel", cwd=directory)
+    except ClientError:
+        where = os.path.abspath(directory)
+        raise ClientError(
+            f"{where} is not in a git checkout: run prevu up in the repository to preview, "
+            "or give it with -C DIR"
+        ) from None
+    try:
+        sha = _git("rev-parse", "--verify", "--quiet", "HEAD", cwd=top)
+    except ClientError:
+        raise ClientError(
+            f"{top} has no commit yet: prevu deploys committed code (git add -A && git commit)"
+        ) from None
     branch = _git("rev-parse", "--abbrev-ref", "HEAD", cwd=top)
     if branch == "HEAD":
-        raise ClientError("detached HEAD: check out a branch first")
-    sha = _git("rev-parse", "HEAD", cwd=top)
+        raise ClientError("detached HEAD: check out a branch first (git switch -c NAME)")
+    tracked = set(_git("ls-tree", "--name-only", "HEAD", cwd=top).splitlines())
+    if not tracked & set(APP_FILES):
+        hint = (
+            "it is not committed yet: git add Dockerfile && git commit"
+            if os.path.exists(os.path.join(top, "Dockerfile"))
+            else "add a Dockerfile at the top of the repository (its app listens on port 8080, "
+            "or set [run] port in .prevu.toml) and commit it"
+        )
+        raise ClientError(f"no Dockerfile in {top} at HEAD ({sha[:12]}): {hint}")
+    return top, branch, sha
+
+
+def _show(brief_lines: bool) -> Any:
+    def show(event: LogEvent) -> None:
+        if not brief_lines:
+            print(event.text, flush=True)
+        elif not noise(event.text):
+            print(brief(event.text), flush=True)
+
+    return show
+
+
+def _watch(args: argparse.Namespace, preview: dict[str, Any], since: datetime | None) -> int:
+    url, token = connection(args)
+    follower = Follower(url, token, preview["id"], _show(not args.timestamps), since=since)
+    if args.quiet:
+        follower.show = lambda event: None
+    try:
+        return watch(
+            preview,
+            lambda method, path: call(args, method, path),
+            lambda path: text(args, path),
+            follower,
+            timeout=args.timeout,
+        )
+    except KeyboardInterrupt:
+        name = preview["id"]
+        print(
+            f"\n{name}: no longer watching; prevu goes on (prevu logs -f {name})", file=sys.stderr
+        )
+        return 130
+
+
+def up(args: argparse.Namespace) -> int:
+    """`prevu up`: deploy the current git checkout (its committed HEAD), showing the build."""
+    top, branch, sha = checkout_of(args.directory)
     if _git("status", "--porcelain", "--untracked-files=no", cwd=top):
         print("warning: uncommitted changes are not deployed", file=sys.stderr)
     repo = args.repo or Path(top).name
     body = {"repo": repo, "branch": branch, "sha": sha, "clone_url": Path(top).as_uri()}
     if args.access:
         body["access"] = args.access
-    preview = call(args, "POST", "/api/previews", body)
+    preview, since = act(args, "/api/previews", body)
     print(f"{preview['id']}: {preview['status']} ({sha[:12]} of {branch}) {preview['url']}")
     if args.no_wait:
         return 0
-    deadline = time.monotonic() + args.timeout
-    while preview["status"] not in ("running", "failed", "stopped"):
-        if time.monotonic() > deadline:
-            print(f"{preview['id']}: still {preview['status']} after {args.timeout:g}s")
-            return 1
-        time.sleep(1.0)
-        preview = call(args, "GET", f"/api/previews/{preview['id']}")
-    if preview["status"] != "running":
-        print(f"{preview['id']}: {preview['status']}: {preview.get('error') or ''}".rstrip())
-        return 1
-    print(f"{preview['id']}: running at {preview['url']}")
-    return 0
+    return _watch(args, preview, since)
+
+
+def redeploy(args: argparse.Namespace) -> int:
+    """`prevu redeploy PREVIEW`: build its current commit again (a failed one too), showing it."""
+    preview, since = act(args, f"/api/previews/{args.name}/redeploy")
+    print(f"{preview['id']}: {preview['status']} (redeploying {(preview['sha'] or '')[:12]})")
+    if args.no_wait:
+        return 0
+    return _watch(args, preview, since)
+
+
+def logs(args: argparse.Namespace) -> int:
+    """`prevu logs PREVIEW [-f]`: its build, run and system log; -f follows until it settles."""
+    if not args.follow:
+        print(text(args, f"/api/previews/{args.name}/logs"), end="")
+        return 0
+    preview = call(args, "GET", f"/api/previews/{args.name}")
+    return _watch(args, preview, None)
 
 
 def _common(command: argparse.ArgumentParser) -> None:
@@ -208,11 +366,20 @@ def _common(command: argparse.ArgumentParser) -> None:
     command.add_argument("--config", "-c", help="server config to read url and token from")
 
 
+def _watching(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
+    command.add_argument("--quiet", "-q", action="store_true", help="do not print log lines")
+    command.add_argument(
+        "--timestamps", "-t", action="store_true", help="print each log line's time"
+    )
+
+
 def add_commands(commands: Any) -> None:
-    """Add `ls`, `destroy`, `why` and `up` to the `prevu` argument parser."""
-    ls = commands.add_parser("ls", help="list previews")
+    """Add `ls`, `destroy`, `why`, `up`, `redeploy` and `logs` to the `prevu` argument parser."""
+    ls = commands.add_parser("ls", help="list previews (destroyed ones with --all)")
     _common(ls)
     ls.add_argument("--json", action="store_true", help="print the API's JSON")
+    ls.add_argument("--all", "-a", action="store_true", help="list destroyed previews too")
     ls.set_defaults(handler=_run(list_previews))
 
     gone = commands.add_parser("destroy", help="tear a preview down")
@@ -228,7 +395,9 @@ def add_commands(commands: Any) -> None:
     reasons.add_argument("--json", action="store_true", help="print the API's JSON")
     reasons.set_defaults(handler=_run(why))
 
-    deploy = commands.add_parser("up", help="deploy the current git checkout as a preview")
+    deploy = commands.add_parser(
+        "up", help="deploy the current git checkout as a preview, showing the build"
+    )
     _common(deploy)
     deploy.add_argument("--repo", help="repository name (default: the checkout's directory)")
     deploy.add_argument("-C", dest="directory", default=".", help="the checkout (default: .)")
@@ -238,5 +407,23 @@ def add_commands(commands: Any) -> None:
         choices=("public", "private"),
         help="who may open it (default: the repo's setting; private when a login is configured)",
     )
-    deploy.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
+    _watching(deploy)
     deploy.set_defaults(handler=_run(up))
+
+    again = commands.add_parser(
+        "redeploy", help="build a preview's commit again (retries a failed one), showing it"
+    )
+    _common(again)
+    again.add_argument("name", metavar="PREVIEW", help="the preview id, as `prevu ls` shows it")
+    again.add_argument("--no-wait", action="store_true", help="do not wait until it runs")
+    _watching(again)
+    again.set_defaults(handler=_run(redeploy))
+
+    lines = commands.add_parser("logs", help="a preview's build, run and system log")
+    _common(lines)
+    lines.add_argument("name", metavar="PREVIEW", help="the preview id, as `prevu ls` shows it")
+    lines.add_argument(
+        "--follow", "-f", action="store_true", help="follow new lines until it runs or fails"
+    )
+    _watching(lines)
+    lines.set_defaults(handler=_run(logs), timestamps=True)

@@ -40,7 +40,7 @@ from prevu.control.limits import control_site as control_site_for
 from prevu.control.login import build_login
 from prevu.control.preview_page import PreviewPage
 from prevu.control.webhooks import Webhooks
-from prevu.endpoints import loopback_address, with_backlog
+from prevu.endpoints import endpoint_port, loopback_address, with_backlog
 from prevu.errors import DockerError
 from prevu.feedback.wiring import build_feedback, github_api, secrets_of
 from prevu.idle import IdleService
@@ -81,6 +81,90 @@ class _StoreService(Service):
         super().stopService()
         self.store.close()
         return None
+
+
+class ListeningService(StreamServerEndpointService):
+    """
+    A listener that refuses to start without its port: the listen happens in
+    `privilegedStartService` (before the reactor runs) and a failure ends
+    twistd with one line naming the config key and the endpoint (exit 1),
+    instead of Twisted's "Unhandled Error" and a process serving nothing.
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(
+        self, reactor: Any, key: str, description: str, factory: Any, backlog: bool = False
+    ) -> None:
+        listen = with_backlog(description) if backlog else description
+        super().__init__(serverFromString(reactor, listen), factory)
+        self.key = key
+        self.description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as error:  # any listen failure: the one line says which and why
+            raise SystemExit(cannot_listen(self.key, self.description, error)) from None
+
+
+def cannot_listen(key: str, description: str, error: BaseException) -> str:
+    """The one line twistd ends with when `[server] key = description` cannot be listened on."""
+    reason = getattr(error, "socketError", None) or error
+    if isinstance(reason, OSError) and reason.strerror:
+        reason = reason.strerror
+    port = endpoint_port(description)
+    where = f"port {port}" if port is not None else description
+    return f"prevu: cannot listen on {where} ({key} = {description!r}): {reason}"
+
+
+def startup_summary(config: Config, builder: str, token_file: str | None) -> str:
+    """
+    The start-up summary block: where previews and the dashboard are, where
+    the API token is, how to point the CLI here, the builder found and the
+    TLS mode. `token_file` is the file prevu made the token in (None: the
+    config gives it).
+    """
+    server = config.server
+    scheme = "https" if server.https else "http"
+    port = endpoint_port(server.https or server.http)
+    suffix = f":{port}" if port and port != (443 if server.https else 80) else ""
+    previews = f"{scheme}://{server.label}.{server.domain}{suffix}/"
+    control = loopback_address(server.control)
+    if control is not None:
+        host = f"[{control.host}]" if ":" in control.host else control.host
+        api = f"http://{host}:{control.port}"
+    else:
+        api = server.public_url
+    if token_file is not None:
+        token = token_file
+        cli = f'export PREVU_URL={api} PREVU_TOKEN="$(cat {token_file})"'
+    else:
+        token = f"{config.path}: server.api_token"
+        cli = f"export PREVU_URL={api} PREVU_TOKEN=<server.api_token>"
+    tls = config.tls.mode + (f" ({server.https})" if server.https else "")
+    return "\n".join(
+        (
+            "prevu is up",
+            f"  previews   {previews}  (proxy on {server.http})",
+            f"  dashboard  {server.public_url}/  (control app on {server.control})",
+            f"  API token  {token}",
+            f"  CLI        {cli}",
+            f"  builder    {builder}",
+            f"  TLS        {tls}",
+        )
+    )
+
+
+class _SummaryService(Service):
+    """Logs the start-up summary once every listener is up (it starts last)."""
+
+    def __init__(self, summary: str) -> None:
+        self.summary = summary
+
+    def startService(self) -> None:
+        super().startService()
+        log.info("{summary}", summary=self.summary)
 
 
 @frozen
@@ -127,7 +211,6 @@ def find_build_client(config: Config, reactor: Any) -> BuildKitCli:
         cli = find_builder_at_startup(docker.cli, environment)
     except DockerError as error:
         raise SystemExit(f"prevu: cannot start: {error.reason}") from None
-    log.info("builds use {builder}", builder=cli.describe())
     for repo in config.repos:
         if repo.forks == "allow":
             log.warn(
@@ -212,9 +295,11 @@ def control_routes(config: Config) -> list[Route]:
 
 def build_service(config: Config, reactor: Any) -> MultiService:
     """Wire every part of prevu for `config` on `reactor`."""
+    token_file = None
     if config.server.api_token is None:
         token = load_or_create_secret(config.server.state_dir, API_TOKEN_FILE)
         config = evolve(config, server=evolve(config.server, api_token=token))
+        token_file = os.path.join(os.path.abspath(config.server.state_dir), API_TOKEN_FILE)
     top = MultiService()
     pool = ThreadPool(minthreads=1, maxthreads=8, name="prevu")
     ThreadPoolService(pool).setServiceParent(top)
@@ -246,8 +331,9 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         builder=builder.cli.describe(),
     )
     control_site = control_site_for(control.resource())
-    StreamServerEndpointService(
-        serverFromString(reactor, config.server.control), control_site
+    control_site.noisy = False  # no "Starting factory" line per start (a fifth of the log)
+    ListeningService(
+        reactor, "server.control", config.server.control, control_site
     ).setServiceParent(top)
 
     activity: dict[str, float] = {}
@@ -267,8 +353,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         waker=previews.orchestrator,
         activity=activity,
     )
-    StreamServerEndpointService(
-        serverFromString(reactor, with_backlog(config.server.http)), proxy
+    ListeningService(
+        reactor, "server.http", config.server.http, proxy, backlog=True
     ).setServiceParent(top)
     previews.orchestrator.metrics.sources.append(proxy.samples)
     if tls is not None and config.server.https:
@@ -280,9 +366,11 @@ def build_service(config: Config, reactor: Any) -> MultiService:
             waker=previews.orchestrator,
             activity=activity,
         )
-        StreamServerEndpointService(
-            serverFromString(reactor, with_backlog(config.server.https)),
-            tls.wrap(https_proxy),  # type: ignore[arg-type]  # zope interfaces are not Protocols
+        wrapped = tls.wrap(https_proxy)  # type: ignore[arg-type]  # zope interfaces are not Protocols
+        ListeningService(
+            reactor, "server.https", config.server.https, wrapped, backlog=True
         ).setServiceParent(top)
         previews.orchestrator.metrics.sources.append(https_proxy.samples)
+    summary = startup_summary(config, builder.cli.describe(), token_file)
+    _SummaryService(summary).setServiceParent(top)
     return top

@@ -255,3 +255,106 @@ def test_swarm_runtime_error_names_file_and_key() -> None:
         "docker.runtime",
         "the swarm runtime is not available yet",
     )
+
+
+@pytest.mark.parametrize(
+    ("server", "key", "reason"),
+    [
+        ('domain = "https://Preview.Example.com/"', "domain", "without a scheme"),
+        ('domain = "preview.example.com:8443"', "domain", "without a port"),
+        ('domain = "preview.example.com/x"', "domain", "without a path"),
+        ('domain = "pre_view.example.com"', "domain", "'pre_view' is not a DNS label"),
+        ('domain = "-preview.example.com"', "domain", "'-preview' is not a DNS label"),
+        ('domain = "a..example.com"', "domain", "'' is not a DNS label"),
+        (f'domain = "{"a" * 64}.example.com"', "domain", "is not a DNS label"),
+        ('http = "tcp:99999"', "http", "port 99999 is over 65535"),
+        ('https = "tcp6:70000"', "https", "port 70000 is over 65535"),
+        ('control = "tcp:8001:interfce=127.0.0.1"', "control", "unknown option 'interfce'"),
+        ('control = "tcp"', "control", "tcp needs a port"),
+        ('public_url = "http://prevu.example.com:99999"', "public_url", "'99999' is not a port"),
+        ('public_url = "prevu.example.com"', "public_url", "expected an http/https URL"),
+        ('domian = "preview.example.com"', "domian", 'unknown key; did you mean "domain"?'),
+    ],
+)
+def test_check_config_refuses_each_bad_server_value(server: str, key: str, reason: str) -> None:
+    """Each bad [server] value is refused naming file, key and reason."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tomllib.loads(f"[server]\n{server}\n"), "/etc/prevu.toml")
+    assert str(caught.value).startswith(f"/etc/prevu.toml: server.{key}: ")
+    assert reason in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[sever]\ndomain = "x"\n', 'sever: unknown key; did you mean "server"?'),
+        ('[tls]\nmdoe = "off"\n', 'tls.mdoe: unknown key; did you mean "mode"?'),
+        ('[docker]\nMemory = "1g"\n', 'docker.Memory: unknown key; did you mean "memory"?'),
+        ('[github]\nwebhok_secret = "x"\n', 'did you mean "webhook_secret"?'),
+        ('[acme]\nemial = "a@b.test"\n', 'acme.emial: unknown key; did you mean "email"?'),
+        (
+            '[[repos]]\nname = "a/b"\nacess = "public"\n',
+            'repos[0].acess: unknown key; did you mean "access"?',
+        ),
+        ("[server]\nzzz = 1\n", "server.zzz: unknown key"),
+    ],
+)
+def test_a_typo_gets_the_nearest_known_key(text: str, message: str) -> None:
+    """A mistyped key in any table names the nearest known key (none when nothing is close)."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tomllib.loads(text), "p.toml")
+    assert message in str(caught.value)
+    if "zzz" in text:
+        assert str(caught.value) == "p.toml: server.zzz: unknown key"
+
+
+def test_domain_upper_case_and_trailing_dot_are_folded() -> None:
+    """`Preview.Example.COM.` is the domain `preview.example.com`."""
+    config = parse_config({"server": {"domain": "Preview.Example.COM."}})
+    assert config.server.domain == "preview.example.com"
+
+
+@pytest.mark.parametrize(
+    ("server", "public_url"),
+    [
+        ({}, "http://prevu.localhost:8000"),
+        ({"domain": "p.test", "http": "tcp:18480"}, "http://prevu.p.test:18480"),
+        ({"domain": "p.test", "http": "tcp:80"}, "http://prevu.p.test"),
+        ({"domain": "p.test", "http": "tcp6:8080:interface=\\:\\:"}, "http://prevu.p.test:8080"),
+        ({"domain": "p.test", "http": "unix:/run/prevu.sock"}, "http://prevu.p.test"),
+        ({"domain": "p.test", "http": "tcp:80", "https": "tcp:443"}, "https://prevu.p.test"),
+        ({"domain": "p.test", "http": "tcp:80", "https": "tcp:8443"}, "https://prevu.p.test:8443"),
+        ({"domain": "p.test", "public_url": "https://x.test/"}, "https://x.test"),
+    ],
+)
+def test_public_url_defaults_to_the_proxy_port_unless_80_or_443(
+    server: dict[str, str], public_url: str
+) -> None:
+    """Moving the proxy's port moves the default public_url with it, so login keeps working."""
+    tls = {"tls": {"mode": "files", "cert": "c", "key": "k"}} if "https" in server else {}
+    assert parse_config({"server": server, **tls}).server.public_url == public_url
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[acme.rfc2136]\nserver = "127.0.0.1:99999"\nkey_name = "k"\nkey_secret = "s"\n',
+            "acme.rfc2136.server: port '99999' is not a port (1-65535)",
+        ),
+        (
+            '[acme.rfc2136]\nserver = "[::1:53"\nkey_name = "k"\nkey_secret = "s"\n',
+            "acme.rfc2136.server: expected host, host:port or [v6]:port",
+        ),
+        ('[acme]\ndirectory = "https://acme.test:0/dir"\n', "acme.directory: port '0'"),
+        (
+            '[[routes]]\nhost = "a.test"\nupstream = "http://127.0.0.1:65536"\n',
+            "routes[0].upstream: port '65536' is not a port (1-65535)",
+        ),
+    ],
+)
+def test_ports_out_of_range_are_refused_in_every_table(text: str, message: str) -> None:
+    """A port outside 1-65535 in an address or URL is refused, naming the key."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tomllib.loads(text), "p.toml")
+    assert f"p.toml: {message}" in str(caught.value)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,13 @@ from tests.support.net import (
     sleep,
     within,
 )
-from tests.support.prevu_process import PrevuProcess, environment, run_twistd, twistd
+from tests.support.prevu_process import (
+    PrevuProcess,
+    environment,
+    free_port,
+    run_twistd,
+    twistd,
+)
 
 CONFIG = """
 [server]
@@ -61,7 +69,8 @@ def test_twistd_refuses_a_bad_config_naming_file_key_and_reason(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('[server]\ndomian = "x"\n', "server.domian: unknown key"),
+        ('[server]\ndomian = "x"\n', 'server.domian: unknown key; did you mean "domain"?'),
+        ('[server]\ndomain = "https://P.test/"\n', "server.domain: give the bare DNS name"),
         ('[docker]\nmemory = "lots"\n', "docker.memory: expected a size"),
         ('[[routes]]\nhost = "a.test"\n', "routes[0].upstream: expected an http URL"),
         ('[server]\nhttp = "tcp:notaport"\n', "server.http: invalid Twisted endpoint"),
@@ -78,6 +87,36 @@ def test_check_config_exits_1_naming_the_key(tmp_path: Path, text: str, expected
     path.write_text('[server]\ndomain = "preview.example.com"\n')
     result = subprocess.run(command, capture_output=True, text=True, env=environment())
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("taken", ["http", "control"])
+def test_twistd_exits_1_with_one_line_when_a_port_is_taken(tmp_path: Path, taken: str) -> None:
+    """A port already in use: twistd exits 1 within seconds, one line naming the port."""
+    ports = {"http": free_port(), "control": free_port()}
+    path = tmp_path / "prevu.toml"
+    path.write_text(
+        f'[server]\nhttp = "tcp:{ports["http"]}:interface=127.0.0.1"\n'
+        f'control = "tcp:{ports["control"]}:interface=127.0.0.1"\n'
+        f'state_dir = "{tmp_path / "state"}"\n'
+    )
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", ports[taken]))
+        holder.listen()
+        started = time.monotonic()
+        result = run_twistd(["-n", "prevu", "--config", str(path)], tmp_path, timeout=30)
+        elapsed = time.monotonic() - started
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert elapsed < 15, f"{elapsed:.1f}s"  # ~2-4 s alone; loaded CI machines are slower
+    lines = [line for line in output.splitlines() if "cannot listen" in line]
+    port = ports[taken]
+    expected = (
+        f"prevu: cannot listen on port {port} (server.{taken} = "
+        f"'tcp:{port}:interface=127.0.0.1'): Address already in use"
+    )
+    assert len(lines) == 1 and lines[0].endswith(expected), output
+    assert "Traceback" not in output and "Unhandled Error" not in output, output
+    assert "prevu is up" not in output
 
 
 @pytest_twisted.ensureDeferred
@@ -112,8 +151,19 @@ async def test_twistd_serves_the_configured_routes(tmp_path: Path) -> None:
         data = await control.wait_for(lambda d: b"prevu_proxy_upstream_idle" in d)
         assert b'prevu_proxy_requests_total{scheme="http"} 1\n' in data
     finally:
-        prevu.stop()
+        log = prevu.stop()
         await upstream.stop()
+    # One start-up summary; no factory start/stop lines.
+    summary = log[log.index("prevu is up") :]
+    assert f"previews   http://pr-{{number}}-{{repo}}.localhost:{prevu.http_port}/" in summary
+    assert f"dashboard  http://prevu.localhost:{prevu.http_port}/" in summary
+    token = tmp_path / "state" / "api_token"
+    assert f"API token  {token}" in summary
+    url = f"http://127.0.0.1:{prevu.control_port}"
+    assert f'CLI        export PREVU_URL={url} PREVU_TOKEN="$(cat {token})"' in summary
+    assert "builder    " in summary and "TLS        off" in summary
+    assert log.count("prevu is up") == 1
+    assert "Starting factory" not in log and "Stopping factory" not in log, log
 
 
 @pytest_twisted.ensureDeferred

@@ -9,6 +9,7 @@ one I/O it can do is through the `read_file` function it is given (the
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -37,6 +38,8 @@ class Table:
         self.prefix = prefix
         self.read_file = read_file
         self.seen: set[str] = set()
+        self.known: set[str] = set()
+        """Every key asked for, present or not: the candidates of a "did you mean"."""
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -45,6 +48,7 @@ class Table:
         return ConfigError(self.path, self.key(name), reason)
 
     def has(self, name: str) -> bool:
+        self.known.add(name)
         return name in self.data
 
     def raw(self, name: str) -> Any:
@@ -136,6 +140,33 @@ class Table:
         parts = urlsplit(value)
         if parts.scheme not in schemes or not parts.hostname:
             raise self.error(name, f"expected an {'/'.join(schemes)} URL, got {value!r}")
+        try:
+            valid = parts.port != 0  # the property raises ValueError above 65535
+        except ValueError:
+            valid = False
+        if not valid:
+            port = parts.netloc.rpartition(":")[2]
+            raise self.error(name, f"port {port!r} is not a port (1-65535) in {value!r}")
+        return value
+
+    def address(self, name: str) -> str:
+        """
+        A required `host`, `host:port` or `[v6]:port` (port 1-65535), returned
+        as written; the reader of the address supplies the default port.
+        """
+        value = self.required(name)
+        if value.startswith("["):
+            host, bracket, rest = value[1:].partition("]")
+            port = rest.removeprefix(":") if rest.startswith(":") else None
+            bad_shape = not bracket or (rest and port is None)
+        else:
+            host, colon, port_text = value.rpartition(":")
+            host, port = (host, port_text) if colon and ":" not in host else (value, None)
+            bad_shape = False
+        if bad_shape or not host:
+            raise self.error(name, f"expected host, host:port or [v6]:port, got {value!r}")
+        if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise self.error(name, f"port {port!r} is not a port (1-65535) in {value!r}")
         return value
 
     def secret(self, name: str) -> str | None:
@@ -199,6 +230,18 @@ class Table:
         return value
 
     def finish(self) -> None:
+        """Refuse the first key nobody asked for, suggesting the nearest known one."""
+        known = sorted(self.seen | self.known)
         for name in self.data:
             if name not in self.seen:
-                raise self.error(name, "unknown key")
+                raise self.error(name, unknown_key(name, known))
+
+
+def unknown_key(name: str, known: list[str]) -> str:
+    """
+    The reason for an unknown key: "unknown key", plus `did you mean "x"?` when
+    a known key is close (difflib's ratio >= 0.6, case folded).
+    """
+    folded = {key.lower(): key for key in known}
+    close = difflib.get_close_matches(name.lower(), list(folded), n=1, cutoff=0.6)
+    return f'unknown key; did you mean "{folded[close[0]]}"?' if close else "unknown key"

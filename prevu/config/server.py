@@ -8,11 +8,13 @@ Pure core: values and their readers.
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 from attrs import frozen
 
 from prevu.config.reader import Table
+from prevu.endpoints import endpoint_port
 from prevu.labels import instance_problem
 from prevu.routing import Access
 
@@ -64,9 +66,11 @@ class StaticRouteConfig:
 def parse_server(t: Table) -> ServerConfig:
     """The `[server]` table; ConfigError on a bad value or an unknown key."""
     d = ServerConfig()
-    domain = t.string("domain", d.domain).strip(".").lower()
-    if not domain or " " in domain:
-        raise t.error("domain", f"expected a DNS name, got {domain!r}")
+    domain = t.string("domain", d.domain)
+    reason = domain_problem(domain)
+    if reason:
+        raise t.error("domain", reason)
+    domain = domain.strip(".").lower()
     label = t.string("label", d.label)
     try:
         label.format(number=1, repo="r", owner="o", branch="b")
@@ -76,9 +80,7 @@ def parse_server(t: Table) -> ServerConfig:
         ) from None
     https = t.endpoint("https", None)
     http = t.endpoint("http", d.http)
-    default_public = f"{'https' if https else 'http'}://prevu.{domain}" + (
-        ":8000" if http == d.http and not https else ""
-    )
+    default_public = default_public_url(domain, http, https)
     public_url = t.url("public_url", default_public).rstrip("/")
     proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for text in t.strings("trusted_proxies"):
@@ -129,6 +131,44 @@ def parse_route(t: Table) -> StaticRouteConfig:
     )
     t.finish()
     return config
+
+
+def domain_problem(domain: str) -> str | None:
+    """
+    Why `domain` cannot be `[server] domain`, or None. It is a bare DNS name
+    (RFC 1123 labels: 1-63 of a-z, 0-9, `-`, not starting or ending with `-`;
+    upper case is folded, one trailing dot allowed): no scheme, port or path,
+    since previews live at `<label>.<domain>`.
+    """
+    if "://" in domain:
+        return f"give the bare DNS name, without a scheme, got {domain!r}"
+    if "/" in domain:
+        return f"give the bare DNS name, without a path, got {domain!r}"
+    if ":" in domain:
+        return f"give the bare DNS name, without a port (ports go in http/https), got {domain!r}"
+    name = domain.removesuffix(".")
+    if not name or len(name) > 253:
+        return f"expected a DNS name, got {domain!r}"
+    for label in name.lower().split("."):
+        if not _LABEL.fullmatch(label):
+            return f"{label!r} is not a DNS label (1-63 of a-z, 0-9, -) in {domain!r}"
+    return None
+
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def default_public_url(domain: str, http: str, https: str | None) -> str:
+    """
+    `public_url` when none is given: `<scheme>://prevu.<domain>`, with the
+    proxy's port (of `https` when set, else of `http`) whenever it is not the
+    scheme's default (80/443), so the login redirect reaches the proxy.
+    """
+    scheme = "https" if https else "http"
+    port = endpoint_port(https if https else http)
+    default = 443 if https else 80
+    suffix = f":{port}" if port and port != default else ""
+    return f"{scheme}://prevu.{domain}{suffix}"
 
 
 def _valid_host_pattern(host: str) -> bool:

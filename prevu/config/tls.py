@@ -66,7 +66,7 @@ def parse_acme(t: Table) -> AcmeConfig:
     rfc2136 = None
     if rfc is not None:
         rfc2136 = Rfc2136Config(
-            server=rfc.required("server"),
+            server=rfc.address("server"),
             key_name=rfc.required("key_name"),
             key_secret=rfc.secret("key_secret") or "",
             key_algorithm=rfc.string("key_algorithm", "hmac-sha256"),

@@ -103,6 +103,7 @@ def preview_json(record: PreviewRecord) -> dict[str, Any]:
         "access": record.access,
         "forge": record.forge,
         "container": record.container,
+        "closed": record.closed,
     }
 
 

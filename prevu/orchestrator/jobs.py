@@ -368,6 +368,9 @@ def _checked(checkout: str, settings: RepoSettings) -> AppModel:
     """The checkout's one-service model, once its Dockerfile and context are known to exist."""
     dockerfile = os.path.join(checkout, settings.dockerfile)
     if not os.path.isfile(dockerfile):
+        if settings.dockerfile == RepoSettings().dockerfile:  # not a .prevu.toml choice
+            reason = "Dockerfile not found at the top of the repository: commit one, or name "
+            raise DockerError("build", reason + "yours with build.dockerfile in .prevu.toml")
         raise RepoConfigError(
             "build.dockerfile", f"{settings.dockerfile} not found in the repository"
         )
