@@ -152,7 +152,9 @@ class Dashboard:
             record.forge, record.repo, record.number,
             self.config.github.api_url, self.config.gitlab.url,
         )
-        return views.row(record, self._now(), self.history.last(record.id), link)
+        shown = views.row(record, self._now(), self.history.last(record.id), link)
+        shown["note"] = self.mask(shown["note"])
+        return shown
 
     def _record(self, preview: str, visible: Visible) -> PreviewRecord:
         record = self.orchestrator.get(preview)
