@@ -104,9 +104,9 @@ class DeployHistory:
         return views.deployments(lines)
 
     def last(self, preview: str) -> views.Deploy | None:
-        """The last finished deployment of `preview`, or None."""
-        done = [d for d in self.of(preview) if d.result != "in progress"]
-        return done[-1] if done else None
+        """The last deployment of `preview` (perhaps in progress), or None."""
+        found = self.of(preview)
+        return found[-1] if found else None
 
 
 @define

@@ -27,6 +27,9 @@ FILTERS: tuple[Filter, ...] = ("all", "running", "failed")
 SERVING = ("running", "sleeping")
 """Statuses whose URL answers with the application (the list links them)."""
 
+IN_FLIGHT = ("queued", "building", "starting")
+"""Statuses while a deploy is under way."""
+
 FETCHING = re.compile(r"^fetching \S+ at (?P<sha>[0-9a-f]{7,64})$")
 STATUS = re.compile(r"^status (?P<status>[a-z]+)(?:: (?P<detail>.*))?$", re.DOTALL)
 
@@ -135,9 +138,13 @@ def row(
     updates (the same keys in both): id, repo, number, pr_url, branch, sha
     (12 characters), status, note (the failure or the state's detail), url,
     serving (whether the URL answers), age and updated (short durations up
-    to `now`), created (ISO time), duration (of the last finished deploy).
+    to `now`), created (ISO time), duration (of the last deploy `last`, once
+    it ended; empty while one is under way).
     """
     finished = last.duration if last is not None else None
+    if last is not None and finished is None and record.status not in IN_FLIGHT:
+        # The record is stored just before its `status` line is logged: it ended then.
+        finished = max(0.0, record.updated_at - last.started)
     return {
         "id": record.id,
         "repo": record.repo,
