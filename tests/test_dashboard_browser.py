@@ -103,8 +103,6 @@ def journey(reactor: Any, app: DashboardApp, shots: Path) -> dict[str, Any]:
             page.goto(f"{base}/previews/{failing}")
             seen["failed_reason"] = page.inner_text("#reason")
             page.screenshot(path=str(shots / "dashboard-failed.png"), full_page=True)
-            page.goto(f"{base}/")
-            page.screenshot(path=str(shots / "dashboard-list.png"), full_page=True)
 
             # 3. An operator redeploys and destroys from the page.
             builds = len(docker.builds)
@@ -119,6 +117,13 @@ def journey(reactor: Any, app: DashboardApp, shots: Path) -> dict[str, Any]:
                 page.get_by_role("button", name="Destroy").click()
             seen["destroy"] = posted.value.status
             status_is(page, first, "stopped")
+            # Destroyed longer than `[previews] history` ago (1s here): folded into the history.
+            page.wait_for_timeout(1100)
+            page.goto(f"{base}/")
+            seen["history"] = page.locator("#history tr").count()
+            seen["current"] = page.locator("#previews tbody tr").count()
+            page.locator("#history summary").click()
+            page.screenshot(path=str(shots / "dashboard-list.png"), full_page=True)
 
             # 4. Without the CSRF token: 403.
             page.goto(f"{base}/previews/{second}")
@@ -161,7 +166,7 @@ async def test_dashboard_lives_and_acts_in_chromium(tmp_path: Path) -> None:
     from twisted.internet import reactor
 
     shots = Path(os.environ.get("PREVU_DASHBOARD_SHOTS") or tmp_path)
-    app = DashboardApp(reactor, tmp_path)
+    app = DashboardApp(reactor, tmp_path, history=1.0)
     app.listen()
     try:
         seen = await within(deferToThread(journey, reactor, app, shots), 90)
@@ -173,6 +178,7 @@ async def test_dashboard_lives_and_acts_in_chromium(tmp_path: Path) -> None:
     assert "Dockerfile" in seen["failed_reason"]
     assert seen["redeploy"] == 303 and seen["rebuilt"] == 1
     assert seen["destroy"] == 303
+    assert (seen["history"], seen["current"]) == (1, 2)
     assert seen["no_csrf"][0] == 403 and "CSRF" in seen["no_csrf"][1]
     assert seen["bob_disabled"] is True
     assert seen["bob"] == (403, "bob is not an operator: not in [auth] admins")

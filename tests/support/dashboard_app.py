@@ -19,7 +19,7 @@ from prevu.auth.authority import Authority
 from prevu.auth.passwords import hash_password, parse_users
 from prevu.auth.rules import AuthSettings
 from prevu.auth.tokens import Signer
-from prevu.config import AuthConfig, Config, RepoConfig, ServerConfig
+from prevu.config import AuthConfig, Config, PreviewsConfig, RepoConfig, ServerConfig
 from prevu.control.api import PreviewsApi
 from prevu.control.app import ControlApp
 from prevu.control.limits import control_site
@@ -91,6 +91,7 @@ class DashboardApp:
     orchestrator: Orchestrator = field(init=False)
     config: Config = field(init=False)
     listening: Any = None
+    history: float = 7 * 86400.0
 
     def __attrs_post_init__(self) -> None:
         self.store = FakeStore(self.reactor)
@@ -100,6 +101,7 @@ class DashboardApp:
                 state_dir=str(self.tmp / "state"), public_url=self.public_url, domain="localhost"
             ),
             auth=AuthConfig(admins=("alice",)),
+            previews=PreviewsConfig(history=self.history),
         )
         settings = OrchestratorSettings.from_config(self.config, drain_delay=0.0)
         runtime = DockerRuntime.from_config(
