@@ -207,11 +207,11 @@ class ControlApp:
 
     @app.route("/previews/<preview>/<verb>", methods=["POST"])
     def preview_action(self, request: Request, preview: str, verb: str) -> Deferred[bytes] | bytes:
+        board = _need(self.dashboard, "the dashboard")
         visible = self._reviewer(request, f"/previews/{preview}")
         if isinstance(visible, Answer):
-            # A POST is not sent on after a login: refused, with where to log in.
-            raise RequestRefused("forbidden", "log in as an operator to act on previews")
-        board = _need(self.dashboard, "the dashboard")
+            # A POST is not carried over a login: refused, with the reason.
+            return send(request, board.refusal(request, preview, "log in as an operator to act"))
         return send_later(request, board.act(request, preview, verb, visible))
 
     @app.route("/events", methods=["GET"])
@@ -220,11 +220,7 @@ class ControlApp:
         if isinstance(visible, Answer):
             return send(request, visible)
         board = _need(self.dashboard, "the dashboard")
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-accel-buffering", b"no")
-        request.write(b": live\n\n")
-        return send_later(request, _streamed(board.events(request, visible)))
+        return send_later(request, board.events(request, visible))
 
     @app.route("/static/<name>", methods=["GET", "HEAD"])
     def static(self, request: Request, name: str) -> bytes:
@@ -267,12 +263,6 @@ def _need(feature: T | None, what: str) -> T:
     if feature is None:
         raise RequestRefused("unavailable", f"{what} not available on this server")
     return feature
-
-
-async def _streamed(stream: Awaitable[None]) -> Answer:
-    """An event stream's handler as an `Answer` once the client has left."""
-    await stream
-    return Answer("ok")
 
 
 def _login(pages: LoginPages | None) -> LoginPages:

@@ -40,7 +40,7 @@ from prevu.control.actions import ActionContext, Operations, ShareLinks, offered
 from prevu.control.operators import Keeper, WritePermission, operator_refusal
 from prevu.control.rendering import Pages, default_pages
 from prevu.control.responses import NO_STORE, Answer, header
-from prevu.errors import DockerError, RequestRefused
+from prevu.errors import DockerError, Problem, RequestRefused
 from prevu.masking import Masker
 from prevu.ports import LogLine, PreviewRecord, Store
 
@@ -188,9 +188,11 @@ class Dashboard:
             counts=views.counts(recent),
         )
 
-    async def events(self, request: Request, visible: Visible) -> None:
+    async def events(self, request: Request, visible: Visible) -> Answer:
         """`GET /events`: a `preview` event with the row of each visible preview that changes."""
         only = _arg(request, "preview")
+        _event_stream(request)
+        request.write(b": live\n\n")
 
         def changed(record: PreviewRecord) -> None:
             if only and record.id != only:
@@ -200,6 +202,7 @@ class Dashboard:
             request.write(b"event: preview\ndata: %s\n\n" % json.dumps(self._row(record)).encode())
 
         await self._stream(request, self.orchestrator.watch(changed))
+        return Answer("ok")
 
     async def _stream(self, request: Request, stop: Callable[[], None]) -> None:
         """Keep an event stream open with heartbeats until the client leaves; then `stop`."""
@@ -294,9 +297,7 @@ class Dashboard:
         return Answer("ok", text.encode(), headers)
 
     async def _follow(self, request: Request, preview: str, after: int) -> None:
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-accel-buffering", b"no")
+        _event_stream(request)
 
         def send(line: LogLine) -> None:
             data = "".join(f"data: {part}\n" for part in self._masked(line).split("\n"))
@@ -313,6 +314,16 @@ class Dashboard:
         await self._stream(request, self.store.watch_logs(watcher))
 
     # --- actions --------------------------------------------------------------------
+
+    def refusal(
+        self, request: Request, preview: str, reason: str, problem: Problem = "forbidden"
+    ) -> Answer:
+        """A page saying why an action was refused, answered with `problem`'s status."""
+        return self.pages.render(
+            "message.html", problem, **{**self._frame(request, "Refused")},
+            refused=True, message=reason, link=None,
+            back=f"/previews/{preview}", back_label=preview,
+        )
 
     async def act(self, request: Request, preview: str, verb: str, visible: Visible) -> Answer:
         """
@@ -351,11 +362,7 @@ class Dashboard:
                 "dashboard action {verb} on {preview} refused: {reason}",
                 verb=verb, preview=preview, reason=refused.reason,
             )
-            return self.pages.render(
-                "message.html", refused.problem, **{**frame, "title": "Refused"},
-                refused=True, message=refused.reason, link=None,
-                back=f"/previews/{preview}", back_label=preview,
-            )
+            return self.refusal(request, preview, refused.reason, refused.problem)
         log.info("dashboard action {verb} on {preview} by {user}", verb=verb, preview=preview,
                  user=context.user)
         if done.link is None:
@@ -365,6 +372,13 @@ class Dashboard:
             "message.html", **{**frame, "title": f"{verb}: {preview}"}, refused=False,
             message=done.message, link=done.link, back=f"/previews/{preview}", back_label=preview,
         )
+
+
+def _event_stream(request: Request) -> None:
+    """Headers of a Server-Sent Events answer (never cached, never buffered by a proxy)."""
+    request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"x-accel-buffering", b"no")
 
 
 def _deploy_view(deploy: views.Deploy) -> dict[str, str]:
