@@ -3,7 +3,8 @@ The dashboard over a real deploy: real Docker engine, real git, the SQLite
 store, the real orchestrator, the control app with the login on 127.0.0.1, and
 Debian's headless Chromium. The list follows a real build from building to
 running without a reload; the preview page streams a redeploy's lines as they
-are stored; destroy from the page leaves nothing in the engine.
+are stored and the container's output as it is written; destroy from the page
+leaves nothing in the engine.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from attrs import evolve
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from prevu.config import AuthConfig
@@ -31,6 +33,12 @@ from tests.test_previews_e2e import REPO, SLOW_DOCKERFILE, Stack, push, site_fil
 pytestmark = pytest.mark.docker
 
 PREVIEW = "pr-1-hello-world"
+# busybox httpd -v logs each request to stderr: the container's output grows with traffic.
+VERBOSE_DOCKERFILE = SLOW_DOCKERFILE.replace(
+    'CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]',
+    'CMD ["/bin/busybox", "sh", "-c", "echo serving the preview; '
+    'exec /bin/busybox httpd -f -v -p 8080 -h /www"]',
+)
 
 
 def control_for(stack: Stack, port: int) -> Any:
@@ -57,6 +65,11 @@ def control_for(stack: Stack, port: int) -> Any:
     api = PreviewsApi(config, stack.orchestrator, stack.store, stack.docker)
     app = ControlApp(config=config, login=login, previews=api)
     return stack.reactor.listenTCP(port, control_site(app.resource()), interface="127.0.0.1")
+
+
+def deferred_get(stack: Stack) -> Any:
+    """A request to the preview through the proxy (a line in its httpd's output)."""
+    return Deferred.fromCoroutine(stack.get("pr-1-hello-world.localhost"))
 
 
 def journey(reactor: Any, stack: Stack, base: str, deploy: Any) -> dict[str, Any]:
@@ -86,6 +99,17 @@ def journey(reactor: Any, stack: Stack, base: str, deploy: Any) -> dict[str, Any
             )
             seen["page_no_reload"] = page.evaluate("window.notReloaded === true")
             seen["log"] = page.inner_text("#log")
+            # The new container's output arrives in "Container output" as it is written.
+            page.wait_for_function(
+                "() => document.getElementById('run').textContent.includes('serving the preview')"
+            )
+            run_before = page.inner_text("#run")
+            status = on_reactor(reactor, lambda: deferred_get(stack))
+            seen["visit"] = status
+            page.wait_for_function(
+                "n => document.getElementById('run').textContent.length > n", arg=len(run_before)
+            )
+            seen["run"] = page.inner_text("#run")[len(run_before):]
             page.get_by_role("button", name="Destroy").click()
             status_is(page, PREVIEW, "stopped")
         finally:
@@ -104,7 +128,7 @@ async def test_a_real_deploy_lives_in_the_dashboard(
     await stack.start()
     port = free_port()
     listening = control_for(stack, port)
-    sha = push(forge, 1, site_files("hello\n", SLOW_DOCKERFILE))
+    sha = push(forge, 1, site_files("hello\n", VERBOSE_DOCKERFILE))
     pr = PullRequest("github", REPO, 1, sha, "pr-1", forge.url, "refs/pull/1/head")
     decision = policy.Deploy(pr, stack.config.repo(REPO), "open", revive=True)  # type: ignore[arg-type]
     try:
@@ -120,4 +144,6 @@ async def test_a_real_deploy_lives_in_the_dashboard(
     assert seen["list_no_reload"] is True and seen["page_no_reload"] is True
     assert seen["before"] == 1
     assert "[build]" in seen["log"] and "[system] container" in seen["log"]
+    assert seen["visit"] == (200, b"hello\n")
+    assert "response:200" in seen["run"] or "GET" in seen["run"], seen["run"]
     assert stack.leftovers(docker_client, PREVIEW) == []

@@ -125,3 +125,31 @@ def test_auth_admins_and_previews_history_are_read() -> None:
         parse_config({"auth": {"admins": "alice"}})
     with pytest.raises(ConfigError, match="history"):
         parse_config({"previews": {"history": "soon"}})
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "new"),
+    [
+        ([], ["a", "b"], ["a", "b"]),
+        (["a", "b"], ["a", "b"], []),
+        (["a", "b"], ["a", "b", "c"], ["c"]),
+        (["a", "b", "c"], ["b", "c", "d", "e"], ["d", "e"]),  # the tail scrolled
+        (["x", "y"], ["p", "q"], ["p", "q"]),  # no overlap: everything is new
+    ],
+)
+def test_new_lines_of_a_later_tail(before: list[str], after: list[str], new: list[str]) -> None:
+    """What a second read of a container's output tail adds to the first."""
+    assert views.new_lines(before, after) == new
+
+
+@given(st.lists(st.sampled_from("abc"), max_size=12), st.integers(0, 12), st.integers(1, 12))
+def test_new_lines_are_never_more_than_the_last_window(
+    output: list[str], cut: int, window: int
+) -> None:
+    """Two windows of a growing output: what is new is a suffix of the second, never more."""
+    cut = min(cut, len(output))
+    before, after = output[:cut][-window:], output[-window:]
+    new = views.new_lines(before, after)
+    assert new == after[len(after) - len(new):]
+    if len(output) <= window:  # nothing scrolled out: exactly the growth
+        assert new == output[cut:]

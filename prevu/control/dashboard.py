@@ -50,6 +50,10 @@ TEXT_LINES = 5000
 """Log lines of `/previews/{id}/logs` as text."""
 HEARTBEAT = 20.0
 """Seconds between SSE comments, so that idle streams are not cut by proxies."""
+RUN_POLL = 2.0
+"""Seconds between two reads of the container's output for a followed log."""
+RUN_TAIL = 100
+"""Lines of the container's output read each time (and shown on the page)."""
 
 Visible = Callable[[str], bool] | None
 log = Logger()
@@ -261,7 +265,7 @@ class Dashboard:
         if record.container is None or self.docker is None:
             return []
         try:
-            output = await self.docker.container_logs(record.container, tail=100)
+            output = await self.docker.container_logs(record.container, tail=RUN_TAIL)
         except DockerError as error:
             return [f"(container output unavailable: {error})"]
         return [self.mask(line) for line in output]
@@ -297,6 +301,10 @@ class Dashboard:
         return Answer("ok", text.encode(), headers)
 
     async def _follow(self, request: Request, preview: str, after: int) -> None:
+        """
+        The stored lines after `after`, then each new one (`id:` its seq); and
+        the container's new output every `RUN_POLL` seconds as `event: run`.
+        """
         _event_stream(request)
 
         def send(line: LogLine) -> None:
@@ -311,7 +319,47 @@ class Dashboard:
             if line.preview == preview:
                 send(line)
 
-        await self._stream(request, self.store.watch_logs(watcher))
+        stop_logs = self.store.watch_logs(watcher)
+        stop_run = self._follow_run(request, preview)
+
+        def stop() -> None:
+            stop_logs()
+            stop_run()
+
+        await self._stream(request, stop)
+
+    def _follow_run(self, request: Request, preview: str) -> Callable[[], None]:
+        """Poll the serving container's output; send what is new as `run` events."""
+        if self.docker is None or self.clock is None:
+            return lambda: None
+        docker = self.docker
+        # The first read is what the page already shows: a baseline, not sent.
+        seen: dict[str, Any] = {"container": None, "lines": None}
+
+        async def poll() -> None:
+            record = self.orchestrator.get(preview)
+            container = record.container if record is not None else None
+            if container is None:
+                return
+            try:
+                output = await docker.container_logs(container, RUN_TAIL)
+            except DockerError:
+                return
+            lines = [self.mask(line) for line in output]
+            if seen["lines"] is None:
+                fresh: list[str] = []
+            elif container != seen["container"]:
+                fresh = [f"--- container {container[:12]} ---", *lines]
+            else:
+                fresh = views.new_lines(seen["lines"], lines)
+            seen.update(container=container, lines=lines)
+            for line in fresh:
+                request.write(f"event: run\ndata: {line}\n\n".encode())
+
+        reader = LoopingCall(lambda: Deferred.fromCoroutine(poll()))
+        reader.clock = self.clock
+        reader.start(RUN_POLL, now=True)
+        return lambda: reader.stop() if reader.running else None
 
     # --- actions --------------------------------------------------------------------
 

@@ -88,6 +88,19 @@ def _ended(deploy: Deploy, at: float, result: Result, reason: str) -> Deploy:
     return evolve(deploy, duration=max(0.0, at - deploy.started), result=result, reason=reason)
 
 
+def new_lines(before: Sequence[str], after: Sequence[str]) -> list[str]:
+    """
+    The lines of `after`, a later tail of the same output as `before`, that
+    came after it: `after` past the longest end of `before` it starts with.
+    Best effort over tails (what scrolled out between two reads is not
+    known; identical lines can hide each other); no overlap: all of `after`.
+    """
+    for size in range(min(len(before), len(after)), 0, -1):
+        if list(before[-size:]) == list(after[:size]):
+            return list(after[size:])
+    return list(after)
+
+
 def short_duration(seconds: float | None) -> str:
     """`seconds` as `42s`, `3m 5s`, `2h 10m` or `4d 1h`; an empty string for None."""
     if seconds is None:

@@ -24,11 +24,16 @@
   var log = document.getElementById("log");
   if (facts && log) {
     var stream = new EventSource(log.getAttribute("data-follow"));
-    stream.onmessage = function (event) {
-      var atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-      log.appendChild(document.createTextNode(event.data + "\n"));
-      if (atEnd) log.scrollTop = log.scrollHeight;
+    var append = function (pre) {
+      return function (event) {
+        var atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        pre.appendChild(document.createTextNode(event.data + "\n"));
+        if (atEnd) pre.scrollTop = pre.scrollHeight;
+      };
     };
+    stream.onmessage = append(log);
+    var run = document.getElementById("run");
+    if (run) stream.addEventListener("run", append(run));
     var status = new EventSource("/events?preview=" + encodeURIComponent(facts.getAttribute("data-preview")));
     status.addEventListener("preview", function (event) { update(facts, JSON.parse(event.data)); });
   }
