@@ -53,7 +53,17 @@ class Writers:
         return (repo, user) in self.writers
 
 
-def setup(tmp: Path, **app: Any) -> tuple[Harness, Any]:
+class KeepingOrchestrator:
+    """The orchestrator as it is once it offers keep/extend (delegates everything else)."""
+
+    def __init__(self, orchestrator: Any, keeper: RecordingKeeper) -> None:
+        self.orchestrator, self.keep, self.extend = orchestrator, keeper.keep, keeper.extend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.orchestrator, name)
+
+
+def setup(tmp: Path, wrap: Any = None, **app: Any) -> tuple[Harness, Any]:
     config = Config(
         server=ServerConfig(state_dir=str(tmp / "state"), public_url=PUBLIC),
         auth=AuthConfig(admins=("alice",)),
@@ -62,7 +72,8 @@ def setup(tmp: Path, **app: Any) -> tuple[Harness, Any]:
     harness = Harness(tmp, config)
     pages = evolve(make_pages(clock=harness.clock), users=StaticUsers(USERS), login_configured=True)
     harness.clock.advance(1_700_000_000)
-    api = PreviewsApi(config, harness.orchestrator, harness.store, harness.docker)
+    orchestrator = wrap(harness.orchestrator) if wrap else harness.orchestrator
+    api = PreviewsApi(config, orchestrator, harness.store, harness.docker)
     control = ControlApp(config=config, login=pages, previews=api, **app)
     browser = Browser(pages)
     browser.treq = StubTreq(control.resource())
@@ -154,6 +165,19 @@ async def test_keep_and_extend_only_with_a_keeper(tmp_path: Path) -> None:
     assert keeper.calls == [("keep", "pr-1-shop", 0.0), ("extend", "pr-1-shop", 172800.0)]
     response, body = await browser.post("/previews/pr-1-shop/extend", {"csrf": csrf, "by": "x"})
     assert response.code == 400 and "bad extension" in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_orchestrator_with_keep_and_extend_gets_the_buttons(tmp_path: Path) -> None:
+    """No wiring needed: an orchestrator that has keep/extend (the Keeper protocol) is used."""
+    keeper = RecordingKeeper()
+    harness, browser = setup(tmp_path, wrap=lambda o: KeepingOrchestrator(o, keeper))
+    deployed(harness)
+    csrf = await logged_in(browser, "alice")
+    _, page = await browser.get("/previews/pr-1-shop")
+    assert 'action="/previews/pr-1-shop/extend"' in page
+    assert (await browser.post("/previews/pr-1-shop/keep", {"csrf": csrf}))[0].code == 303
+    assert keeper.calls == [("keep", "pr-1-shop", 0.0)]
 
 
 @pytest_twisted.ensureDeferred

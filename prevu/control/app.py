@@ -74,7 +74,11 @@ class ControlApp:
     builder: str | None = None
     """The Docker client that builds (found at start-up), shown in `/healthz` details."""
     keeper: Keeper | None = None
-    """The orchestrator's keep/extend facade for the dashboard; None: no keep/extend buttons."""
+    """
+    The keep/extend facade for the dashboard; None: the orchestrator's own when
+    it has `keep` and `extend` (`prevu.control.operators.Keeper`), else no
+    keep/extend buttons.
+    """
     may_write: WritePermission | None = None
     """Forge write permission for dashboard operators; None: only `[auth] admins` act."""
     clock: Any = None
@@ -95,6 +99,8 @@ class ControlApp:
         else:
             return
         login = self.login if isinstance(self.login, LoginPages) else None
+        # keep/extend appear once the orchestrator offers them (the Keeper protocol).
+        keeper = self.keeper or (previews if isinstance(previews, Keeper) else None)
         self.dashboard = Dashboard(
             config=self.config,
             orchestrator=previews,
@@ -103,7 +109,7 @@ class ControlApp:
             sessions=login,
             mask=self.page.mask if self.page is not None else (lambda line: line),
             docker=docker,
-            keeper=self.keeper,
+            keeper=keeper,
             may_write=self.may_write,
         )
 
