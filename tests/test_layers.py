@@ -64,6 +64,8 @@ PURE: tuple[str, ...] = (
     "prevu.proxy.contracts",
     "prevu.proxy.hooks",
     "prevu.proxy.http",
+    "prevu.control.views",
+    "prevu.control.operators",
 )
 """The pure core (docs/architecture.md): add orchestrator planning, proxy policy here."""
 

@@ -382,7 +382,8 @@ def test_metrics_and_dashboard(client: Client) -> None:
     assert 'prevu_previews{status="running"} 1' in text
     assert 'prevu_builds_total{result="succeeded"} 1' in text
     code, headers, body = client.request("GET", "/")
-    assert code == 200 and b"pr-2-hello-world" in body and b"<script" not in body
+    # No inline script: the one script is our own file (/static/live.js).
+    assert code == 200 and b"pr-2-hello-world" in body and b"<script>" not in body
 
 
 def test_a_captured_delivery_replayed_under_a_new_id_is_a_no_op(client: Client) -> None:

@@ -39,6 +39,11 @@ class AuthConfig:
     session_ttl: float = 12 * 3600.0
     users_file: str | None = None
     github: GithubAuthConfig | None = None
+    admins: tuple[str, ...] = ()
+    """
+    User names (password users or GitHub logins) that may act from the dashboard
+    (redeploy, destroy, keep/extend, share) on every preview; docs/dashboard.md.
+    """
 
 
 def parse_auth(t: Table) -> AuthConfig:
@@ -74,6 +79,10 @@ def parse_auth(t: Table) -> AuthConfig:
         session_ttl=t.duration("session_ttl", d.session_ttl),
         users_file=t.optional_string("users_file"),
         github=github,
+        admins=t.strings("admins"),
     )
+    for name in config.admins:
+        if not name.strip():
+            raise t.error("admins", "a user name cannot be empty")
     t.finish()
     return config

@@ -51,6 +51,8 @@ class PreviewsConfig:
     sleep_after: float = 30 * 60.0
     unlisted_grace: float = 3600.0
     """Seconds a preview of a repository taken out of `[[repos]]` keeps running."""
+    history: float = 7 * 86400.0
+    """Seconds a destroyed preview stays in the dashboard's list before it goes to the history."""
 
 
 def parse_docker(t: Table) -> DockerConfig:
@@ -99,6 +101,7 @@ def parse_previews(t: Table) -> PreviewsConfig:
         ttl=t.duration("ttl", d.ttl),
         sleep_after=t.duration("sleep_after", d.sleep_after),
         unlisted_grace=t.duration("unlisted_grace", d.unlisted_grace),
+        history=t.duration("history", d.history),
     )
     t.finish()
     return config

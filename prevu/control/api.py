@@ -1,5 +1,5 @@
 """
-The previews API (SPEC §4), `/metrics` and the dashboard at `/`.
+The previews API (SPEC §4) and `/metrics` (the dashboard is `prevu.control.dashboard`).
 
 Every `/api/previews...` route and `/metrics` need `Authorization: Bearer
 <api_token>`: 401 without a valid one; with no `api_token` configured the API
@@ -21,7 +21,6 @@ HTTP answers.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from collections.abc import Callable
@@ -71,6 +70,8 @@ class PreviewOperations(Protocol):
     ) -> Receipt: ...
 
     def gauges(self) -> list[tuple[str, Any, float]]: ...
+
+    def watch(self, callback: Callable[[PreviewRecord], None]) -> Callable[[], None]: ...
 
 
 class RunLogs(Protocol):
@@ -300,22 +301,6 @@ class PreviewsApi:
         text = self.metrics.render(self.orchestrator.gauges()).encode()
         return Answer("ok", text, ((b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),))
 
-    def dashboard(self, visible: Callable[[str], bool] | None = None) -> Answer:
-        """A plain HTML list of previews (no scripts, no external assets)."""
-        records = [r for r in self.orchestrator.previews() if visible is None or visible(r.repo)]
-        rows = "\n".join(_row(record) for record in records)
-        page = DASHBOARD.format(
-            rows=rows or '<tr><td colspan="6">No previews yet.</td></tr>',
-            count=len(records),
-        )
-        policy = b"default-src 'none'; style-src 'unsafe-inline'"
-        headers = (
-            (b"content-type", b"text/html; charset=utf-8"),
-            *NO_STORE,
-            (b"content-security-policy", policy),
-        )
-        return Answer("ok", page.encode(), headers)
-
 
 def _arg(request: Request, name: bytes) -> str:
     args: Any = request.args or {}
@@ -335,41 +320,3 @@ def _after(request: Request) -> int:
         return max(0, int(raw))
     except ValueError:
         raise RequestRefused("malformed", f"bad log position {raw!r}") from None
-
-
-def _row(record: PreviewRecord) -> str:
-    def e(text: object) -> str:
-        return html.escape(str(text), quote=True)
-
-    link = (
-        f'<a href="{e(record.url)}">{e(record.host)}</a>'
-        if record.status in ("running", "sleeping")
-        else e(record.host)
-    )
-    note = record.error or record.data.get("detail") or ""
-    return (
-        f"<tr><td>{e(record.id)}</td><td>{e(record.repo)}#{record.number}</td>"
-        f"<td>{e(record.branch)}</td><td><code>{e(record.sha[:12])}</code></td>"
-        f'<td class="{e(record.status)}">{e(record.status)}</td><td>{link}'
-        f"<div class=note>{e(note)}</div></td></tr>"
-    )
-
-
-DASHBOARD = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>prevu: {count} previews</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body {{ font: 15px/1.4 system-ui, sans-serif; margin: 2rem; color: #222; }}
-table {{ border-collapse: collapse; width: 100%; }}
-th, td {{ text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #ddd; }}
-td {{ vertical-align: top; }}
-.running {{ color: #17692d; }} .failed {{ color: #a30000; }} .stopped {{ color: #777; }}
-.note {{ color: #666; font-size: 85%; }}
-</style></head>
-<body><h1>prevu</h1>
-<table><thead><tr><th>Preview</th><th>Pull request</th><th>Branch</th><th>Commit</th>
-<th>Status</th><th>URL</th></tr></thead>
-<tbody>
-{rows}
-</tbody></table></body></html>
-"""

@@ -16,19 +16,24 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from attrs import define
+from attrs import define, field
 from klein import Klein
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from prevu.config import Config
+from prevu.control.dashboard import Dashboard, Previews
 from prevu.control.login import LoginPages
+from prevu.control.operators import Keeper, WritePermission
+from prevu.control.preview_page import StoredPreviews
+from prevu.control.rendering import Pages
 from prevu.control.responses import STATUS, Answer, json_answer
 from prevu.errors import RequestRefused
 from prevu.tls.status import CertificatesApi
 
 T = TypeVar("T")
+
 
 if TYPE_CHECKING:
     from prevu.control.api import PreviewsApi
@@ -68,8 +73,45 @@ class ControlApp:
     page: PreviewPage | None = None
     builder: str | None = None
     """The Docker client that builds (found at start-up), shown in `/healthz` details."""
+    keeper: Keeper | None = None
+    """
+    The keep/extend facade for the dashboard; None: the orchestrator's own when
+    it has `keep` and `extend` (`prevu.control.operators.Keeper`), else no
+    keep/extend buttons.
+    """
+    may_write: WritePermission | None = None
+    """Forge write permission for dashboard operators; None: only `[auth] admins` act."""
+    clock: Any = None
+    """The reactor's timers for the live streams' heartbeats (default: the login's clock)."""
+    dashboard: Dashboard | None = field(default=None)
+    """The dashboard; built from `previews`, `page` and `login` when not given."""
 
     app = Klein()
+
+    def __attrs_post_init__(self) -> None:
+        if self.dashboard is not None:
+            return
+        if self.previews is not None:
+            previews: Previews = self.previews.orchestrator
+            store, docker = self.previews.store, self.previews.docker
+        elif self.page is not None:
+            previews, store, docker = StoredPreviews(self.page.store), self.page.store, None
+        else:
+            return
+        login = self.login if isinstance(self.login, LoginPages) else None
+        # keep/extend appear once the orchestrator offers them (the Keeper protocol).
+        keeper = self.keeper or (previews if isinstance(previews, Keeper) else None)
+        self.dashboard = Dashboard(
+            config=self.config,
+            orchestrator=previews,
+            store=store,
+            clock=self.clock or (login.clock if login is not None else None),
+            sessions=login,
+            mask=self.page.mask if self.page is not None else (lambda line: line),
+            docker=docker,
+            keeper=keeper,
+            may_write=self.may_write,
+        )
 
     def resource(self) -> Any:
         """The twisted.web resource for a Site."""
@@ -158,18 +200,41 @@ class ControlApp:
         return send(request, _need(self.previews, "the API").reset(request, preview))
 
     @app.route("/previews/<preview>", methods=["GET"])
-    def preview_page(self, request: Request, preview: str) -> bytes:
+    def preview_page(self, request: Request, preview: str) -> Deferred[bytes] | bytes:
         visible = self._reviewer(request, f"/previews/{preview}")
         if isinstance(visible, Answer):
             return send(request, visible)
-        return _need(self.page, "the preview page").page(request, preview, visible)
+        board = _need(self.dashboard, "the dashboard")
+        return send_later(request, board.page(request, preview, visible))
 
     @app.route("/previews/<preview>/logs", methods=["GET"])
-    def preview_logs(self, request: Request, preview: str) -> bytes:
+    def preview_logs(self, request: Request, preview: str) -> Deferred[bytes] | bytes:
         visible = self._reviewer(request, f"/previews/{preview}/logs")
         if isinstance(visible, Answer):
             return send(request, visible)
-        return _need(self.page, "the preview page").logs(request, preview, visible)
+        board = _need(self.dashboard, "the dashboard")
+        return send_later(request, board.logs(request, preview, visible))
+
+    @app.route("/previews/<preview>/<verb>", methods=["POST"])
+    def preview_action(self, request: Request, preview: str, verb: str) -> Deferred[bytes] | bytes:
+        board = _need(self.dashboard, "the dashboard")
+        visible = self._reviewer(request, f"/previews/{preview}")
+        if isinstance(visible, Answer):
+            # A POST is not carried over a login: refused, with the reason.
+            return send(request, board.refusal(request, preview, "log in as an operator to act"))
+        return send_later(request, board.act(request, preview, verb, visible))
+
+    @app.route("/events", methods=["GET"])
+    def events(self, request: Request) -> Deferred[bytes] | bytes:
+        visible = self._reviewer(request, "/")
+        if isinstance(visible, Answer):
+            return send(request, visible)
+        board = _need(self.dashboard, "the dashboard")
+        return send_later(request, board.events(request, visible))
+
+    @app.route("/static/<name>", methods=["GET", "HEAD"])
+    def static(self, request: Request, name: str) -> bytes:
+        return send(request, Pages.static(name))
 
     def _reviewer(self, request: Request, here: str) -> Answer | Callable[[str], bool] | None:
         """The login's refusal, or which repositories the reviewer sees (None: all)."""
@@ -187,12 +252,12 @@ class ControlApp:
         return send(request, answer) + certificates.metrics_text()
 
     @app.route("/", methods=["GET", "HEAD"])
-    def dashboard(self, request: Request) -> bytes:
+    def dashboard_list(self, request: Request) -> bytes:
         # A GitHub session limited to some repositories sees only those.
         visible = self._reviewer(request, "/")
         if isinstance(visible, Answer):
             return send(request, visible)
-        return send(request, _need(self.previews, "the dashboard").dashboard(visible))
+        return send(request, _need(self.dashboard, "the dashboard").listing(request, visible))
 
     # --- errors -------------------------------------------------------------
 

@@ -5,8 +5,9 @@ GitHub OAuth, and share links through the API.
 `LoginPages` is a plain object; `prevu/control/app.py` routes to it with
 one-line delegations. Its methods return `Answer`s (an outcome such as
 `forbidden` or `see_other`, never a status code) or raise `RequestRefused`;
-the app's funnel sets the status. Pages are small HTML with inline CSS and no external
-assets, forms carry a CSRF token bound to the `prevu_csrf` pre-session cookie.
+the app's funnel sets the status. Pages come from the control app's Jinja2 templates
+(`prevu.control.rendering`, `login.html`), with inline CSS, no script and no
+external assets; forms carry a CSRF token bound to the `prevu_csrf` pre-session cookie.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
-from html import escape
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -58,6 +58,7 @@ from prevu.auth.tokens import (
 )
 from prevu.auth.users_file import UsersFile
 from prevu.config import Config
+from prevu.control.rendering import LOGIN_POLICY, Pages, default_pages
 from prevu.control.responses import (
     BEARER_CHALLENGE,
     NO_STORE,
@@ -116,6 +117,7 @@ class LoginPages:
     candidate_repos: tuple[str, ...] = ()
     api_token: str | None = None
     login_configured: bool = False  # users_file or [auth.github]: the dashboard needs a login
+    pages: Pages = field(factory=default_pages)
 
     @property
     def settings(self) -> AuthSettings:
@@ -251,7 +253,7 @@ class LoginPages:
     def github_start(self, request: Request) -> Answer:
         """Send the browser to GitHub with a state bound to this browser and `next`."""
         if self.github is None:
-            return self._page("Not available", "<p>GitHub login is not set up.</p>", "not_found")
+            return self._page("Not available", "not_found", text="GitHub login is not set up.")
         next_url = safe_next(self.settings, _arg(request, "next")) or ""
         nonce = self._nonce(request)
         state = self.authority.signer.sign(
@@ -262,7 +264,7 @@ class LoginPages:
     async def github_callback(self, request: Request) -> Answer:
         """Check the state, exchange the code, ask GitHub who this is, and decide."""
         if self.github is None:
-            return self._page("Not available", "<p>GitHub login is not set up.</p>", "not_found")
+            return self._page("Not available", "not_found", text="GitHub login is not set up.")
         now = self.now()
         state = self.authority.signer.unsign(OAUTH_STATE, _arg(request, "state"), now)
         nonces = _cookies(request, CSRF_COOKIE)
@@ -426,7 +428,7 @@ class LoginPages:
         return self._redirect(self._destination(session, next_url), "see_other")
 
     def _redirect(self, location: str, outcome: Outcome) -> Answer:
-        body = f'<!doctype html><a href="{escape(location)}">Continue</a>\n'.encode()
+        body = self.pages.text("continue.html", location=location).encode()
         headers = (
             (b"location", location.encode("utf-8")),
             *NO_STORE,
@@ -442,78 +444,69 @@ class LoginPages:
         outcome: Outcome = "ok",
         username: str = "",
     ) -> Answer:
-        nonce = self._nonce(request)
-        csrf = encode_csrf(self.authority.signer, nonce, self.now())
-        alert = f'<p class="error" role="alert">{escape(message)}</p>' if message else ""
-        hidden = _hidden(csrf, next_url)
-        password_form = ""
-        if len(self.users.current()) or self.github is None:
-            password_form = f"""
-<form method="post" action="/login">
-  {hidden}
-  <label for="username">User name</label>
-  <input id="username" name="username" autocomplete="username" required autofocus
-         value="{escape(username)}">
-  <label for="password">Password</label>
-  <input id="password" name="password" type="password" autocomplete="current-password" required>
-  <button type="submit">Log in</button>
-</form>"""
-        github = ""
+        github = None
         if self.github is not None:
-            href = "/login/github" + ("?next=" + _quote(next_url) if next_url else "")
-            github = f'<p><a class="button" href="{escape(href)}">Log in with GitHub</a></p>'
-        body = f"{alert}{password_form}{github}"
-        return self._page("Log in to prevu", body, outcome)
+            github = "/login/github" + ("?next=" + _quote(next_url) if next_url else "")
+        return self._page(
+            "Log in to prevu",
+            outcome,
+            message=message,
+            csrf=self.csrf_token(request),
+            next_url=next_url or "",
+            username=username,
+            password_form=bool(len(self.users.current()) or self.github is None),
+            github_href=github,
+        )
 
     def _signed_in(
         self, request: Request, session: Session, next_url: str | None, refused: bool
     ) -> Answer:
-        nonce = self._nonce(request)
-        csrf = encode_csrf(self.authority.signer, nonce, self.now())
-        note = ""
+        message = ""
         if refused:
-            note = (
-                '<p class="error" role="alert">This account has no access to that preview. '
-                "Log out and log in with another account.</p>"
+            message = (
+                "This account has no access to that preview. "
+                "Log out and log in with another account."
             )
-        github = ""
+        github = None
         if refused and self.github is not None and next_url is not None:
-            href = "/login/github?next=" + _quote(next_url)
-            github = f'<p><a class="button" href="{escape(href)}">Log in with GitHub again</a></p>'
-        body = f"""{note}
-<p>You are logged in as <strong>{escape(session.user)}</strong>.</p>
-<form method="post" action="/logout">
-  <input type="hidden" name="csrf" value="{escape(csrf)}">
-  <button type="submit">Log out</button>
-</form>{github}"""
-        return self._page("Logged in to prevu", body, "forbidden" if refused else "ok")
-
-    def _page(self, title: str, body: str, outcome: Outcome) -> Answer:
-        # No form-action: Chromium applies it to the redirect after POST /login,
-        # which goes on to the preview's host.
-        headers = (
-            (b"content-type", b"text/html; charset=utf-8"),
-            *NO_STORE,
-            (
-                b"content-security-policy",
-                b"default-src 'none'; style-src 'unsafe-inline'; "
-                b"frame-ancestors 'none'; base-uri 'none'",
-            ),
-            (b"referrer-policy", b"same-origin"),
-            (b"x-content-type-options", b"nosniff"),
+            github = "/login/github?next=" + _quote(next_url)
+        return self._page(
+            "Logged in to prevu",
+            "forbidden" if refused else "ok",
+            message=message,
+            csrf=self.csrf_token(request),
+            signed_in=session.user,
+            github_href=github,
         )
-        return Answer(outcome, PAGE.format(title=escape(title), body=body).encode("utf-8"), headers)
+
+    def _page(self, title: str, outcome: Outcome, **context: Any) -> Answer:
+        defaults: dict[str, Any] = {
+            "message": "",
+            "csrf": "",
+            "next_url": "",
+            "username": "",
+            "password_form": False,
+            "github_href": None,
+            "signed_in": None,
+            "text": "",
+        }
+        return self.pages.render(
+            "login.html", outcome, LOGIN_POLICY, title=title, **{**defaults, **context}
+        )
+
+    # --- for the dashboard -------------------------------------------------------------
+
+    def csrf_token(self, request: Request) -> str:
+        """A CSRF token for a form on a page answering `request` (sets the nonce cookie)."""
+        return encode_csrf(self.authority.signer, self._nonce(request), self.now())
+
+    def csrf_ok(self, request: Request) -> bool:
+        """Whether a POST carries a valid `csrf` form field from the control host itself."""
+        return self._csrf_ok(request, self.now())
 
 
 def _quote(value: str) -> str:
     return quote(value, safe="")
-
-
-def _hidden(csrf: str, next_url: str | None) -> str:
-    fields = f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
-    if next_url:
-        fields += f'\n  <input type="hidden" name="next" value="{escape(next_url)}">'
-    return fields
 
 
 def _arg(request: Request, name: str) -> str:
@@ -527,38 +520,6 @@ def _set(request: Request, name: bytes, value: bytes) -> None:
 
 def _cookies(request: Request, name: str) -> list[str]:
     return cookie_values(request.requestHeaders.getRawHeaders(b"cookie", []), name)
-
-
-PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex">
-<title>{title}</title>
-<style>
-  body {{ font-family: system-ui, sans-serif; background: #f4f5f7; color: #1d2330; margin: 0; }}
-  main {{ max-width: 22rem; margin: 12vh auto; background: #fff; padding: 2rem;
-         border-radius: .5rem; box-shadow: 0 1px 4px rgba(0,0,0,.15); }}
-  h1 {{ font-size: 1.4rem; margin-top: 0; }}
-  label {{ display: block; margin: 1rem 0 .3rem; font-weight: 600; }}
-  input {{ width: 100%; box-sizing: border-box; padding: .55rem; font-size: 1rem;
-          border: 1px solid #6b7280; border-radius: .3rem; }}
-  button, .button {{ display: inline-block; margin-top: 1.2rem; padding: .6rem 1.2rem;
-          font-size: 1rem; border: 0; border-radius: .3rem; background: #1f4fd1; color: #fff;
-          text-decoration: none; cursor: pointer; }}
-  button:focus, input:focus, .button:focus {{ outline: 3px solid #f59e0b; outline-offset: 2px; }}
-  .error {{ color: #a40e26; background: #fde8ec; padding: .6rem; border-radius: .3rem; }}
-</style>
-</head>
-<body>
-<main>
-<h1>{title}</h1>
-{body}
-</main>
-</body>
-</html>
-"""
 
 
 def build_login(

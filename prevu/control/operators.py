@@ -1,0 +1,64 @@
+"""
+Who may act from the dashboard, and the optional facades the actions use.
+
+Seeing a preview follows the login's rules (`LoginPages.repo_filter`);
+acting on one (redeploy, destroy, keep/extend, share) needs an *operator*:
+a user named in `[auth] admins`, or a user the `WritePermission` port says
+may write to the preview's repository (GitHub: a collaborator whose
+`role_name` is admin, maintain or write,
+https://docs.github.com/en/rest/collaborators/collaborators#get-repository-permissions-for-a-user).
+`operator_refusal` decides; it answers the reason of a refusal, or None.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+class WritePermission(Protocol):
+    """
+    Whether a forge user may write to a repository (reactor thread; the
+    answer may come from the forge's API). Raises nothing: an unknown user,
+    a repository the credential cannot read or a failed call answer False.
+    """
+
+    async def may_write(self, repo: str, user: str) -> bool:
+        """True when `user` has write access (or more) to `repo` ("owner/name")."""
+        ...
+
+
+@runtime_checkable
+class Keeper(Protocol):
+    """
+    The orchestrator's keep/extend facade (SPEC §6: `POST /api/previews/{id}/keep`
+    and `/extend`). Reactor thread; each answers False for an unknown preview.
+    """
+
+    def keep(self, preview: str) -> bool:
+        """Keep `preview` running with no TTL."""
+        ...
+
+    def extend(self, preview: str, seconds: float) -> bool:
+        """Push the TTL of `preview` `seconds` further."""
+        ...
+
+
+async def operator_refusal(
+    user: str | None,
+    repo: str,
+    admins: tuple[str, ...],
+    write: WritePermission | None,
+) -> str | None:
+    """
+    None when `user` may act on previews of `repo`, else the reason why not:
+    nobody logged in, or neither in `admins` nor a writer of `repo`.
+    """
+    if user is None:
+        return "log in as an operator to act on previews ([auth] admins)"
+    if user in admins:
+        return None
+    if write is not None and await write.may_write(repo, user):
+        return None
+    if write is None:
+        return f"{user} is not an operator: not in [auth] admins"
+    return f"{user} is not an operator: not in [auth] admins and no write access to {repo}"
