@@ -245,3 +245,27 @@ async def test_the_script_is_served_and_nothing_else(tmp_path: Path) -> None:
     assert response.code == 200 and "EventSource" in body
     assert response.headers.getRawHeaders("content-type") == ["text/javascript; charset=utf-8"]
     assert (await browser.get("/static/..%2Fdashboard.py"))[0].code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_operator_resets_the_data_and_a_closed_preview_is_refused(tmp_path: Path) -> None:
+    """alice resets: the preview's volumes go and the same commit starts again (303);
+    bob is refused; a closed preview answers 409 with the reason."""
+    harness, browser = setup(tmp_path)
+    harness.publish(1, SHAS[0], {".prevu.toml": '[run]\nvolumes = ["/data"]\n'})
+    harness.deploy(1, SHAS[0])
+    harness.settle()
+    volumes = set(harness.docker.volumes)
+    assert volumes, "the preview has a volume to drop"
+    csrf = await logged_in(browser, "alice")
+    response, _ = await browser.post("/previews/pr-1-shop/reset", {"csrf": csrf})
+    harness.settle()
+    assert response.code == 303
+    removed = [name for op, name in harness.docker.calls if op == "remove_volume"]
+    assert sorted(removed) == sorted(volumes)
+    assert len(harness.docker.builds) == 2 and harness.status("pr-1-shop") == "running"
+    harness.close(1, SHAS[0])
+    harness.settle()
+    response, body = await browser.post("/previews/pr-1-shop/reset", {"csrf": csrf})
+    assert response.code == 409 and "cannot be reset" in body
+    assert len(harness.docker.builds) == 2

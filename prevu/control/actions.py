@@ -5,8 +5,8 @@ Each `Action` names its verb (the last segment of
 `POST /previews/{id}/{verb}`), its button, whether it is offered, and its
 handler. A handler gets an `ActionContext` and answers a `Done`: a message
 and, for a share link, the link. The CSRF token and the operator check run
-before any handler (`prevu.control.dashboard`). To add a verb (reset, ...),
-add one line to `ACTIONS`.
+before any handler (`prevu.control.dashboard`). To add a verb, add one line
+to `ACTIONS`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Operations(Protocol):
     def redeploy(self, preview: str) -> bool: ...
 
     def destroy(self, preview: str, reason: str = ...) -> bool: ...
+
+    def reset(self, preview: str) -> bool: ...
 
 
 class ShareLinks(Protocol):
@@ -85,6 +87,14 @@ def destroy(context: ActionContext) -> Done:
     return Done(f"Destroying {record.id}.")
 
 
+def reset(context: ActionContext) -> Done:
+    """Drop the preview's data and start its commit again (docs/data.md); 409 when it cannot."""
+    record = context.record
+    if not context.orchestrator.reset(record.id):
+        raise RequestRefused("conflict", f"{record.id} cannot be reset: closed or never deployed")
+    return Done(f"Resetting {record.id}: its data is dropped, on_push and seed run again.")
+
+
 def share(context: ActionContext) -> Done:
     """A signed link that opens the preview without a login for `for` (default 24h)."""
     if context.shares is None:
@@ -135,6 +145,7 @@ class Action:
 ACTIONS: tuple[Action, ...] = (
     Action("redeploy", "Redeploy", redeploy),
     Action("destroy", "Destroy", destroy, danger=True),
+    Action("reset", "Reset data", reset, danger=True),
     Action("share", "Share link", share, field="for", field_label="Valid for", field_default="24h"),
     Action("keep", "Keep", keep, offered=_with_keeper),
     Action("extend", "Extend", extend, field="by", field_label="By", field_default="3d",
