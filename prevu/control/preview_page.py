@@ -54,3 +54,7 @@ class StoredPreviews:
     def destroy(self, preview: str, reason: str = "") -> bool:
         """Not possible without an orchestrator: False."""
         return False
+
+    def reset(self, preview: str) -> bool:
+        """Not possible without an orchestrator: False."""
+        return False
