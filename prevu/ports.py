@@ -179,6 +179,9 @@ class RunRequest:
     memory: int | None = None
     nano_cpus: int | None = None
     pids: int | None = None
+    restart_limit: int = field(default=0, validator=validators.ge(0))
+    """The engine restarts a container that exits non-zero (or is OOM-killed) this
+    often (Docker's `on-failure:N` policy); 0: never (`no`)."""
 
 
 @frozen
@@ -216,6 +219,8 @@ class ContainerInfo:
     """True when the kernel killed the container for exceeding its memory limit (inspect)."""
     restart_count: int = 0
     """How often the engine restarted the container (inspect)."""
+    memory: int | None = None
+    """The container's memory limit in bytes (inspect; None: none or not inspected)."""
 
     @property
     def running(self) -> bool:

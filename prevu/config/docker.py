@@ -51,6 +51,11 @@ class PreviewsConfig:
     sleep_after: float = 30 * 60.0
     unlisted_grace: float = 3600.0
     """Seconds a preview of a repository taken out of `[[repos]]` keeps running."""
+    restart_limit: int = 3
+    """Self-healing (issue 15): restarts of a preview's container within `restart_window`
+    (Docker's own and prevu's) before the preview is marked failed; 0: never restart."""
+    restart_window: float = 600.0
+    """Seconds over which `restart_limit` counts restarts."""
 
 
 def parse_docker(t: Table) -> DockerConfig:
@@ -99,6 +104,10 @@ def parse_previews(t: Table) -> PreviewsConfig:
         ttl=t.duration("ttl", d.ttl),
         sleep_after=t.duration("sleep_after", d.sleep_after),
         unlisted_grace=t.duration("unlisted_grace", d.unlisted_grace),
+        restart_limit=t.integer("restart_limit", d.restart_limit, minimum=0),
+        restart_window=t.duration("restart_window", d.restart_window),
     )
+    if config.restart_window <= 0:
+        raise t.error("restart_window", "must be more than 0")
     t.finish()
     return config

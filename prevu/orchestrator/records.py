@@ -146,7 +146,8 @@ def encode(slot: Slot, settings: OrchestratorSettings) -> PreviewRecord:
         status=state.status,
         url=slot.name.url,
         host=slot.name.host,
-        error=state.error if state.status == "failed" else None,
+        # `starting` with an error: healing (issue 15), the error says what happened.
+        error=state.error if state.status in ("failed", "starting") else None,
         created_at=slot.created_at,
         updated_at=slot.updated_at,
         access=slot.access,
