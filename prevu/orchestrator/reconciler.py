@@ -143,6 +143,7 @@ class Reconciler:
                     reason=event.reason or "container vanished",
                 )
                 self.metrics.inc("prevu_heals_total", result=what.split()[0])
+                self.driver.jobs.note(slot, "system", f"{what}: {event.reason}")
             self.driver.feed(slot, event)
         for removal in result.removals:
             try:
