@@ -142,7 +142,8 @@ class Reconciler:
                     preview=preview,
                     reason=event.reason or "container vanished",
                 )
-                self.metrics.inc("prevu_heals_total", result=what.split()[0])
+                outcome = "heal" if isinstance(event, lc.Heal) else "gave-up"
+                self.metrics.inc("prevu_heals_total", result=outcome)
                 self.driver.jobs.note(slot, "system", f"{what}: {event.reason}")
             self.driver.feed(slot, event)
         for removal in result.removals:
