@@ -178,3 +178,18 @@ def test_restart_limit_zero_fails_at_once(tmp_path: Path) -> None:
     record = h.store.get(PREVIEW)
     assert record is not None and record.status == "failed"
     assert "not restarted ([previews] restart_limit = 0)" in (record.error or "")
+
+
+def test_after_a_prevu_restart_a_removed_container_is_rebuilt(tmp_path: Path) -> None:
+    """The app model is gone with the old process: the commit is built again, then served."""
+    h = harness(tmp_path)
+    h.orchestrator.stop()
+    h.orchestrator = h.make()
+    done = ensureDeferred(h.orchestrator.start())
+    assert done.called and h.status(PREVIEW) == "running"
+    before = serving(h)
+    builds = len(h.docker.builds)
+    h.docker.vanish(before)
+    reconcile(h)
+    assert h.status(PREVIEW) == "running"
+    assert serving(h) != before and len(h.docker.builds) == builds + 1

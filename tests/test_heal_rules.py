@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 from attrs import evolve
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prevu import lifecycle as lc
+from prevu.config import default_config, parse_config
+from prevu.errors import ConfigError
+from prevu.orchestrator import OrchestratorSettings
 from prevu.orchestrator.heal import (
     HealRules,
     Tally,
@@ -290,3 +295,46 @@ def test_the_plan_counts_the_engines_restarts_of_a_running_container() -> None:
     running = Managed((CONTAINER,), (NETWORK,), (IMAGE,))
     result = plan(running, view, [], INSTANCE, heal_view(observed("running", restart_count=2)))
     assert result.events == () and result.tallies == {P: Tally((100.0, 100.0), {"cA": 2})}
+
+
+def test_the_plan_routes_a_running_container_found_at_a_new_address() -> None:
+    """Same container, new address (the engine restarted it): Adopt, so the route follows."""
+    moved = Managed((evolve(CONTAINER, networks={"prevu-pr-1-shop": "10.0.0.5"}),), (NETWORK,))
+    result = plan(moved, {P: SlotView(STATES["running"])}, [], INSTANCE, heal_view())
+    ((_, event),) = result.events
+    assert event == lc.Adopt(evolve(DA, address="10.0.0.5"))
+    asleep = plan(moved, {P: SlotView(STATES["sleeping"])}, [], INSTANCE, heal_view())
+    assert asleep.events == ()
+
+
+# --- the config ----------------------------------------------------------------------
+
+
+def test_restart_limit_and_window_are_read_from_previews() -> None:
+    """`[previews] restart_limit` and `restart_window`: defaults 3 and 10m, and set."""
+    assert (default_config().previews.restart_limit, default_config().previews.restart_window) == (
+        3,
+        600.0,
+    )
+    text = '[previews]\nrestart_limit = 5\nrestart_window = "1h"\n'
+    previews = parse_config(tomllib.loads(text)).previews
+    assert (previews.restart_limit, previews.restart_window) == (5, 3600.0)
+    settings = OrchestratorSettings.from_config(parse_config(tomllib.loads(text)), instance="i")
+    assert (settings.restart_limit, settings.restart_window) == (5, 3600.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("restart_limit = -1", "previews.restart_limit", "at least 0"),
+        ('restart_limit = "3"', "previews.restart_limit", "whole number"),
+        ('restart_window = "0"', "previews.restart_window", "more than 0"),
+        ('restart_window = "soon"', "previews.restart_window", ""),
+    ],
+)
+def test_bad_restart_settings_name_the_key(text: str, key: str, reason: str) -> None:
+    """A bad value stops start-up naming file, key and reason."""
+    with pytest.raises(ConfigError) as raised:
+        parse_config(tomllib.loads(f"[previews]\n{text}\n"), "/etc/prevu.toml")
+    assert (raised.value.path, raised.value.key) == ("/etc/prevu.toml", key)
+    assert reason in raised.value.reason

@@ -134,6 +134,17 @@ class Reconciler:
             slot = self.registry.get(preview)
             if slot is None:
                 continue
+            serving = slot.state.serving
+            if (
+                isinstance(event, lc.Heal)
+                and event.recreate
+                and serving is not None
+                and serving.image not in slot.built
+            ):
+                # Since prevu restarted, the app model (`.prevu.toml`'s command, env,
+                # port, health) of this image is unknown: build the commit again.
+                event = lc.Redeploy()
+                self.driver.jobs.note(slot, "system", "rebuilding the removed container")
             if isinstance(event, lc.Heal | lc.Vanished):
                 what = "healing" if isinstance(event, lc.Heal) else "giving up on"
                 self.log.warn(
