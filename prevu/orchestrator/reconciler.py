@@ -145,13 +145,13 @@ class Reconciler:
                 # port, health) of this image is unknown: build the commit again.
                 event = lc.Redeploy()
                 self.driver.jobs.note(slot, "system", "rebuilding the removed container")
-            if isinstance(event, lc.Heal | lc.Vanished):
+            if isinstance(event, lc.Heal | lc.Vanished) and event.reason is not None:
                 what = "healing" if isinstance(event, lc.Heal) else "giving up on"
                 self.log.warn(
                     "{what} preview {preview}: {reason}",
                     what=what,
                     preview=preview,
-                    reason=event.reason or "container vanished",
+                    reason=event.reason,
                 )
                 outcome = "heal" if isinstance(event, lc.Heal) else "gave-up"
                 self.metrics.inc("prevu_heals_total", result=outcome)
