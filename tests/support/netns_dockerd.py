@@ -8,6 +8,10 @@ and start it again on the same data; `close()` leaves nothing (daemon, its
 mounts, namespace, files). `command`/`popen`/`run` run other programs in the
 namespace (prevu itself, so that it reaches the containers' addresses), and
 `http` sends one HTTP request from inside it (to prevu's ports there).
+The namespace itself is a `Netns`; a `Bridge` (a Linux bridge in a namespace
+of its own) joins several namespaces over veth pairs, as a LAN of test hosts
+(e.g. Swarm nodes, each a `NetnsDockerd` on the same bridge). Use addresses
+of 198.18.0.0/15 (RFC 2544, for tests) there.
 
 Facts this relies on, checked on this machine (Docker 20.10, cgroup v1):
 
@@ -65,7 +69,7 @@ except OSError as error:
 
 
 def missing() -> list[str]:
-    """What this machine lacks to run a NetnsDockerd (empty: nothing)."""
+    """What this machine lacks to run a Netns or NetnsDockerd (empty: nothing)."""
     lacking = []
     if os.geteuid() != 0:
         lacking.append("root (network namespaces and dockerd need it)")
@@ -92,58 +96,35 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 @define
-class NetnsDockerd:
-    """
-    One dockerd in the network namespace `netns`, everything of it under
-    `root`. `daemon_config` is its daemon.json (e.g. `insecure-registries`),
-    `extra_args` more dockerd flags (e.g. `--bip`), `shutdown_timeout`
-    seconds its containers get on a stop.
-    """
+class Netns:
+    """A network namespace made for a test (`ip netns add`), loopback up."""
 
-    netns: str
-    root: Path
-    daemon_config: Mapping[str, Any] = field(factory=dict)
-    extra_args: tuple[str, ...] = ()
-    shutdown_timeout: int = 1
-    dockerd: str = field(factory=lambda: shutil.which("dockerd") or "/usr/sbin/dockerd")
-    process: subprocess.Popen[bytes] | None = None
+    name: str
 
     @classmethod
-    def create(cls, prefix: str = "prevu-test", **kwargs: Any) -> NetnsDockerd:
-        """A new namespace (loopback up) and root directory; raises when the machine can't."""
+    def create(cls, prefix: str = "prevu-test") -> Netns:
+        """A new namespace; raises when the machine can't make one."""
         lacking = missing()
         if lacking:
-            raise RuntimeError("cannot run a private dockerd here: no " + ", ".join(lacking))
+            raise RuntimeError("cannot make network namespaces here: no " + ", ".join(lacking))
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        root = Path(tempfile.mkdtemp(prefix="pvd-", dir="/tmp"))
         subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        return cls(name, root, **kwargs)
-
-    # --- paths ---------------------------------------------------------------------
+        return cls(name)
 
     @property
-    def netns_path(self) -> str:
-        return f"/run/netns/{self.netns}"
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
 
-    @property
-    def socket_path(self) -> Path:
-        return self.root / "docker.sock"
-
-    @property
-    def host(self) -> str:
-        """The daemon's address for DOCKER_HOST or `[docker] host`."""
-        return f"unix://{self.socket_path}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "dockerd.log"
-
-    # --- running things in the namespace ----------------------------------------------
+    def ip(self, *args: str) -> None:
+        """`ip -n <name> args...`, raising with ip's message when it fails."""
+        done = subprocess.run(["ip", "-n", self.name, *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"ip -n {self.name} {' '.join(args)}: {done.stderr.strip()}")
 
     def command(self, argv: Sequence[str]) -> list[str]:
-        """`argv` run inside the namespace."""
-        return ["nsenter", f"--net={self.netns_path}", *argv]
+        """`argv` run inside the namespace (`nsenter --net`, never `ip netns exec`)."""
+        return ["nsenter", f"--net={self.path}", *argv]
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start `argv` inside the namespace (kwargs as for subprocess.Popen)."""
@@ -173,6 +154,111 @@ class NetnsDockerd:
             raise RuntimeError(f"http client failed: {done.stderr[-2000:]}")
         status, text = json.loads(done.stdout)
         return int(status), str(text)
+
+    def close(self) -> None:
+        """Delete the namespace (its interfaces go with it)."""
+        subprocess.run(["ip", "netns", "delete", self.name], check=False, capture_output=True)
+
+
+@define
+class Bridge:
+    """
+    A Linux bridge `name` in a namespace of its own (`hub`) joining other
+    namespaces over veth pairs: a LAN of test hosts. `attach` gives a
+    namespace an interface on it with an address (CIDR, e.g. "198.18.0.2/24").
+    """
+
+    hub: Netns
+    name: str = "br0"
+    attached: int = 0
+
+    @classmethod
+    def create(cls, prefix: str = "prevu-lan") -> Bridge:
+        hub = Netns.create(prefix)
+        bridge = cls(hub)
+        hub.ip("link", "add", bridge.name, "type", "bridge")
+        hub.ip("link", "set", bridge.name, "up")
+        return bridge
+
+    def attach(self, netns: Netns, address: str, interface: str = "lan0") -> str:
+        """Join `netns` to the bridge as `interface` with `address`; the interface's name."""
+        self.attached += 1
+        port, peer = f"port{self.attached}", f"peer{self.attached}"
+        self.hub.ip("link", "add", port, "type", "veth", "peer", "name", peer)
+        self.hub.ip("link", "set", peer, "netns", netns.name)
+        self.hub.ip("link", "set", port, "master", self.name, "up")
+        netns.ip("link", "set", peer, "name", interface)
+        netns.ip("addr", "add", address, "dev", interface)
+        netns.ip("link", "set", interface, "up")
+        return interface
+
+    def close(self) -> None:
+        """Delete the hub namespace: the bridge and every veth pair go with it."""
+        self.hub.close()
+
+
+@define
+class NetnsDockerd:
+    """
+    One dockerd in the network namespace `netns`, everything of it under
+    `root`. `daemon_config` is its daemon.json (e.g. `insecure-registries`),
+    `extra_args` more dockerd flags (e.g. `--bip`), `shutdown_timeout`
+    seconds its containers get on a stop.
+    """
+
+    netns: Netns
+    root: Path
+    daemon_config: Mapping[str, Any] = field(factory=dict)
+    extra_args: tuple[str, ...] = ()
+    shutdown_timeout: int = 1
+    dockerd: str = field(factory=lambda: shutil.which("dockerd") or "/usr/sbin/dockerd")
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def create(cls, prefix: str = "prevu-test", **kwargs: Any) -> NetnsDockerd:
+        """A new namespace (loopback up) and root directory; raises when the machine can't."""
+        netns = Netns.create(prefix)
+        return cls(netns, Path(tempfile.mkdtemp(prefix="pvd-", dir="/tmp")), **kwargs)
+
+    # --- paths ---------------------------------------------------------------------
+
+    @property
+    def socket_path(self) -> Path:
+        return self.root / "docker.sock"
+
+    @property
+    def host(self) -> str:
+        """The daemon's address for DOCKER_HOST or `[docker] host`."""
+        return f"unix://{self.socket_path}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "dockerd.log"
+
+    # --- running things in the namespace ----------------------------------------------
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """`argv` run inside the namespace."""
+        return self.netns.command(argv)
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start `argv` inside the namespace (kwargs as for subprocess.Popen)."""
+        return self.netns.popen(argv, **kwargs)
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """Run `argv` inside the namespace to completion (kwargs as for subprocess.run)."""
+        return self.netns.run(argv, **kwargs)
+
+    def http(
+        self,
+        url: str,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        body: str | None = None,
+        timeout: float = 10.0,
+    ) -> tuple[int, str]:
+        """One HTTP request from inside the namespace (see `Netns.http`)."""
+        return self.netns.http(url, method, headers, body, timeout)
 
     # --- the daemon -----------------------------------------------------------------
 
@@ -242,7 +328,7 @@ class NetnsDockerd:
         self.stop()
         for mount in sorted(self._mounts(), key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
-        subprocess.run(["ip", "netns", "delete", self.netns], check=False, capture_output=True)
+        self.netns.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _mounts(self) -> list[str]:
