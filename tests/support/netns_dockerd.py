@@ -27,14 +27,17 @@ Facts this relies on, checked on this machine (Docker 20.10, cgroup v1):
   under /tmp, not pytest's long `tmp_path`.
 - dockerd bind-mounts its data root onto itself and may leave that mount
   after it stops: `close()` unmounts whatever is mounted under `root`.
-- `--shutdown-timeout` (default 1 s here) bounds a stop: a container whose
-  PID 1 ignores SIGTERM (busybox httpd) is killed after it.
+- A stop waits for each container's own stop timeout (Docker's default 10 s;
+  `--shutdown-timeout`, 1 s here, does not shorten it): a container whose
+  PID 1 ignores SIGTERM (busybox httpd) holds a stop for 10 s. Test images
+  that must stop fast trap SIGTERM; `close()` removes the containers first.
 
 Blocking (subprocess, sockets): the tests' own set-up, not prevu's code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -323,8 +326,29 @@ class NetnsDockerd:
         self.stop(timeout)
         self.start(timeout)
 
+    def _api(self, method: str, path: str) -> Any:
+        """One call of the daemon's API over its socket; the decoded JSON answer (or None)."""
+        connection = _UnixHTTPConnection(str(self.socket_path), timeout=30.0)
+        try:
+            connection.request(method, path)
+            body = connection.getresponse().read()
+        finally:
+            connection.close()
+        return json.loads(body) if body.strip().startswith((b"[", b"{")) else None
+
+    def remove_containers(self) -> None:
+        """Remove every container of this daemon at once (a stop waits 10 s for each
+        container that ignores SIGTERM: Docker's default stop timeout)."""
+        if self.process is None or not self.ping():
+            return
+        for container in self._api("GET", "/containers/json?all=1") or ():
+            self._api("DELETE", f"/containers/{container['Id']}?force=1&v=1")
+
     def close(self) -> None:
-        """Stop the daemon, unmount what it left, delete the namespace and `root`."""
+        """Remove the containers, stop the daemon, unmount what it left, delete the
+        namespace and `root`."""
+        with contextlib.suppress(OSError):  # the daemon is gone already: stop() does the rest
+            self.remove_containers()
         self.stop()
         for mount in sorted(self._mounts(), key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
