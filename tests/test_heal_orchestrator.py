@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from attrs import define, evolve
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import ensureDeferred
 
 from prevu.testing.fakes import FakeDocker
@@ -22,7 +26,7 @@ class TalkingDocker(FakeDocker):
         return [f"line {n}" for n in range(1, 31)][-tail:]
 
 
-def harness(tmp_path: Path, **kwargs: object) -> Harness:
+def harness(tmp_path: Path, **kwargs: Any) -> Harness:
     h = Harness(tmp_path, **kwargs)
     h.docker = TalkingDocker()
     h.orchestrator = h.make()
@@ -193,3 +197,57 @@ def test_after_a_prevu_restart_a_removed_container_is_rebuilt(tmp_path: Path) ->
     reconcile(h)
     assert h.status(PREVIEW) == "running"
     assert serving(h) != before and len(h.docker.builds) == builds + 1
+
+
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("crash"), st.booleans()),
+        st.tuples(st.just("remove"), st.just(0)),
+        st.tuples(st.just("engine-restarts"), st.integers(1, 3)),
+        st.tuples(st.just("advance"), st.integers(1, 400)),
+        st.tuples(st.just("reconcile"), st.just(0)),
+        st.tuples(st.just("sleep"), st.just(0)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(STEPS)
+def test_any_sequence_of_failures_heals_within_the_limit_and_never_wakes_a_sleeper(
+    steps: list[tuple[str, object]],
+) -> None:
+    """Over any sequence of crashes, OOM kills, removals, Docker restarts, time and sleep:
+    prevu restarts at most restart_limit times within any restart_window, never after the
+    preview failed, and never a sleeping one; the status is always one of the expected."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = harness(Path(tmp))
+        made: list[float] = []
+        for action, argument in steps:
+            state = h.orchestrator.registry.get(PREVIEW).state  # type: ignore[union-attr]
+            container = state.serving.container if state.serving else None
+            info = h.docker.containers.get(container) if container else None
+            calls = len(h.docker.calls)
+            if action == "crash" and info is not None and info.running:
+                crash(h, oom=bool(argument))
+            elif action == "remove" and container is not None:
+                h.docker.vanish(container)
+            elif action == "engine-restarts" and info is not None and info.running:
+                bumped = info.restart_count + int(argument)  # type: ignore[call-overload]
+                h.docker.containers[info.id] = evolve(info, restart_count=bumped)
+            elif action == "advance":
+                h.clock.advance(float(argument))  # type: ignore[arg-type]
+            elif action == "reconcile":
+                reconcile(h)
+            elif action == "sleep":
+                h.orchestrator.sleep(PREVIEW)
+                h.settle(0.5)
+            heals = [c for c in h.docker.calls[calls:] if c[0] in ("start", "run")]
+            if heals:
+                assert action == "reconcile", "only the reconcile restarts"
+                assert state.status == "running", f"healed from {state.status}"
+                made.append(h.clock.seconds())
+            status = h.status(PREVIEW)
+            assert status in ("running", "starting", "failed", "sleeping"), status
+        for at in made:
+            assert len([m for m in made if at - 600.0 < m <= at]) <= 3
