@@ -338,3 +338,11 @@ def test_bad_restart_settings_name_the_key(text: str, key: str, reason: str) -> 
         parse_config(tomllib.loads(f"[previews]\n{text}\n"), "/etc/prevu.toml")
     assert (raised.value.path, raised.value.key) == ("/etc/prevu.toml", key)
     assert reason in raised.value.reason
+
+
+def test_a_container_listed_but_not_inspected_is_judged_as_listed() -> None:
+    """Listed yet gone from observe() (it changed in between): never recreated in its place."""
+    view = {P: SlotView(STATES["running"])}
+    assert plan(stopped_engine("restarting"), view, [], INSTANCE, heal_view()).events == ()
+    ((_, event),) = plan(stopped_engine(), view, [], INSTANCE, heal_view()).events
+    assert isinstance(event, lc.Heal) and not event.recreate

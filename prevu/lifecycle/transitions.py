@@ -288,13 +288,15 @@ def _on_start_failed(state: Preview, event: StartFailed) -> Step:
         dropped = (Unroute(), Discard(serving.container, serving.image))
         if state.asleep:
             return evolve(gone, error=f"could not wake: {event.reason}"), dropped
-        return evolve(gone, error=f"{state.error}; could not restart: {event.reason}"), dropped
+        before = f"{state.error}; " if state.error else ""
+        return evolve(gone, error=f"{before}could not restart: {event.reason}"), dropped
     if not _is_job(state, "start", event.revision):
         return state, ()
     if serving is not None and serving.revision == event.revision:
         # A heal's new container of what served (it was removed) did not start.
         gone = evolve(state, job=None, serving=None, asleep=False, failed=event.revision)
-        error = f"{state.error}; could not recreate: {event.reason}"
+        before = f"{state.error}; " if state.error else ""
+        error = f"{before}could not recreate: {event.reason}"
         return evolve(gone, error=error), (Unroute(), Discard(serving.container, serving.image))
     image = state.job.image if state.job is not None else None
     new, effects = _failed(state, event.revision, event.reason)

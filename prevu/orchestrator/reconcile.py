@@ -42,7 +42,7 @@ from attrs import field, frozen
 from prevu import lifecycle as lc
 from prevu.labels import deployment_of, owned
 from prevu.orchestrator.heal import HealRules, Tally, decide
-from prevu.ports import Managed
+from prevu.ports import ContainerInfo, Managed
 from prevu.runtime import Observed
 
 ObjectKind = Literal["container", "image", "network", "workspace"]
@@ -124,13 +124,16 @@ def plan(
         events.append((preview, event))
         fed.add(preview)
 
-    def lost(preview: str, container: str) -> None:
+    def lost(preview: str, container: str, listed: ContainerInfo | None = None) -> None:
         """The serving `container` of `preview` is stopped or gone: heal, or mark it."""
         if heal is None:
             feed(preview, lc.Vanished(container))
             return
         tally = heal.tallies.get(preview, Tally())
         observed = heal.observations.get(container)
+        if observed is None and listed is not None:
+            # Listed but not inspected (it changed in between): it exists, as listed.
+            observed = Observed(preview, "", container, listed.state)
         decision = decide(container, observed, tally, heal.rules, heal.now)
         tallies[preview] = decision.tally
         if decision.action == "give-up":
@@ -159,7 +162,7 @@ def plan(
                 feed(preview, lc.Adopt(deployment))  # the engine restarted it elsewhere
         elif serving is not None and serving.container == container.id:
             if not state.asleep:
-                lost(preview, container.id)
+                lost(preview, container.id, container)
         elif serving is None and deployment is not None and not state.closed:
             if container.state == "restarting" and heal is not None:
                 continue  # the engine's restart policy is on it: decide when it settles
