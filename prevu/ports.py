@@ -181,6 +181,9 @@ class RunRequest:
     pids: int | None = None
     volumes: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
     """Named volume → container path it is mounted at (created first with `create_volume`)."""
+    restart_limit: int = field(default=0, validator=validators.ge(0))
+    """The engine restarts a container that exits non-zero (or is OOM-killed) this
+    often (Docker's `on-failure:N` policy); 0: never (`no`)."""
 
 
 @frozen
@@ -218,6 +221,8 @@ class ContainerInfo:
     """True when the kernel killed the container for exceeding its memory limit (inspect)."""
     restart_count: int = 0
     """How often the engine restarted the container (inspect)."""
+    memory: int | None = None
+    """The container's memory limit in bytes (inspect; None: none or not inspected)."""
 
     @property
     def running(self) -> bool:

@@ -133,6 +133,8 @@ class Observed:
     exit_code: int | None = None
     oom_killed: bool = False
     restart_count: int = 0
+    memory: int | None = None
+    """The memory limit in bytes (None: unknown or none)."""
 
 
 class HealthChecker(Protocol):

@@ -250,7 +250,11 @@ def build_previews(
     )
     # `[docker] runtime` picks the engine; "docker" is the only one so far (config refuses others).
     runtime = DockerRuntime.from_config(
-        docker, NetworkHealthChecker(reactor), config.docker, settings.instance
+        docker,
+        NetworkHealthChecker(reactor),
+        config.docker,
+        settings.instance,
+        restart_limit=config.previews.restart_limit,
     )
     git = GitCli(reactor, os.path.join(state_dir, "workspaces"), pool)
     orchestrator = Orchestrator(settings, reactor, routes, runtime, git, store)

@@ -54,6 +54,8 @@ PURE: tuple[str, ...] = (
     "prevu.labels",
     "prevu.appmodel",
     "prevu.orchestrator.reconcile",
+    "prevu.orchestrator.heal",
+    "prevu.runtime",
     "prevu.masking",
     "prevu.feedback.view",
     "prevu.feedback.comment",

@@ -370,7 +370,7 @@ class DockerEngine:
             pids_limit=request.pids,
             security_opt=["no-new-privileges:true"],
             privileged=False,
-            restart_policy={"Name": "no"},
+            restart_policy=_restart_policy(request.restart_limit),
             mounts=[
                 docker.types.Mount(path, name, type="volume")
                 for name, path in sorted(request.volumes.items())
@@ -491,6 +491,7 @@ class DockerEngine:
                 exit_code=state.get("ExitCode") if status in ("exited", "dead") else None,
                 oom_killed=bool(state.get("OOMKilled")),
                 restart_count=int(attrs.get("RestartCount") or 0),
+                memory=int(attrs.get("HostConfig", {}).get("Memory") or 0) or None,
             )
 
         return await self._call("inspect", inspect)
@@ -556,6 +557,18 @@ class DockerEngine:
             )
 
         return await self._call("list", listing)
+
+
+def _restart_policy(limit: int) -> dict[str, Any]:
+    """
+    Docker's restart policy for a preview container: `on-failure` with at most
+    `limit` restarts (it covers exits with a non-zero code and OOM kills, not
+    `docker stop`/`docker kill`), or `no` for 0. See
+    https://docs.docker.com/engine/reference/run/#restart-policies---restart
+    """
+    if limit <= 0:
+        return {"Name": "no"}
+    return {"Name": "on-failure", "MaximumRetryCount": limit}
 
 
 def _label_port(labels: Mapping[str, str]) -> int:

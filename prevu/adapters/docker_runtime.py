@@ -37,7 +37,7 @@ from attrs import define, evolve
 
 from prevu import labels as lb
 from prevu.appmodel import APP, AppModel
-from prevu.config import DockerConfig
+from prevu.config import DockerConfig, PreviewsConfig
 from prevu.errors import DockerError
 from prevu.naming import network_name
 from prevu.ports import BuildRequest, Docker, ExecResult, LogSink, Managed, RunRequest
@@ -69,12 +69,22 @@ class DockerRuntime:
     build_timeout: float = 900.0
     stop_timeout: float = 10.0
     """Seconds a container gets to exit after SIGTERM before it is killed (sleep)."""
+    restart_limit: int = 0
+    """`[previews] restart_limit`: the engine's own restarts of a crashed container (0: none)."""
 
     @classmethod
     def from_config(
-        cls, docker: Docker, health: HealthChecker, config: DockerConfig, instance: str
+        cls,
+        docker: Docker,
+        health: HealthChecker,
+        config: DockerConfig,
+        instance: str,
+        restart_limit: int = PreviewsConfig().restart_limit,
     ) -> DockerRuntime:
-        """The runtime of the `[docker]` table, for the prevu `instance`."""
+        """
+        The runtime of the `[docker]` table, for the prevu `instance`;
+        `restart_limit` is `[previews] restart_limit` (issue 15).
+        """
         return cls(
             docker,
             health,
@@ -84,6 +94,7 @@ class DockerRuntime:
             cpus=config.cpus,
             pids=config.pids,
             build_timeout=config.build_timeout,
+            restart_limit=restart_limit,
         )
 
     def cache_tag(self, repository: str) -> str:
@@ -188,6 +199,7 @@ class DockerRuntime:
             nano_cpus=int(min(service.cpus or self.cpus, self.cpus) * 1e9),
             pids=self.pids,
             volumes=volumes,
+            restart_limit=self.restart_limit,
         )
         running = await self.docker.run(request)
         return Deployed(
@@ -295,6 +307,7 @@ class DockerRuntime:
                     exit_code=info.exit_code,
                     oom_killed=info.oom_killed,
                     restart_count=info.restart_count,
+                    memory=info.memory,
                 )
             )
         return tuple(found)

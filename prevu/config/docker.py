@@ -53,6 +53,11 @@ class PreviewsConfig:
     """Seconds a preview of a repository taken out of `[[repos]]` keeps running."""
     history: float = 7 * 86400.0
     """Seconds a destroyed preview stays in the dashboard's list before it goes to the history."""
+    restart_limit: int = 3
+    """Self-healing (issue 15): restarts of a preview's container within `restart_window`
+    (Docker's own and prevu's) before the preview is marked failed; 0: never restart."""
+    restart_window: float = 600.0
+    """Seconds over which `restart_limit` counts restarts."""
 
 
 def parse_docker(t: Table) -> DockerConfig:
@@ -102,6 +107,10 @@ def parse_previews(t: Table) -> PreviewsConfig:
         sleep_after=t.duration("sleep_after", d.sleep_after),
         unlisted_grace=t.duration("unlisted_grace", d.unlisted_grace),
         history=t.duration("history", d.history),
+        restart_limit=t.integer("restart_limit", d.restart_limit, minimum=0),
+        restart_window=t.duration("restart_window", d.restart_window),
     )
+    if config.restart_window <= 0:
+        raise t.error("restart_window", "must be more than 0")
     t.finish()
     return config

@@ -252,6 +252,8 @@ class Vanished:
     """The serving container is gone or stopped (found by reconcile): mark it failed."""
 
     container: str
+    reason: str | None = None
+    """Why, for the user (None: "vanished or stopped"); e.g. a restart limit reached."""
 
 
 @frozen
@@ -260,6 +262,20 @@ class Adopt:
 
     deployment: Deployment
     asleep: bool = False
+
+
+@frozen
+class Heal:
+    """
+    The serving container stopped, crashed or was removed behind prevu's back
+    (found by reconcile, issue 15): start it again (`recreate`: a new container
+    from its image). `reason` says what happened; it is the preview's `error`
+    while it heals (status `starting`).
+    """
+
+    container: str
+    reason: str
+    recreate: bool = False
 
 
 Event = (
@@ -280,6 +296,7 @@ Event = (
     | TornDown
     | Vanished
     | Adopt
+    | Heal
 )
 
 

@@ -44,9 +44,11 @@ from prevu.lifecycle.states import (
     Close,
     Deny,
     Deploy,
+    Deployment,
     Discard,
     Effect,
     Event,
+    Heal,
     Job,
     JobKind,
     Poke,
@@ -262,6 +264,8 @@ def _on_started(state: Preview, event: Started) -> Step:
         state = evolve(state, job=None, asleep=False)
         if state.closed or state.serving is None:
             return state, (discard_new,)
+        if state.failed != state.target:
+            state = evolve(state, error=None)  # healed: what happened is over
         return evolve(state, serving=deployment), (RouteTo(deployment),)
     if not _is_job(state, "start", deployment.revision):
         return state, (discard_new,)
@@ -278,13 +282,22 @@ def _on_started(state: Preview, event: Started) -> Step:
 
 
 def _on_start_failed(state: Preview, event: StartFailed) -> Step:
-    if _is_job(state, "resume", event.revision) and state.serving is not None:
-        serving = state.serving
+    serving = state.serving
+    if _is_job(state, "resume", event.revision) and serving is not None:
         gone = evolve(state, job=None, serving=None, asleep=False, failed=state.target)
         dropped = (Unroute(), Discard(serving.container, serving.image))
-        return evolve(gone, error=f"could not wake: {event.reason}"), dropped
+        if state.asleep:
+            return evolve(gone, error=f"could not wake: {event.reason}"), dropped
+        before = f"{state.error}; " if state.error else ""
+        return evolve(gone, error=f"{before}could not restart: {event.reason}"), dropped
     if not _is_job(state, "start", event.revision):
         return state, ()
+    if serving is not None and serving.revision == event.revision:
+        # A heal's new container of what served (it was removed) did not start.
+        gone = evolve(state, job=None, serving=None, asleep=False, failed=event.revision)
+        before = f"{state.error}; " if state.error else ""
+        error = f"{before}could not recreate: {event.reason}"
+        return evolve(gone, error=error), (Unroute(), Discard(serving.container, serving.image))
     image = state.job.image if state.job is not None else None
     new, effects = _failed(state, event.revision, event.reason)
     # A failed on_push (migration) keeps the previous revision serving, status running.
@@ -311,7 +324,7 @@ def _on_vanished(state: Preview, event: Vanished) -> Step:
     serving = state.serving
     if serving is None or serving.container != event.container or state.job is not None:
         return state, ()
-    reason = f"container {serving.container[:12]} vanished or stopped"
+    reason = event.reason or f"container {serving.container[:12]} vanished or stopped"
     new = evolve(state, serving=None, asleep=False, failed=state.target, error=reason)
     return new, (Unroute(), Discard(serving.container, serving.image))
 
@@ -320,7 +333,7 @@ def _on_adopt(state: Preview, event: Adopt) -> Step:
     deployment = event.deployment
     if state.serving is not None:
         if state.serving.container == deployment.container:
-            return state, ()
+            return _readdressed(state, deployment)
         return state, (Discard(deployment.container),)
     if state.job is not None:
         # The container may be the one an in-flight start is bringing up.
@@ -343,6 +356,50 @@ def _on_adopt(state: Preview, event: Adopt) -> Step:
     )
     route: Effect = RouteAsleep(deployment) if event.asleep else RouteTo(deployment)
     return new, (route,)
+
+
+def _readdressed(state: Preview, deployment: Deployment) -> Step:
+    """
+    The serving container runs at another address (the engine restarted it,
+    e.g. after a daemon restart): route to the new one, unless it sleeps or a
+    job is in flight.
+    """
+    serving = state.serving
+    if serving is None or state.asleep or state.job is not None or state.closed:
+        return state, ()
+    if deployment.address in ("", "0.0.0.0") or serving.address == deployment.address:
+        return state, ()
+    moved = evolve(serving, address=deployment.address)
+    return evolve(state, serving=moved), (RouteTo(moved),)
+
+
+def _on_heal(state: Preview, event: Heal) -> Step:
+    """
+    Start the serving container again (issue 15): `resume` it, or, when it
+    was removed, `start` a new one from its image. Only what serves and is
+    awake, with no job in flight; a removed container of an older revision
+    than the target (a newer build failed) cannot be recreated as the
+    target: the preview fails as `Vanished` says.
+    """
+    serving = state.serving
+    if serving is None or serving.container != event.container:
+        return state, ()
+    if state.job is not None or state.asleep or state.closed:
+        return state, ()
+    failed = state.failed is not None and state.failed == state.target
+    error = state.error if failed else event.reason
+    if not event.recreate:
+        return evolve(state, job=Job("resume", serving.revision), error=error), (
+            RouteBuilding(),
+            Resume(serving),
+        )
+    if serving.revision != state.target:
+        return _on_vanished(state, Vanished(serving.container, event.reason))
+    job = Job("start", serving.revision, image=serving.image, started=True)
+    return evolve(state, job=job, error=error), (
+        RouteBuilding(),
+        Start(serving.revision, serving.image),
+    )
 
 
 def _handle(state: Preview, event: Event) -> Step:
@@ -381,3 +438,5 @@ def _handle(state: Preview, event: Event) -> Step:
             return _on_vanished(state, event)
         case Adopt():
             return _on_adopt(state, event)
+        case Heal():
+            return _on_heal(state, event)

@@ -19,6 +19,7 @@ HELP = {
     "prevu_deploys_total": ("counter", "Route switches to a new container."),
     "prevu_docker_retries_total": ("counter", "Docker calls retried because the engine was down."),
     "prevu_reconciles_total": ("counter", "Reconcile passes by result."),
+    "prevu_heals_total": ("counter", "Self-healing: containers restarted (heal) or given up on."),
     "prevu_previews": ("gauge", "Previews by status."),
     "prevu_proxy_requests_total": ("counter", "Requests the proxy sent to an upstream."),
     "prevu_proxy_connections": ("gauge", "Open client connections to the proxy."),

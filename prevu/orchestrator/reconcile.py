@@ -20,6 +20,12 @@ touched):
   can use. An image is kept while its preview serves it, or may still use
   it (an asleep or failed preview: teardown removes it later).
 - A workspace is removed unless its preview is building.
+- With `heal` (issue 15, `prevu.orchestrator.heal`), the serving container
+  of an awake preview that exited or is gone is not marked `Vanished` but
+  started again (`Heal`), until the restart limit: then `Vanished` with
+  the reason (the runner adds the last log lines). A container the engine
+  is restarting itself is left alone. A running serving container found at
+  another address (an engine restart) is adopted again: the route follows.
 - A preview is *settled* when nothing happened to it while the engine was
   listed and no job runs; only settled previews get events, and a preview
   that gets an event is not settled for the rest of the plan (one event per
@@ -31,11 +37,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
-from attrs import frozen
+from attrs import field, frozen
 
 from prevu import lifecycle as lc
 from prevu.labels import deployment_of, owned
-from prevu.ports import Managed
+from prevu.orchestrator.heal import HealRules, Tally, decide
+from prevu.ports import ContainerInfo, Managed
+from prevu.runtime import Observed
 
 ObjectKind = Literal["container", "image", "network", "workspace"]
 
@@ -56,12 +64,33 @@ class Removal:
     name: str
 
 
+def _tallies(value: Mapping[str, Tally] | None) -> dict[str, Tally]:
+    return dict(value or {})
+
+
+@frozen
+class HealView:
+    """
+    What the heal rules need: the runtime's `observe()` by container id, each
+    preview's `Tally` from the last pass, the rules, and now (the clock's seconds).
+    """
+
+    observations: Mapping[str, Observed] = field(factory=dict)
+    tallies: Mapping[str, Tally] = field(factory=dict, converter=_tallies)
+    rules: HealRules = field(factory=HealRules)
+    now: float = 0.0
+
+
 @frozen
 class Plan:
-    """The events to feed (preview, event) and then the orphans to remove, in order."""
+    """
+    The events to feed (preview, event) and then the orphans to remove, in
+    order; with a `HealView`, the previews' tallies to keep for the next pass.
+    """
 
     events: tuple[tuple[str, lc.Event], ...] = ()
     removals: tuple[Removal, ...] = ()
+    tallies: Mapping[str, Tally] = field(factory=dict, converter=_tallies)
 
 
 def _gone(view: SlotView | None) -> bool:
@@ -77,11 +106,13 @@ def plan(
     slots: Mapping[str, SlotView],
     workspaces: Iterable[str],
     instance: str,
+    heal: HealView | None = None,
 ) -> Plan:
     """What to feed and what to remove (see the module docstring for the rules)."""
     events: list[tuple[str, lc.Event]] = []
     removals: list[Removal] = []
     fed: set[str] = set()
+    tallies: dict[str, Tally] = {}
 
     def settled(preview: str) -> lc.Preview | None:
         view = slots.get(preview)
@@ -92,6 +123,23 @@ def plan(
     def feed(preview: str, event: lc.Event) -> None:
         events.append((preview, event))
         fed.add(preview)
+
+    def lost(preview: str, container: str, listed: ContainerInfo | None = None) -> None:
+        """The serving `container` of `preview` is stopped or gone: heal, or mark it."""
+        if heal is None:
+            feed(preview, lc.Vanished(container))
+            return
+        tally = heal.tallies.get(preview, Tally())
+        observed = heal.observations.get(container)
+        if observed is None and listed is not None:
+            # Listed but not inspected (it changed in between): it exists, as listed.
+            observed = Observed(preview, "", container, listed.state)
+        decision = decide(container, observed, tally, heal.rules, heal.now)
+        tallies[preview] = decision.tally
+        if decision.action == "give-up":
+            feed(preview, lc.Vanished(container, decision.reason))
+        elif decision.action in ("restart", "recreate"):
+            feed(preview, lc.Heal(container, decision.reason, decision.action == "recreate"))
 
     present: set[str] = set()
     for container in observed.containers:
@@ -110,10 +158,14 @@ def plan(
         if container.running and deployment is not None:
             if serving is None or serving.container != container.id:
                 feed(preview, lc.Adopt(deployment))
+            elif deployment.address not in (serving.address, "0.0.0.0") and not state.asleep:
+                feed(preview, lc.Adopt(deployment))  # the engine restarted it elsewhere
         elif serving is not None and serving.container == container.id:
             if not state.asleep:
-                feed(preview, lc.Vanished(container.id))
+                lost(preview, container.id, container)
         elif serving is None and deployment is not None and not state.closed:
+            if container.state == "restarting" and heal is not None:
+                continue  # the engine's restart policy is on it: decide when it settles
             if container.state in ("exited", "created") and state.target == deployment.revision:
                 # A stopped container of the wanted revision: treat as asleep.
                 feed(preview, lc.Adopt(deployment, asleep=True))
@@ -126,7 +178,10 @@ def plan(
         if state is None or state.serving is None:
             continue
         if state.serving.container not in present:
-            feed(preview, lc.Vanished(state.serving.container))
+            if state.asleep or heal is None:
+                feed(preview, lc.Vanished(state.serving.container))
+            else:
+                lost(preview, state.serving.container)
     for image in observed.images:
         preview = owned(image.labels, instance)
         if preview is None:
@@ -149,4 +204,29 @@ def plan(
         job = view.state.job if view is not None else None
         if (job is None or job.kind != "build") and workspace not in fed:
             removals.append(Removal("workspace", workspace))
-    return Plan(tuple(events), tuple(removals))
+    return Plan(tuple(events), tuple(removals), _kept(heal, tallies, slots))
+
+
+def _kept(
+    heal: HealView | None, decided: Mapping[str, Tally], slots: Mapping[str, SlotView]
+) -> dict[str, Tally]:
+    """
+    The tallies for the next pass: the ones decided now, else last pass's
+    with the engine's restart counts of running serving containers added;
+    pruned to the window and to previews that still serve.
+    """
+    if heal is None:
+        return {}
+    kept: dict[str, Tally] = {}
+    for preview, view in slots.items():
+        serving = view.state.serving
+        if serving is None or view.state.closed:
+            continue
+        tally = decided.get(preview)
+        if tally is None:
+            tally = heal.tallies.get(preview, Tally())
+            observed = heal.observations.get(serving.container)
+            if observed is not None:
+                tally = tally.seen(serving.container, observed.restart_count, heal.now)
+        kept[preview] = tally.pruned(heal.now, heal.rules.window, frozenset({serving.container}))
+    return {preview: tally for preview, tally in kept.items() if tally != Tally()}

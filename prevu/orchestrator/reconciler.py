@@ -5,13 +5,19 @@ Runs at start, then every `reconcile_interval` on the clock, and once more
 soon (within 5 s) after the engine could not be reached, since routes may be
 missing then. One pass at a time; a failing removal is logged and the pass
 goes on. Reactor thread only.
+
+Self-healing (issue 15): each pass also reads the runtime's `observe()`
+(exit code, OOM kill, restart count of every container) and keeps each
+preview's restart `Tally` between passes (in memory: a restarted prevu
+counts afresh). When the plan gives up on a preview, the last
+`LOG_LINES` lines its container printed are added to the reason.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from attrs import define, field
+from attrs import define, evolve, field
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -19,12 +25,16 @@ from twisted.logger import Logger
 from prevu import lifecycle as lc
 from prevu.errors import DockerError, DockerUnavailable
 from prevu.orchestrator.driver import Driver
+from prevu.orchestrator.heal import HealRules, Tally
 from prevu.orchestrator.metrics import Metrics
-from prevu.orchestrator.reconcile import SlotView, plan
+from prevu.orchestrator.reconcile import HealView, SlotView, plan
 from prevu.orchestrator.registry import Registry
 from prevu.orchestrator.settings import OrchestratorSettings
 from prevu.ports import Git
 from prevu.runtime import Runtime
+
+LOG_LINES = 10
+"""How many of a failed container's last lines go into the preview's error."""
 
 
 @define(eq=False)
@@ -43,6 +53,8 @@ class Reconciler:
     _running: Deferred[None] | None = None
     _unlisted: dict[str, float] = field(factory=dict)
     """Preview id → when a pass first found its repository out of `[[repos]]`."""
+    _tallies: dict[str, Tally] = field(factory=dict)
+    """Preview id → its restarts (issue 15), kept from one pass to the next."""
 
     def start(self) -> None:
         """Reconcile every `reconcile_interval` from now on."""
@@ -107,12 +119,44 @@ class Reconciler:
             slot.id: SlotView(slot.state, settled=slot.epoch == epochs.get(slot.id))
             for slot in self.registry
         }
+        heal = HealView(
+            {found.container: found for found in await self.runtime.observe()},
+            self._tallies,
+            HealRules(self.settings.restart_limit, self.settings.restart_window),
+            self.clock.seconds(),
+        )
         self._close_unlisted()
-        result = plan(observed, views, workspaces, self.settings.instance)
+        result = plan(observed, views, workspaces, self.settings.instance, heal)
+        self._tallies = dict(result.tallies)
         for preview, event in result.events:
+            if isinstance(event, lc.Vanished) and event.reason is not None:
+                event = evolve(event, reason=await self._with_logs(event.container, event.reason))
             slot = self.registry.get(preview)
-            if slot is not None:
-                self.driver.feed(slot, event)
+            if slot is None:
+                continue
+            serving = slot.state.serving
+            if (
+                isinstance(event, lc.Heal)
+                and event.recreate
+                and serving is not None
+                and serving.image not in slot.built
+            ):
+                # Since prevu restarted, the app model (`.prevu.toml`'s command, env,
+                # port, health) of this image is unknown: build the commit again.
+                event = lc.Redeploy()
+                self.driver.jobs.note(slot, "system", "rebuilding the removed container")
+            if isinstance(event, lc.Heal | lc.Vanished) and event.reason is not None:
+                what = "healing" if isinstance(event, lc.Heal) else "giving up on"
+                self.log.warn(
+                    "{what} preview {preview}: {reason}",
+                    what=what,
+                    preview=preview,
+                    reason=event.reason,
+                )
+                outcome = "heal" if isinstance(event, lc.Heal) else "gave-up"
+                self.metrics.inc("prevu_heals_total", result=outcome)
+                self.driver.jobs.note(slot, "system", f"{what}: {event.reason}")
+            self.driver.feed(slot, event)
         for removal in result.removals:
             try:
                 if removal.kind == "workspace":
@@ -128,6 +172,16 @@ class Reconciler:
         if result.removals:
             self.log.info("reconcile removed {count} orphans", count=len(result.removals))
         await self._prune_caches()
+
+    async def _with_logs(self, container: str, reason: str) -> str:
+        """`reason` and the last `LOG_LINES` lines `container` printed (when it still exists)."""
+        try:
+            lines = await self.runtime.logs(container, tail=LOG_LINES)
+        except DockerError:
+            return reason
+        if not lines:
+            return reason
+        return reason + "; last lines:\n" + "\n".join(line[:500] for line in lines)
 
     async def _prune_caches(self) -> None:
         """

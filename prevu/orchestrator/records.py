@@ -152,7 +152,9 @@ def encode(slot: Slot, settings: OrchestratorSettings) -> PreviewRecord:
         status=state.status,
         url=slot.name.url,
         host=slot.name.host,
-        error=state.error if state.status == "failed" or state.holding else None,
+        # `starting` with an error: healing (issue 15), the error says what happened;
+        # a held preview (a failed on_push) keeps serving with its error (docs/data.md).
+        error=state.error if state.status in ("failed", "starting") or state.holding else None,
         created_at=slot.created_at,
         updated_at=slot.updated_at,
         access=slot.access,

@@ -100,6 +100,10 @@ class OrchestratorSettings:
     """Lower-cased `[[repos]]` names; None when there is no list (every repository is served)."""
     unlisted_grace: float = 3600.0
     """Seconds before the reconcile closes a preview of a repository no longer listed."""
+    restart_limit: int = 3
+    """`[previews] restart_limit`: restarts within `restart_window` before a preview fails."""
+    restart_window: float = 600.0
+    """`[previews] restart_window`, seconds."""
 
     @classmethod
     def from_config(cls, config: Config, **overrides: Any) -> OrchestratorSettings:
@@ -130,6 +134,8 @@ class OrchestratorSettings:
             },
             "listed": frozenset(r.name.lower() for r in config.repos) if config.repos else None,
             "unlisted_grace": config.previews.unlisted_grace,
+            "restart_limit": config.previews.restart_limit,
+            "restart_window": config.previews.restart_window,
         }
         values.update(overrides)
         return cls(**values)
