@@ -31,6 +31,10 @@ FORGE = "prevu.forge"
 IMAGE = "prevu.image"
 SERVICE = "prevu.service"
 """Read only: the service a container runs (absent on single-service previews: "app")."""
+PROJECT = "prevu.compose.project"
+"""Compose previews: the Compose project of a container or built image (docs/compose.md)."""
+PART = "prevu.part"
+"""Compose previews: on every container but the exposed one, "keep" or "revision"."""
 
 
 INSTANCE_MAX_LENGTH = 32

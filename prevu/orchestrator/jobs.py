@@ -185,14 +185,30 @@ class Jobs:
         checkout = await cancel.wait(self.git.fetch(source, slot.id))
         self._wanted(slot, cancel)
         settings = parse_repo_config(_read_repo_file(checkout.path), self.settings.limits)
-        model = _checked(checkout.path, settings)
         release = self._release(slot, revision)
+        if settings.compose is not None:
+            model = await self._compose_model(slot, cancel, checkout.path, settings, release)
+        else:
+            model = _checked(checkout.path, settings)
         built = await self.retrying(
             slot,
             cancel,
             lambda: self.runtime.build(model, release, lambda line: self.note(slot, "build", line)),
         )
         return built, settings
+
+    async def _compose_model(
+        self, slot: Slot, cancel: CancelToken, path: str, settings: RepoSettings, release: Release
+    ) -> AppModel:
+        """The checked model of the PR head's compose file (issue 17), read by the runtime."""
+        load = getattr(self.runtime, "load_compose", None)
+        if load is None:
+            raise RepoConfigError("compose", "this prevu server does not run Compose previews")
+        model: AppModel = await cancel.wait(
+            load(path, settings, release, lambda line: self.note(slot, "build", line))
+        )
+        self._wanted(slot, cancel)
+        return model
 
     # --- start, suspend, resume ---------------------------------------------------------
 
