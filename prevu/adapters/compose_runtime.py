@@ -50,6 +50,8 @@ from prevu.runtime import Built, Deployed, Health, Observed, Release, Runtime
 
 PROJECT = lb.PROJECT
 PART = lb.PART
+PER_REVISION = frozenset({"PREVU_SHA", "PREVU_BRANCH"})
+"""Values not given to kept services: they would recreate them on every push."""
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
 
@@ -239,7 +241,10 @@ class ComposeRuntime:
             volumes={v: f"{base}-{v}" for v in spec.app.volumes},
             binds=binds,
             env=release.run_env,
-            prevu_env={**release.env, **urls(exposed)},
+            prevu_env={
+                **{k: v for k, v in release.env.items() if part != "keep" or k not in PER_REVISION},
+                **urls(exposed),
+            },
             memory=memory,
             cpus=cpus,
             pids=self.inner.pids,
