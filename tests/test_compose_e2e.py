@@ -9,11 +9,18 @@ volume. The web service reaches db by name from inside its container.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet.defer import ensureDeferred
@@ -104,7 +111,16 @@ def db_image(tmp_path_factory: Any) -> Iterator[str]:
 class ComposeStack(Stack):
     """The e2e stack with the Compose-capable runtime (the composition root's wiring)."""
 
+    def __init__(
+        self, reactor: Any, pool: Any, tmp: Path, forge: ForgeRepo, prefix: str | None = None
+    ) -> None:
+        self.prefix = prefix
+        super().__init__(reactor, pool, tmp, forge)
+
     def boot(self) -> None:
+        if self.prefix is not None:
+            docker = attrs.evolve(self.config.docker, network=self.prefix)
+            self.config = attrs.evolve(self.config, docker=docker)
         self.store = SqliteStore.in_state_dir(self.config.server.state_dir, self.reactor)
         self.routes = RouteRegistry()
         settings = OrchestratorSettings.from_config(
@@ -296,3 +312,88 @@ async def test_refused_compose_file_fails_only_that_preview(
     assert leftovers(docker_client, stack, "pr-3-hello-world") == []
     await stack.pull_request("closed", 3, sha)
     await stack.settled()
+
+
+SLOW_KEEP = COMPOSE.replace(
+    "volumes:\n  data: {}\n",
+    """    healthcheck:
+      test: ["CMD", "/bin/busybox", "test", "-e", "/data/ready-never"]
+      interval: 1s
+      timeout: 1s
+      retries: 3
+  cache:
+    image: %s
+    depends_on:
+      db: {condition: service_healthy}
+volumes:
+  data: {}
+""",
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigkill_during_compose_up_then_restart_converges(
+    reactor: Any, thread_pool: Any, tmp_path: Path, docker_client: Any, db_image: str
+) -> None:
+    """prevu (its own process) is SIGKILLed while `compose up` runs; the next prevu
+    on the same state dir serves the preview, with one container per service."""
+    preview = "pr-5-hello-world"
+    forge = ForgeRepo.create(tmp_path / "forge", "hello-world")
+    # db is never healthy: `up` of the kept services waits (then fails) while we kill.
+    sha = push(forge, 5, web_files("web five\n", compose=SLOW_KEEP % DB_IMAGE))
+    prefix = f"prevu-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.compose_child",
+            str(tmp_path),
+            "5",
+            sha,
+            prefix,
+            TEST_SESSION,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    wanted = {"label": [f"{lb.PREVIEW}={preview}", "com.docker.compose.service=db"]}
+    try:
+        deadline = time.monotonic() + 90
+        while not docker_client.api.containers(all=True, filters=wanted):
+            assert child.poll() is None, "prevu exited on its own"
+            assert time.monotonic() < deadline, "compose up never started"
+            await sleep(0.1)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    # The repository is fixed by a push made while prevu was down (db healthy at once).
+    fixed = push(
+        forge,
+        5,
+        web_files(
+            "web five\n", compose=SLOW_KEEP.replace("/data/ready-never", "/bin/busybox") % DB_IMAGE
+        ),
+    )
+    stack = ComposeStack(reactor, thread_pool, tmp_path, forge, prefix=prefix)
+    stack.deliveries = 100  # the killed prevu saw delivery-1
+    await stack.start()
+    try:
+        assert (await stack.pull_request("synchronize", 5, fixed))[0] == 202
+        await stack.until(preview, "running", timeout=120)
+        await stack.settled(timeout=60)
+        await stack.orchestrator.reconcile()
+        await stack.settled(timeout=60)
+        assert await stack.get(f"{preview}.localhost") == (200, b"web five\n")
+        everything = {"label": [f"{lb.PREVIEW}={preview}"]}
+        names = sorted(
+            c["Labels"].get("com.docker.compose.service", "?")
+            for c in docker_client.api.containers(all=True, filters=everything)
+        )
+        assert names == ["cache", "db", "web"]
+        assert (await stack.pull_request("closed", 5, fixed))[0] in (200, 202)
+        await stack.until(preview, "stopped", timeout=60)
+        await stack.settled(timeout=60)
+        assert leftovers(docker_client, stack, preview) == []
+    finally:
+        await stack.shutdown()
