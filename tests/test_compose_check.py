@@ -82,6 +82,8 @@ REFUSALS = [
         "networks.shared",
     ),
     ("container_name", BASE + "    container_name: fixed\n", "services.web.container_name"),
+    ("another preview's image", "services:\n  db:\n    image: prevu/x/pr-2:abc\n", "image"),
+    ("an image id", "services:\n  db:\n    image: 17981c2d8374\n", "image"),
     ("prevu. label", BASE + "    labels: {prevu.preview: other}\n", "services.web.labels.prevu."),
 ]
 

@@ -189,7 +189,8 @@ class ComposeRuntime:
             copy = os.path.join(files, os.path.relpath(source, os.path.realpath(spec.checkout)))
             os.makedirs(os.path.dirname(copy), exist_ok=True)
             if os.path.isdir(source):
-                shutil.copytree(source, copy, symlinks=False, dirs_exist_ok=True)
+                # Links stay links (never followed): a link to a host file copies no host file.
+                shutil.copytree(source, copy, symlinks=True, dirs_exist_ok=True)
             else:
                 shutil.copy2(source, copy)
         return Built(release, model, images)

@@ -62,8 +62,11 @@ DROPPED_KEYS = frozenset({"ports", "restart"})
 """Keys that are dropped with a note in the preview log, not refused."""
 BUILD_KEYS = frozenset({"context", "dockerfile", "args", "target"})
 HEALTH_KEYS = frozenset({"test", "interval", "timeout", "retries", "start_period", "disable"})
+PREVU_IMAGES = ("prevu/", "prevu-cache/", "sha256:")
+"""Image references a compose file may not name: other previews' images and caches."""
 MAX_GRACE = 30.0
 """Seconds: the longest `stop_grace_period` a service may ask for."""
+_IMAGE_ID = re.compile(r"^[0-9a-f]{6,64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -276,6 +279,11 @@ def _service(
         image = None  # built services run prevu's image, whatever `image` names
     elif not isinstance(image, str) or not image:
         raise ComposeRefused(where, "needs an image or a build")
+    elif image.startswith(PREVU_IMAGES) or _IMAGE_ID.match(image):
+        raise ComposeRefused(
+            f"{where}.image",
+            f"{image}: image ids and prevu's own images (other previews') are refused",
+        )
     labels = _strings(body.get("labels"), f"{where}.labels")
     for label in labels:
         if label.startswith(("prevu.", "com.docker.")):
