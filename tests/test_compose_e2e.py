@@ -63,6 +63,9 @@ services:
     ports: ["18080:8080"]
     volumes: [".:/code"]
     depends_on: [db]
+  api:
+    build: .
+    command: ["/bin/busybox", "httpd", "-f", "-p", "3000", "-h", "/www/api"]
   db:
     image: {DB_IMAGE}
     volumes: ["data:/data"]
@@ -74,6 +77,7 @@ PREVU_TOML = """\
 [compose]
 service = "web"
 port = 8080
+expose = { api = 3000 }
 
 [run]
 health = "/"
@@ -84,6 +88,7 @@ def web_files(index: str, compose: str = COMPOSE) -> dict[str, Any]:
     return {
         "Dockerfile": WEB_DOCKERFILE,
         "www/index.html": index,
+        "www/api/index.html": "api\n",
         "compose.yaml": compose,
         ".prevu.toml": PREVU_TOML,
     }
@@ -210,7 +215,8 @@ async def test_two_services_isolated_push_and_close(
     await stack.until(one, "running", timeout=120)
     assert await stack.get(host) == (200, b"web one\n")
     services = containers_of(docker_client, stack, one)
-    assert set(services) == {"web", "db"}, "the PR head's compose file has db, main's has not"
+    assert set(services) == {"web", "api", "db"}, "the PR head's file has db, main's has not"
+    assert await stack.get(f"api--{host}") == (200, b"api\n"), "an exposed service's own host"
     db = services["db"]["Id"]
     assert exec_in(docker_client, db, "sh", "-c", "echo data-1 > /data/value.txt")[0] == 0
     web_one = services["web"]["Id"]
@@ -218,9 +224,10 @@ async def test_two_services_isolated_push_and_close(
     web = docker_client.api.inspect_container(services["web"]["Id"])
     assert web["HostConfig"]["SecurityOpt"] == ["no-new-privileges:true"]
     assert web["HostConfig"]["PortBindings"] in ({}, None), "published ports are dropped"
-    assert web["HostConfig"]["Memory"] == 64 << 20, "the budget is shared by two services"
+    assert web["HostConfig"]["Memory"] == (128 << 20) // 3, "the budget is shared by 3 services"
     env = dict(item.split("=", 1) for item in web["Config"]["Env"])
     assert env["PREVU_URL"] == env["PREVU_URL_WEB"] and host in env["PREVU_URL"]
+    assert env["PREVU_URL_API"] == env["PREVU_URL"].replace(host, f"api--{host}")
     assert not web["Mounts"], "the bind mount of the build context is dropped"
     logs = [line.line for line in stack.store.read_logs(one)]
     assert any("published ports dropped" in line for line in logs)
@@ -279,6 +286,7 @@ async def test_two_services_isolated_push_and_close(
     await within(poller, 10)
     assert failures == []
     assert seen == {b"web one\n", b"web one, pushed\n"}
+    assert await stack.get(f"api--{host}") == (200, b"api\n"), "routed to the new api"
     after = containers_of(docker_client, stack, one)
     assert after["db"]["Id"] == db, "the stateful service kept running"
     assert after["web"]["Id"] != services["web"]["Id"]
@@ -286,6 +294,14 @@ async def test_two_services_isolated_push_and_close(
         0,
         "data-1\n",
     )
+
+    # A restart adopts the running containers: both hosts are served at once.
+    await stack.shutdown()
+    stack.boot()
+    await stack.start()
+    assert await stack.get(host) == (200, b"web one, pushed\n")
+    assert await stack.get(f"api--{host}") == (200, b"api\n")
+    assert containers_of(docker_client, stack, one)["db"]["Id"] == db
 
     # Close: nothing of either preview is left.
     for number, sha, preview in ((1, third, one), (2, second, two)):
@@ -390,7 +406,7 @@ async def test_sigkill_during_compose_up_then_restart_converges(
             c["Labels"].get("com.docker.compose.service", "?")
             for c in docker_client.api.containers(all=True, filters=everything)
         )
-        assert names == ["cache", "db", "web"]
+        assert names == ["api", "cache", "db", "web"]
         assert (await stack.pull_request("closed", 5, fixed))[0] in (200, 202)
         await stack.until(preview, "stopped", timeout=60)
         await stack.settled(timeout=60)

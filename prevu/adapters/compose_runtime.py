@@ -41,7 +41,14 @@ from prevu.adapters.compose import ComposeCli, find_compose
 from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.appmodel import AppModel, from_compose
 from prevu.compose.check import ComposeRefused, check_env_files, check_model, inside
-from prevu.compose.write import DoesNotFit, Placement, split_limits, urls, write_project
+from prevu.compose.write import (
+    DoesNotFit,
+    Placement,
+    service_host,
+    split_limits,
+    urls,
+    write_project,
+)
 from prevu.errors import DockerError, RepoConfigError
 from prevu.ports import BuildRequest, ExecResult, LogSink, Managed
 from prevu.repoconfig import RepoSettings
@@ -54,13 +61,6 @@ PER_REVISION = frozenset({"PREVU_SHA", "PREVU_BRANCH"})
 """Values not given to kept services: they would recreate them on every push."""
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
-
-
-def service_host(service: str, host: str) -> str:
-    """The host of an exposed extra service: `<service>--<preview host>` (one DNS label)."""
-    label, _, domain = host.partition(".")
-    safe = "".join(c if c.isalnum() else "-" for c in service.lower())
-    return f"{safe}--{label}.{domain}" if domain else f"{safe}--{label}"
 
 
 @define
@@ -215,6 +215,9 @@ class ComposeRuntime:
                 service_labels[service.name] = identity.container_labels(
                     revision, release.host, service.port, image
                 )
+                expose = ",".join(f"{name}:{port}" for name, port in spec.expose.items())
+                if expose:
+                    service_labels[service.name][lb.EXPOSE] = expose
             else:
                 service_labels[service.name] = {PART: part}
             service_labels[service.name][lb.SERVICE] = service.name
@@ -297,21 +300,29 @@ class ComposeRuntime:
             if labels.get(PROJECT) in (project, keep) and labels.get(COMPOSE_SERVICE):
                 containers[labels[COMPOSE_SERVICE]] = container.id
         front = model.front
-        if front.name not in containers:
-            raise DockerError("compose up", f"no container for service {front.name}")
-        info = await self.inner.docker.inspect_container(containers[front.name])
-        address = next((ip for ip in (info.networks.values() if info else ()) if ip), "")
-        if not address:
-            raise DockerError("compose up", f"service {front.name} has no address")
+        spec = model.compose
+        exposed = {front.name: front.port, **(spec.expose if spec is not None else {})}
+        endpoints = {}
+        for name, port in exposed.items():
+            if name not in containers:
+                raise DockerError("compose up", f"no container for service {name}")
+            endpoints[name] = Upstream(await self._address(containers[name]), port)
         return Deployed(
             preview=release.preview,
             host=release.host,
             exposed=front.name,
             containers=containers,
             images=built.images,
-            endpoints={front.name: Upstream(address, front.port)},
+            endpoints=endpoints,
             health=front.health,
         )
+
+    async def _address(self, container: str) -> str:
+        info = await self.inner.docker.inspect_container(container)
+        address = next((ip for ip in (info.networks.values() if info else ()) if ip), "")
+        if not address:
+            raise DockerError("compose up", f"container {container[:12]} has no address")
+        return address
 
     async def health(self, deployed: Deployed) -> Health:
         return await self.inner.health(deployed)
@@ -347,6 +358,14 @@ class ComposeRuntime:
         running = await self.inner.docker.start(deployed.container)
         endpoints = dict(deployed.endpoints)
         endpoints[deployed.exposed] = Upstream(running.address, deployed.endpoint.port)
+        managed = await self.inner.docker.list_managed()
+        by_service = {
+            c.labels.get(COMPOSE_SERVICE): c.id for c in managed.containers if c.id in containers
+        }
+        for name, upstream in deployed.endpoints.items():
+            if name != deployed.exposed and name in by_service:
+                address = await self._address(str(by_service[name]))
+                endpoints[name] = Upstream(address, upstream.port)
         return evolve(deployed, endpoints=endpoints)
 
     async def discard(

@@ -97,6 +97,16 @@ def split_limits(
     return memories, cpu_map
 
 
+def service_host(service: str, host: str) -> str:
+    """
+    The host of a `[compose] expose` service: `<service>--<preview label>.<domain>`
+    (one DNS label per preview host: one wildcard certificate covers them all).
+    """
+    label, _, domain = host.partition(".")
+    safe = "".join(c if c.isalnum() else "-" for c in service.lower())
+    return f"{safe}--{label}.{domain}" if domain else f"{safe}--{label}"
+
+
 def urls(exposed: Mapping[str, str]) -> dict[str, str]:
     """`PREVU_URL_<SERVICE>` for each exposed service (service -> its URL)."""
     return {f"PREVU_URL_{env_suffix(name)}": url for name, url in sorted(exposed.items())}

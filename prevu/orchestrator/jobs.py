@@ -245,7 +245,9 @@ class Jobs:
             return lc.StartFailed(revision, str(error))
         endpoint = deployed.endpoint
         return lc.Started(
-            lc.Deployment(revision, deployed.container, image, endpoint.host, endpoint.port)
+            lc.Deployment(
+                revision, deployed.container, image, endpoint.host, endpoint.port, _extra(deployed)
+            )
         )
 
     async def _until_healthy(self, slot: Slot, cancel: CancelToken, deployed: Deployed) -> None:
@@ -299,7 +301,10 @@ class Jobs:
             exposed=name,
             containers={name: deployment.container},
             images={name: deployment.image},
-            endpoints={name: Upstream(deployment.address, deployment.port)},
+            endpoints={
+                name: Upstream(deployment.address, deployment.port),
+                **{s: Upstream(address, port) for s, address, port in deployment.extra},
+            },
             health=service.health if service is not None else None,
         )
 
@@ -320,7 +325,9 @@ class Jobs:
             await self._until_healthy(slot, cancel, running)
         except (DockerError, Unhealthy, Superseded) as error:
             return lc.StartFailed(deployment.revision, str(error) or "superseded")
-        return lc.Started(evolve(deployment, address=running.endpoint.host))
+        return lc.Started(
+            evolve(deployment, address=running.endpoint.host, extra=_extra(running))
+        )
 
     # --- discard, teardown -------------------------------------------------------------
 
@@ -358,6 +365,15 @@ def _checked(checkout: str, settings: RepoSettings) -> AppModel:
     if not os.path.isdir(os.path.join(checkout, settings.context)):
         raise RepoConfigError("build.context", f"{settings.context} is not a directory")
     return single_dockerfile(checkout, settings)
+
+
+def _extra(deployed: Deployed) -> tuple[tuple[str, str, int], ...]:
+    """The (service, address, port) of every exposed service but the front one (Compose)."""
+    return tuple(
+        (name, upstream.host, upstream.port)
+        for name, upstream in sorted(deployed.endpoints.items())
+        if name != deployed.exposed
+    )
 
 
 def _prebuilt(release: Release, image: str) -> Built:

@@ -106,7 +106,7 @@ def plan(
         state = settled(preview)
         if state is None:
             continue
-        deployment = deployment_of(container)
+        deployment = deployment_of(container, observed.containers)
         serving = state.serving
         if container.running and deployment is not None:
             if serving is None or serving.container != container.id:
