@@ -133,7 +133,7 @@ def test_allowed_model_drops_and_keeps(tmp_path: Path) -> None:
     model = from_compose(app, ComposeSettings("web", 8080), str(tmp_path), "/")
     assert model.compose is not None and model.compose.keep == ("db",)
     memory, cpus = split_limits(app.services, 64 << 20, 1.0)
-    assert memory == {"db": 32 << 20, "web": 32 << 20}
+    assert memory == {"db": 32 << 20, "web": 32 << 20} and cpus == {"db": 0.5, "web": 0.5}
     placement = Placement(
         "proj",
         "net",

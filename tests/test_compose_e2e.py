@@ -68,7 +68,7 @@ services:
     command: ["/bin/busybox", "httpd", "-f", "-p", "3000", "-h", "/www/api"]
   db:
     image: {DB_IMAGE}
-    volumes: ["data:/data"]
+    volumes: ["data:/data", "./db.conf:/etc/db.conf"]
 volumes:
   data: {{}}
 """
@@ -89,6 +89,7 @@ def web_files(index: str, compose: str = COMPOSE) -> dict[str, Any]:
         "Dockerfile": WEB_DOCKERFILE,
         "www/index.html": index,
         "www/api/index.html": "api\n",
+        "db.conf": "conf\n",
         "compose.yaml": compose,
         ".prevu.toml": PREVU_TOML,
     }
@@ -219,6 +220,8 @@ async def test_two_services_isolated_push_and_close(
     assert await stack.get(f"api--{host}") == (200, b"api\n"), "an exposed service's own host"
     db = services["db"]["Id"]
     assert exec_in(docker_client, db, "sh", "-c", "echo data-1 > /data/value.txt")[0] == 0
+    assert exec_in(docker_client, db, "cat", "/etc/db.conf") == (0, "conf\n")
+    assert exec_in(docker_client, db, "sh", "-c", "echo x > /etc/db.conf")[0] != 0, "read-only"
     web_one = services["web"]["Id"]
     assert exec_in(docker_client, web_one, "wget", "-q", "-O", "-", DB_URL) == (0, "data-1\n")
     web = docker_client.api.inspect_container(services["web"]["Id"])

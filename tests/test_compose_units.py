@@ -80,3 +80,20 @@ def test_parts_follow_their_preview() -> None:
 def test_expose_host_is_one_dns_label() -> None:
     assert service_host("api", "pr-1-shop.example.com") == "api--pr-1-shop.example.com"
     assert service_host("my_api", "pr-1.localhost") == "my-api--pr-1.localhost"
+
+
+def test_docker_compose_keys() -> None:
+    from prevu.config import parse_config
+    from prevu.errors import ConfigError
+
+    docker = parse_config({"docker": {"compose": "/opt/compose", "compose_memory": "1g"}}).docker
+    assert (docker.compose, docker.compose_memory) == ("/opt/compose", 1 << 30)
+    assert parse_config({}).docker.compose == "auto"
+    for table, key in (({"compose": "compose"}, "docker.compose"),
+                       ({"compose_memory": "1k"}, "docker.compose_memory")):
+        try:
+            parse_config({"docker": table}, "prevu.toml")
+        except ConfigError as error:
+            assert error.key == key
+        else:
+            raise AssertionError(f"{table} accepted")

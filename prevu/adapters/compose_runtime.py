@@ -29,6 +29,7 @@ its copied files. Errors and threading: see `prevu.runtime`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ from prevu import labels as lb
 from prevu.adapters.compose import ComposeCli, find_compose
 from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.appmodel import AppModel, from_compose
-from prevu.compose.check import ComposeRefused, check_env_files, check_model, inside
+from prevu.compose.check import ComposeApp, ComposeRefused, check_env_files, check_model, inside
 from prevu.compose.write import (
     DoesNotFit,
     Placement,
@@ -229,6 +230,8 @@ class ComposeRuntime:
             for m in s.mounts
             if m.kind == "bind"
         }
+        if part == "keep":
+            binds = self._keep_binds(release.preview, spec.app, spec.keep, binds)
         exposed = {
             name: release.env.get("PREVU_URL", "").replace(
                 release.host, service_host(name, release.host), 1
@@ -254,6 +257,47 @@ class ComposeRuntime:
             pids=self.inner.pids,
             restart=self.restart,
         )
+
+    def _keep_binds(
+        self, preview: str, app: ComposeApp, keep: Sequence[str], binds: Mapping[str, str]
+    ) -> dict[str, str]:
+        """
+        The kept services' bind mounts from a copy named by its content
+        (`keep-<digest>`): the same files on a push give the same definition,
+        so that `up` does not recreate them.
+        """
+        sources = sorted(
+            {m.source for s in app.services if s.name in keep for m in s.mounts if m.kind == "bind"}
+        )
+        if not sources:
+            return dict(binds)
+        digest = hashlib.sha256()
+        for source in sources:
+            copy = binds[source]
+            walk = os.walk(copy) if os.path.isdir(copy) else [(copy, [], [""])]
+            for top, dirs, names in walk:
+                dirs.sort()
+                for name in sorted(names):
+                    path = os.path.join(top, name) if name else top
+                    digest.update(os.path.relpath(path, os.path.dirname(copy)).encode() + b"\0")
+                    if os.path.islink(path):
+                        digest.update(os.readlink(path).encode())
+                    elif os.path.isfile(path):
+                        with open(path, "rb") as handle:
+                            digest.update(handle.read())
+                    digest.update(b"\0")
+        stable = self._dir(preview, f"keep-{digest.hexdigest()[:16]}")
+        result = dict(binds)
+        for index, source in enumerate(sources):
+            target = os.path.join(stable, str(index), os.path.basename(binds[source]))
+            if not os.path.lexists(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                if os.path.isdir(binds[source]):
+                    shutil.copytree(binds[source], target, symlinks=True)
+                else:
+                    shutil.copy2(binds[source], target, follow_symlinks=False)
+            result[source] = target
+        return result
 
     async def _up(self, cli: ComposeCli, placement: Placement, model: dict[str, object]) -> None:
         directory = self._dir(placement.labels.get(lb.PREVIEW, "_"), "models")

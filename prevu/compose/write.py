@@ -77,7 +77,8 @@ def split_limits(
     Per-service memory (bytes) and CPUs within the budgets `memory` and
     `cpus`: a service's own `deploy.resources.limits` when given (their sum
     must fit), the remainder divided equally among the rest, each at least
-    `floor` bytes (Docker's minimum). Raises DoesNotFit with the numbers.
+    `floor` bytes (Docker's minimum) and 0.01 CPU. Raises DoesNotFit with
+    the numbers.
     """
     asked = sum(s.memory for s in services if s.memory is not None)
     rest = [s for s in services if s.memory is None]
@@ -92,8 +93,12 @@ def split_limits(
             f"less than {floor >> 20}m each (the budget is {memory >> 20}m)"
         )
     memories = {s.name: s.memory if s.memory is not None else share for s in services}
-    cpu_share = cpus
-    cpu_map = {s.name: min(s.cpus, cpus) if s.cpus is not None else cpu_share for s in services}
+    asked_cpus = sum(s.cpus for s in services if s.cpus is not None)
+    if asked_cpus > cpus:
+        raise DoesNotFit(f"services ask for {asked_cpus:g} CPUs, the preview's budget is {cpus:g}")
+    idle = [s for s in services if s.cpus is None]
+    cpu_share = max(round((cpus - asked_cpus) / len(idle), 3), 0.01) if idle else 0.0
+    cpu_map = {s.name: s.cpus if s.cpus is not None else cpu_share for s in services}
     return memories, cpu_map
 
 
