@@ -306,6 +306,17 @@ async def test_two_services_isolated_push_and_close(
     assert await stack.get(f"api--{host}") == (200, b"api\n")
     assert containers_of(docker_client, stack, one)["db"]["Id"] == db
 
+    # Sleep stops every container of the preview; a request wakes them all.
+    stack.orchestrator.sleep(one)
+    await stack.until(one, "sleeping", timeout=30)
+    await stack.settled(timeout=30)
+    assert containers_of(docker_client, stack, one) == {}
+    await stack.get(host)  # wakes it (the answer may be a "waking up" page)
+    await stack.until(one, "running", timeout=60)
+    assert await stack.get(f"api--{host}") == (200, b"api\n")
+    assert await stack.get(host) == (200, b"web one, pushed\n")
+    assert set(containers_of(docker_client, stack, one)) == {"web", "api", "db"}
+
     # Close: nothing of either preview is left.
     for number, sha, preview in ((1, third, one), (2, second, two)):
         assert (await stack.pull_request("closed", number, sha))[0] in (200, 202)

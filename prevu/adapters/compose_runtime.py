@@ -36,6 +36,7 @@ import shutil
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from attrs import define, evolve, field
+from twisted.internet.defer import FirstError, ensureDeferred, gatherResults
 
 from prevu import labels as lb
 from prevu.adapters.compose import ComposeCli, find_compose
@@ -389,8 +390,15 @@ class ComposeRuntime:
         containers = await self._preview_containers(deployed)
         if containers is None:
             return await self.inner.stop(deployed)
-        for container in containers:
-            await self.inner.docker.stop(container, self.inner.stop_timeout)
+        # At once: each may take the stop timeout (a PID 1 that ignores SIGTERM).
+        stops = [
+            ensureDeferred(self.inner.docker.stop(container, self.inner.stop_timeout))
+            for container in containers
+        ]
+        try:
+            await gatherResults(stops, consumeErrors=True)
+        except FirstError as error:
+            error.subFailure.raiseException()
 
     async def resume(self, deployed: Deployed) -> Deployed:
         containers = await self._preview_containers(deployed)
