@@ -219,7 +219,7 @@ class ComposeCli:
         return loaded
 
     async def up(self, model_file: str, project: str) -> Ran:
-        """`up -d` of a model prevu wrote: never builds, never pulls."""
+        """`up -d` of a model prevu wrote: never builds (each service says whether it pulls)."""
         return await self.run(
             [
                 "-f",
@@ -229,8 +229,6 @@ class ComposeCli:
                 "up",
                 "-d",
                 "--no-build",
-                "--pull",
-                "never",
                 "--remove-orphans",
             ],
             cwd=os.path.dirname(model_file),

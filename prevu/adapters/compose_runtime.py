@@ -424,6 +424,7 @@ class ComposeRuntime:
         self, containers: Sequence[str], images: Sequence[str], networks: Sequence[str] = ()
     ) -> None:
         plain: list[str] = []
+        downed: set[str] = set()
         for container in containers:
             info = await self.inner.docker.inspect_container(container)
             labels = info.labels if info is not None else {}
@@ -432,7 +433,8 @@ class ComposeRuntime:
                 plain.append(container)
             elif labels.get(PART) == "keep":
                 continue  # the stateful services outlive revisions: `remove` takes them
-            else:
+            elif project not in downed:
+                downed.add(project)
                 await self._down(project)
         await self.inner.discard(plain, images, networks)
 

@@ -153,7 +153,9 @@ def _service(service: ComposeService, chosen: set[str], placement: Placement) ->
     env = {**service.environment, **placement.env, **placement.prevu_env}
     body: dict[str, Any] = {
         "image": image,
-        "pull_policy": "never",
+        # prevu's images are never pulled; a file's image is pulled when missing
+        # (public registries only: Compose runs with prevu's empty DOCKER_CONFIG).
+        "pull_policy": "never" if service.build is not None else "missing",
         "environment": env,
         "labels": labels,
         "networks": {"preview": {"aliases": [service.name]}},
