@@ -175,6 +175,7 @@ def build_previews(
         state_dir,
         config.docker.compose,
         config.docker.compose_memory,
+        docker_host=config.docker.host,
     )
     git = GitCli(reactor, os.path.join(state_dir, "workspaces"), pool)
     orchestrator = Orchestrator(settings, reactor, routes, runtime, git, store)

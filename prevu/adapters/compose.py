@@ -93,11 +93,17 @@ async def run_process(
     return await done
 
 
-def scrubbed_env(config_dir: str, prevu: Mapping[str, str] = {}) -> dict[str, str]:
-    """PATH, DOCKER_HOST (when set), `DOCKER_CONFIG=config_dir` and the `PREVU_*` given."""
+def scrubbed_env(
+    config_dir: str, prevu: Mapping[str, str] = {}, host: str | None = None
+) -> dict[str, str]:
+    """
+    PATH, DOCKER_HOST (`host`, `[docker] host`, else prevu's own when set),
+    `DOCKER_CONFIG=config_dir` and the `PREVU_*` given.
+    """
     env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")}
-    if os.environ.get("DOCKER_HOST"):
-        env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+    host = host or os.environ.get("DOCKER_HOST")
+    if host:
+        env["DOCKER_HOST"] = host
     env.update({k: v for k, v in prevu.items() if k.startswith("PREVU_")})
     env["DOCKER_CONFIG"] = config_dir
     return env
@@ -140,14 +146,18 @@ async def probe(reactor: Any, command: tuple[str, ...], env: Mapping[str, str]) 
 
 
 async def find_compose(
-    reactor: Any, config_dir: str, configured: str = "auto", cli: str | None = None
+    reactor: Any,
+    config_dir: str,
+    configured: str = "auto",
+    cli: str | None = None,
+    host: str | None = None,
 ) -> ComposeCli:
     """
     The first usable Compose v2 CLI (see the module docstring); DockerError
     listing why each candidate was refused when there is none.
     """
     os.makedirs(config_dir, mode=0o700, exist_ok=True)
-    env = scrubbed_env(config_dir)
+    env = scrubbed_env(config_dir, host=host)
     docker = cli or shutil.which("docker") or "/usr/bin/docker"
     refused: list[str] = []
     for command in candidates(docker, configured):
@@ -156,7 +166,7 @@ async def find_compose(
             continue
         reason = await probe(reactor, command, env)
         if reason is None:
-            return ComposeCli(reactor, command, config_dir, docker)
+            return ComposeCli(reactor, command, config_dir, docker, host)
         refused.append(reason)
     raise DockerError(
         "compose",
@@ -176,10 +186,12 @@ class ComposeCli:
     argv: tuple[str, ...]
     config_dir: str
     docker: str = "docker"
+    host: str | None = None
+    """The engine (`[docker] host`); None: DOCKER_HOST or the local socket."""
 
     def env(self, prevu: Mapping[str, str] = {}) -> dict[str, str]:
         """The environment of every run (see `scrubbed_env`)."""
-        return scrubbed_env(self.config_dir, prevu)
+        return scrubbed_env(self.config_dir, prevu, self.host)
 
     async def run(
         self, args: Sequence[str], prevu: Mapping[str, str] = {}, cwd: str | None = None

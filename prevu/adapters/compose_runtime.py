@@ -490,6 +490,7 @@ def with_compose(
     memory: int | None = None,
     labels: Mapping[str, str] | None = None,
     docker_cli: str | None = None,
+    docker_host: str | None = None,
 ) -> ComposeRuntime:
     """
     `inner` able to run Compose previews too: the Compose CLI of
@@ -501,7 +502,9 @@ def with_compose(
     async def cli() -> ComposeCli:
         if not found:
             config_dir = os.path.join(state_dir, "compose", ".docker")
-            found.append(await find_compose(reactor, config_dir, configured, docker_cli))
+            found.append(
+                await find_compose(reactor, config_dir, configured, docker_cli, docker_host)
+            )
         return found[0]
 
     return ComposeRuntime(inner, cli, state_dir, memory, dict(labels or {}))
