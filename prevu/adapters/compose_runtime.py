@@ -352,6 +352,10 @@ class ComposeRuntime:
             if name not in containers:
                 raise DockerError("compose up", f"no container for service {name}")
             endpoints[name] = Upstream(await self._address(containers[name]), port)
+        # `start` of the running front container: prevu, when it runs in a container,
+        # joins the preview's network there (as for single-container previews).
+        running = await self.inner.docker.start(containers[front.name])
+        endpoints[front.name] = Upstream(running.address, front.port)
         return Deployed(
             preview=release.preview,
             host=release.host,
