@@ -203,30 +203,19 @@ class ComposeCli:
         return ran
 
     async def config(
-        self, checkout: str, file: str, prevu: Mapping[str, str]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """
-        The model of `file` in `checkout`, twice: without interpolation nor
-        env-file resolution (to check `env_file` paths before any is read),
-        then normalized. A compose file Compose rejects is a DockerError.
-        """
-        base = ["--project-directory", checkout, "-f", os.path.join(checkout, file)]
-        base += ["-p", "prevu-check"]
-        raw = await self.run(
-            [*base, "config", "--format", "json", "--no-interpolate", "--no-env-resolution"],
-            prevu,
-            checkout,
-        )
-        return json.loads(raw.out), {}
-
-    async def normalized(
-        self, checkout: str, file: str, prevu: Mapping[str, str]
+        self, checkout: str, file: str, prevu: Mapping[str, str], raw: bool = False
     ) -> dict[str, Any]:
-        """The normalized model (`config --format json`), env files resolved."""
-        base = ["--project-directory", checkout, "-f", os.path.join(checkout, file)]
-        ran = await self.run(
-            [*base, "-p", "prevu-check", "config", "--format", "json"], prevu, checkout
-        )
+        """
+        The model of `file` in `checkout` (`config --format json`): normalized,
+        or with `raw` neither interpolated nor with env files resolved (to
+        check `env_file` paths before any is read). DockerError when Compose
+        rejects the file.
+        """
+        args = ["--project-directory", checkout, "-f", os.path.join(checkout, file)]
+        args += ["-p", "prevu-check", "config", "--format", "json"]
+        if raw:
+            args += ["--no-interpolate", "--no-env-resolution"]
+        ran = await self.run(args, prevu, checkout)
         loaded: dict[str, Any] = json.loads(ran.out)
         return loaded
 

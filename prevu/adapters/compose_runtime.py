@@ -42,7 +42,7 @@ from prevu import labels as lb
 from prevu.adapters.compose import ComposeCli, find_compose
 from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.appmodel import AppModel, from_compose
-from prevu.compose.check import ComposeApp, ComposeRefused, check_env_files, check_model, inside
+from prevu.compose.check import ComposeApp, check_env_files, check_model, inside
 from prevu.compose.write import (
     DoesNotFit,
     Placement,
@@ -99,44 +99,12 @@ class ComposeRuntime:
         cli = await self.cli()
         prevu_env = dict(release.env)
         try:
-            raw = await cli.run(
-                [
-                    "--project-directory",
-                    checkout,
-                    "-f",
-                    os.path.join(checkout, file),
-                    "-p",
-                    "prevu-check",
-                    "config",
-                    "--format",
-                    "json",
-                    "--no-interpolate",
-                    "--no-env-resolution",
-                ],
-                prevu_env,
-                checkout,
-            )
-            check_env_files(json.loads(raw.out), checkout, os.path.realpath)
-            ran = await cli.run(
-                [
-                    "--project-directory",
-                    checkout,
-                    "-f",
-                    os.path.join(checkout, file),
-                    "-p",
-                    "prevu-check",
-                    "config",
-                    "--format",
-                    "json",
-                ],
-                prevu_env,
-                checkout,
-            )
-            app = check_model(json.loads(ran.out), checkout, os.path.realpath)
+            raw = await cli.config(checkout, file, prevu_env, raw=True)
+            check_env_files(raw, checkout, os.path.realpath)
+            model = await cli.config(checkout, file, prevu_env)
+            app = check_model(model, checkout, os.path.realpath)
         except DockerError as error:
             raise RepoConfigError("compose.file", f"{file}: {error.reason}") from None
-        except ComposeRefused:
-            raise
         for line in app.drops:
             log(line)
         try:
