@@ -190,3 +190,59 @@ async def test_discovery_refuses_v1_and_the_wrapper(reactor: Any, tmp_path: Path
         await find_compose(reactor, str(tmp_path / "c"), wrapper)
     found = await find_compose(reactor, str(tmp_path / "c"))
     assert found.argv == (REAL,)
+
+
+class _NeverHealthy:
+    async def check(self, upstream: Any, path: str | None, host: str) -> bool:
+        return False
+
+
+def _runtime(tmp_path: Path, reactor: Any, memory: int) -> Any:
+    from prevu.adapters.compose_runtime import with_compose
+    from prevu.adapters.docker_runtime import DockerRuntime
+    from prevu.testing.fakes import FakeDocker
+
+    inner = DockerRuntime(FakeDocker(), _NeverHealthy(), "i1", memory=memory)
+    return with_compose(inner, reactor, str(tmp_path / "state"))
+
+
+def _release() -> Any:
+    from prevu.lifecycle import Revision
+    from prevu.runtime import Release
+
+    env = {"PREVU_URL": "http://pr-1.localhost/", "PREVU_HOST": "pr-1.localhost"}
+    return Release("pr-1", Revision("a" * 40, "b", 1), "pr-1.localhost", env=env)
+
+
+@pytest_twisted.ensureDeferred
+async def test_load_compose_reads_checks_and_logs_drops(reactor: Any, tmp_path: Path) -> None:
+    """The runtime's path: real CLI (found by discovery), allowlist, drops in the log."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "Dockerfile").write_text("FROM scratch\n")
+    (checkout / "compose.yaml").write_text(BASE + "    ports: ['80:80']\n  db:\n    image: db:1\n")
+    settings = parse_repo_config('[compose]\nservice = "web"\nport = 80\n[run]\nhealth = "/"\n')
+    lines: list[str] = []
+    runtime = _runtime(tmp_path, reactor, 64 << 20)
+    model = await runtime.load_compose(str(checkout), settings, _release(), lines.append)
+    assert model.exposed == "web" and model.front.health == "/" and model.front.port == 80
+    assert model.compose is not None and model.compose.keep == ("db",)
+    assert lines == ["service web: published ports dropped (the proxy is the only way in)"]
+    (checkout / "compose.yaml").write_text(BASE + "    cap_add: [ALL]\n")
+    with pytest.raises(ComposeRefused, match=r"services\.web\.cap_add"):
+        await runtime.load_compose(str(checkout), settings, _release(), lines.append)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_preview_that_cannot_fit_fails_before_building(
+    reactor: Any, tmp_path: Path
+) -> None:
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "Dockerfile").write_text("FROM scratch\n")
+    text = BASE + "    deploy: {resources: {limits: {memory: 60m}}}\n  db:\n    image: db:1\n"
+    (checkout / "compose.yaml").write_text(text)
+    settings = parse_repo_config('[compose]\nservice = "web"\nport = 80\n')
+    runtime = _runtime(tmp_path, reactor, 64 << 20)
+    with pytest.raises(RepoConfigError, match="does not fit: 1 services without a memory limit"):
+        await runtime.load_compose(str(checkout), settings, _release(), lambda line: None)

@@ -105,6 +105,10 @@ class ComposeRuntime:
             app = check_model(model, checkout, os.path.realpath)
         except DockerError as error:
             raise RepoConfigError("compose.file", f"{file}: {error.reason}") from None
+        try:  # fail before building when the services cannot fit the budget
+            split_limits(app.services, self.memory or self.inner.memory, self.inner.cpus)
+        except DoesNotFit as error:
+            raise RepoConfigError("compose", f"the preview does not fit: {error}") from None
         for line in app.drops:
             log(line)
         try:
