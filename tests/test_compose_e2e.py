@@ -290,6 +290,9 @@ async def test_two_services_isolated_push_and_close(
     assert failures == []
     assert seen == {b"web one\n", b"web one, pushed\n"}
     assert await stack.get(f"api--{host}") == (200, b"api\n"), "routed to the new api"
+    files = stack.tmp / "state" / "compose" / one
+    assert not (files / f"{first[:12]}-1").exists(), "the old revision's files are removed"
+    assert (files / f"{third[:12]}-2" / "files" / "db.conf").exists()
     after = containers_of(docker_client, stack, one)
     assert after["db"]["Id"] == db, "the stateful service kept running"
     assert after["web"]["Id"] != services["web"]["Id"]

@@ -412,7 +412,18 @@ class ComposeRuntime:
             elif project not in downed:
                 downed.add(project)
                 await self._down(project)
+                self._forget(labels.get(lb.PREVIEW, ""), project)
         await self.inner.discard(plain, images, networks)
+
+    def _forget(self, preview: str, project: str) -> None:
+        """Remove a discarded revision's written model and copied files (kept ones stay)."""
+        base = self._base(preview)
+        if not preview or not project.startswith(base + "-"):
+            return
+        revision = project[len(base) + 1 :]
+        shutil.rmtree(self._dir(preview, revision), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._dir(preview, "models", f"{project}.json"))
 
     async def _down(self, project: str) -> None:
         cli = await self.cli()
