@@ -6,8 +6,14 @@ it lives and adopts the exposed services' addresses, the expose host scheme.
 
 from __future__ import annotations
 
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from prevu import labels as lb
 from prevu import lifecycle as lc
+from prevu.compose.check import env_suffix
 from prevu.compose.write import service_host
 from prevu.orchestrator.reconcile import Removal, SlotView, plan
 from prevu.orchestrator.records import state_from_json, state_to_json
@@ -89,11 +95,25 @@ def test_docker_compose_keys() -> None:
     docker = parse_config({"docker": {"compose": "/opt/compose", "compose_memory": "1g"}}).docker
     assert (docker.compose, docker.compose_memory) == ("/opt/compose", 1 << 30)
     assert parse_config({}).docker.compose == "auto"
-    for table, key in (({"compose": "compose"}, "docker.compose"),
-                       ({"compose_memory": "1k"}, "docker.compose_memory")):
+    for table, key in (
+        ({"compose": "compose"}, "docker.compose"),
+        ({"compose_memory": "1k"}, "docker.compose_memory"),
+    ):
         try:
             parse_config({"docker": table}, "prevu.toml")
         except ConfigError as error:
             assert error.key == key
         else:
             raise AssertionError(f"{table} accepted")
+
+
+NAMES = st.from_regex(r"^[a-z0-9][a-z0-9_.-]{0,20}$", fullmatch=True)
+
+
+@given(NAMES, st.from_regex(r"^[a-z0-9][a-z0-9-]{0,20}$", fullmatch=True))
+def test_any_service_name_gives_a_variable_and_one_dns_label(service: str, label: str) -> None:
+    assert re.fullmatch(r"[A-Z0-9_]+", env_suffix(service))
+    host = service_host(service, f"{label}.example.com")
+    first, _, domain = host.partition(".")
+    assert domain == "example.com" and first.endswith(f"--{label}")
+    assert re.fullmatch(r"[a-z0-9-]+", first)
