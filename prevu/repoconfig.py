@@ -25,7 +25,8 @@ FILE_NAME = ".prevu.toml"
 COMPOSE_FILES = ("compose.yaml", "docker-compose.yml")
 """The compose files tried, in order, when `[compose] file` is not given."""
 _SERVICE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_COMPOSE_REFUSES = ("port", "command", "env", "memory", "cpus")
+_COMPOSE_REFUSES = ("port", "command", "env", "memory", "cpus", "volumes")
+"""`[run]` keys refused with `[compose]` (`volumes`: named volumes are declared in the file)."""
 _STAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
