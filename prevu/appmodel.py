@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from attrs import field, frozen, validators
 
-from prevu.repoconfig import RepoSettings
+from prevu.compose.check import ComposeApp
+from prevu.repoconfig import ComposeSettings, RepoSettings
 
 APP = "app"
 """The name of the one service of a single-Dockerfile app."""
@@ -34,6 +35,10 @@ def _mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
 
 def _strings(value: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(value or ())
+
+
+def _ports(value: Mapping[str, int]) -> Mapping[str, int]:
+    return dict(sorted(value.items()))
 
 
 def _services(value: Iterable[Service]) -> tuple[Service, ...]:
@@ -85,6 +90,26 @@ def _argv(value: Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 @frozen
+class ComposeSpec:
+    """
+    What a Compose app runs beyond its services' summary: the checked model
+    (`prevu.compose.ComposeApp`), the services kept across pushes (`keep`:
+    image-only services and `[compose] keep`), the extra exposed services
+    (name -> port) and the checkout whose files bind mounts copy.
+    """
+
+    app: ComposeApp
+    keep: tuple[str, ...] = field(default=(), converter=_strings)
+    expose: Mapping[str, int] = field(factory=dict, converter=_ports)
+    checkout: str = ""
+
+    @property
+    def revisioned(self) -> tuple[str, ...]:
+        """The services started anew for every revision (built and not kept)."""
+        return tuple(name for name in self.app.names if name not in self.keep)
+
+
+@frozen
 class AppModel:
     """
     The services of an app and which one the preview's host reaches.
@@ -92,12 +117,14 @@ class AppModel:
     `on_push` and `seed` are the `[data]` commands (argv, None: none), run in
     the exposed service's running container: `on_push` on every start before
     the route moves, `seed` once per preview after it (docs/data.md).
+    `compose` is set when a Compose file produced it (several services).
     """
 
     services: tuple[Service, ...] = field(converter=_services)
     exposed: str = APP
     on_push: tuple[str, ...] | None = field(default=None, converter=_argv)
     seed: tuple[str, ...] | None = field(default=None, converter=_argv)
+    compose: ComposeSpec | None = None
 
     def __attrs_post_init__(self) -> None:
         names = [service.name for service in self.services]
@@ -142,3 +169,55 @@ def single_dockerfile(checkout: str, settings: RepoSettings) -> AppModel:
         cpus=settings.cpus,
     )
     return AppModel((service,), exposed=APP, on_push=settings.on_push, seed=settings.seed)
+    return AppModel((service,), exposed=APP)
+
+
+def from_compose(
+    app: ComposeApp,
+    settings: ComposeSettings,
+    checkout: str,
+    health: str | None,
+    on_push: Sequence[str] | None = None,
+    seed: Sequence[str] | None = None,
+) -> AppModel:
+    """
+    The model of a checked Compose app (`prevu.compose.check_model`) under
+    `[compose]` settings, with the `[data]` commands (run in `settings.service`).
+    Raises ValueError when `service`, `expose` or `keep` name a service the
+    file does not have.
+    """
+    names = app.names
+    for name in (settings.service, *settings.expose, *settings.keep):
+        if name not in names:
+            raise ValueError(f"service {name!r} is not in the compose file ({', '.join(names)})")
+    ports = {settings.service: settings.port, **settings.expose}
+    services = []
+    for service in app.services:
+        build = None
+        if service.build is not None:
+            made = service.build
+            build = BuildSpec(made.context, made.dockerfile, made.args, made.target)
+        services.append(
+            Service(
+                name=service.name,
+                image=None if build is not None else service.image,
+                build=build,
+                command=service.command,
+                env=service.environment,
+                health=health if service.name == settings.service else None,
+                volumes=tuple(m.target for m in service.mounts if m.kind == "volume"),
+                port=ports.get(service.name, 8080),
+                memory=service.memory,
+                cpus=service.cpus,
+            )
+        )
+    exposed = {settings.service, *settings.expose}
+    keep = tuple(
+        s.name
+        for s in app.services
+        if (s.build is None or s.name in settings.keep) and s.name not in exposed
+    )
+    spec = ComposeSpec(app, keep, settings.expose, checkout)
+    return AppModel(
+        tuple(services), exposed=settings.service, on_push=on_push, seed=seed, compose=spec
+    )

@@ -10,7 +10,7 @@ an engine never take each other's containers for orphans.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from attrs import frozen
 
@@ -31,6 +31,12 @@ FORGE = "prevu.forge"
 IMAGE = "prevu.image"
 SERVICE = "prevu.service"
 """Read only: the service a container runs (absent on single-service previews: "app")."""
+PROJECT = "prevu.compose.project"
+"""Compose previews: the Compose project of a container or built image (docs/compose.md)."""
+EXPOSE = "prevu.expose"
+"""Compose previews: on the exposed container, the other exposed services, `api:3000,...`."""
+PART = "prevu.part"
+"""Compose previews: on every container but the exposed one, "keep" or "revision"."""
 
 
 INSTANCE_MAX_LENGTH = 32
@@ -107,8 +113,14 @@ def owned(labels: Mapping[str, str], instance: str) -> str | None:
     return labels.get(PREVIEW) or None
 
 
-def deployment_of(container: ContainerInfo) -> Deployment | None:
-    """The Deployment a labelled container stands for, or None when labels are missing."""
+def deployment_of(
+    container: ContainerInfo, others: Iterable[ContainerInfo] = ()
+) -> Deployment | None:
+    """
+    The Deployment a labelled container stands for, or None when labels are
+    missing. A Compose preview's `prevu.expose` services are looked up among
+    `others` (same `prevu.compose.project`, by Compose service label).
+    """
     labels = container.labels
     try:
         revision = Revision(labels[SHA], labels.get(BRANCH, ""), int(labels.get(SERIAL, "0")))
@@ -117,4 +129,16 @@ def deployment_of(container: ContainerInfo) -> Deployment | None:
         return None
     address = next((ip for ip in container.networks.values() if ip), "")
     image = labels.get(IMAGE) or container.image
-    return Deployment(revision, container.id, image, address or "0.0.0.0", port)
+    extra = []
+    for item in filter(None, labels.get(EXPOSE, "").split(",")):
+        service, _, number = item.partition(":")
+        for other in others:
+            if (
+                other.labels.get(PROJECT) == labels.get(PROJECT)
+                and other.labels.get("com.docker.compose.service") == service
+                and number.isdigit()
+            ):
+                ip = next((ip for ip in other.networks.values() if ip), "")
+                if ip:
+                    extra.append((service, ip, int(number)))
+    return Deployment(revision, container.id, image, address or "0.0.0.0", port, tuple(extra))

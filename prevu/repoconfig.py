@@ -22,6 +22,11 @@ from prevu.errors import RepoConfigError
 from prevu.units import parse_size
 
 FILE_NAME = ".prevu.toml"
+COMPOSE_FILES = ("compose.yaml", "docker-compose.yml")
+"""The compose files tried, in order, when `[compose] file` is not given."""
+_SERVICE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_COMPOSE_REFUSES = ("port", "command", "env", "memory", "cpus", "volumes")
+"""`[run]` keys refused with `[compose]` (`volumes`: named volumes are declared in the file)."""
 _STAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -36,6 +41,27 @@ class Limits:
 
     memory: int = 512 << 20
     cpus: float = 1.0
+
+
+@frozen
+class ComposeSettings:
+    """
+    The `[compose]` table: `file` (None: `compose.yaml`, then
+    `docker-compose.yml`), the `service` served at the preview URL on
+    `port`, `expose` (more services -> their ports, each at a host of its
+    own) and `keep` (built services kept across pushes, like image-only ones).
+    """
+
+    service: str
+    port: int
+    file: str | None = None
+    expose: Mapping[str, int] = field(factory=dict, converter=dict)
+    keep: tuple[str, ...] = field(default=(), converter=tuple)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The compose files to try, in order (relative to the repository root)."""
+        return (self.file,) if self.file is not None else COMPOSE_FILES
 
 
 @frozen
@@ -60,6 +86,8 @@ class RepoSettings:
     """`[data] on_push`: the command run on every start, before the route moves (docs/data.md)."""
     seed: tuple[str, ...] | None = None
     """`[data] seed`: the command run once per preview, after the first on_push (docs/data.md)."""
+    compose: ComposeSettings | None = None
+    """`[compose]`: the preview runs a Compose file (None: a single Dockerfile)."""
 
     @property
     def dockerfile_in_context(self) -> str:
@@ -79,7 +107,7 @@ def parse_repo_config(text: str | None, limits: Limits = Limits()) -> RepoSettin
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RepoConfigError("", f"invalid TOML: {error}") from None
-    _only(data, "", ("build", "run", "preview", "data"))
+    _only(data, "", ("build", "run", "preview", "data", "compose"))
     build = _table(data, "build")
     run = _table(data, "run")
     preview = _table(data, "preview")
@@ -102,6 +130,7 @@ def parse_repo_config(text: str | None, limits: Limits = Limits()) -> RepoSettin
         volumes=_volumes(run),
         on_push=on_push,
         seed=seed,
+        compose=_compose(data),
     )
 
 
@@ -270,3 +299,38 @@ def _argv(table: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
     if not value[0].strip() or any("\0" in v for v in value):
         raise RepoConfigError(key, f"expected a program to run first, got {value!r}")
     return tuple(value)
+
+
+def _compose(data: Mapping[str, Any]) -> ComposeSettings | None:
+    """`[compose]` (issue 17): with it, `[build]` and `[run] port/command/env/memory/cpus` go."""
+    if "compose" not in data:
+        return None
+    table = _table(data, "compose")
+    _only(table, "compose.", ("file", "service", "port", "expose", "keep"))
+    if "build" in data:
+        raise RepoConfigError("build", "not with [compose]: the compose file says how to build")
+    run = _table(data, "run")
+    for key in _COMPOSE_REFUSES:
+        if key in run:
+            raise RepoConfigError(f"run.{key}", "not with [compose]: say it in the compose file")
+    service = table.get("service")
+    if not isinstance(service, str) or not _SERVICE.match(service):
+        raise RepoConfigError("compose.service", f"expected a service name, got {service!r}")
+    port = table.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise RepoConfigError("compose.port", f"expected a port number 1-65535, got {port!r}")
+    expose = table.get("expose", {})
+    if not isinstance(expose, dict):
+        raise RepoConfigError("compose.expose", "expected a table like { api = 3000 }")
+    for name, value in expose.items():
+        if not _SERVICE.match(name) or name == service:
+            raise RepoConfigError(f"compose.expose.{name}", "expected another service's name")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise RepoConfigError(f"compose.expose.{name}", f"expected a port, got {value!r}")
+    keep = table.get("keep", [])
+    if not isinstance(keep, list) or not all(
+        isinstance(k, str) and _SERVICE.match(k) for k in keep
+    ):
+        raise RepoConfigError("compose.keep", f"expected a list of service names, got {keep!r}")
+    file = _path(table, "compose.file", "") if "file" in table else None
+    return ComposeSettings(service=service, port=port, file=file, expose=expose, keep=keep)

@@ -24,6 +24,7 @@ from prevu.adapters.buildkit import (
     find_builder_at_startup,
     prepare_docker_config,
 )
+from prevu.adapters.compose_runtime import with_compose
 from prevu.adapters.docker import DockerEngine
 from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.git import GitCli
@@ -249,12 +250,19 @@ def build_previews(
         config, clone_token_source=_app_clone_tokens(github)
     )
     # `[docker] runtime` picks the engine; "docker" is the only one so far (config refuses others).
-    runtime = DockerRuntime.from_config(
-        docker,
-        NetworkHealthChecker(reactor),
-        config.docker,
-        settings.instance,
-        restart_limit=config.previews.restart_limit,
+    runtime = with_compose(
+        DockerRuntime.from_config(
+            docker,
+            NetworkHealthChecker(reactor),
+            config.docker,
+            settings.instance,
+            restart_limit=config.previews.restart_limit,
+        ),
+        reactor,
+        state_dir,
+        config.docker.compose,
+        config.docker.compose_memory,
+        docker_host=config.docker.host,
     )
     git = GitCli(reactor, os.path.join(state_dir, "workspaces"), pool)
     orchestrator = Orchestrator(settings, reactor, routes, runtime, git, store)

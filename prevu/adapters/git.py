@@ -191,9 +191,22 @@ class GitCli:
         try:
             await self._git(["init", "--quiet", path], deadline, secrets, cwd=self.root)
             await self._git(
-                ["fetch", "--quiet", "--depth", "1", "--no-tags", "--no-recurse-submodules",
-                 "--", source.url, source.ref],
-                deadline, secrets, cwd=path, env=self._auth_env(source), what=f"fetch {shown_url}",
+                [
+                    "fetch",
+                    "--quiet",
+                    "--depth",
+                    "1",
+                    "--no-tags",
+                    "--no-recurse-submodules",
+                    "--",
+                    source.url,
+                    source.ref,
+                ],
+                deadline,
+                secrets,
+                cwd=path,
+                env=self._auth_env(source),
+                what=f"fetch {shown_url}",
             )
             fetched = await self._git(["rev-parse", "FETCH_HEAD"], deadline, secrets, path)
             fetched = fetched.strip()
@@ -204,7 +217,9 @@ class GitCli:
                 )
             await self._git(
                 ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", source.sha],
-                deadline, secrets, path,
+                deadline,
+                secrets,
+                path,
             )
             head = (await self._git(["rev-parse", "HEAD"], deadline, secrets, path)).strip()
             if head != source.sha:
@@ -214,7 +229,10 @@ class GitCli:
             raise
         self.log.info(
             "fetched {ref} of {url} at {sha} into {workspace}",
-            ref=source.ref, url=shown_url, sha=source.sha, workspace=workspace,
+            ref=source.ref,
+            url=shown_url,
+            sha=source.sha,
+            workspace=workspace,
         )
         return Checkout(workspace=workspace, path=path, sha=source.sha)
 
@@ -228,9 +246,7 @@ class GitCli:
 
     def workspaces(self) -> list[str]:
         try:
-            return sorted(
-                name for name in os.listdir(self.root) if _WORKSPACE_NAME.match(name)
-            )
+            return sorted(name for name in os.listdir(self.root) if _WORKSPACE_NAME.match(name))
         except FileNotFoundError:
             return []
 
@@ -290,7 +306,11 @@ class GitCli:
         full_env = {**self._base_env(), **(env or {})}
         # `setsid` makes git the leader of a new process group (same pid, it execs).
         self.reactor.spawnProcess(
-            protocol, self.setsid, [self.setsid, self.git, *args], env=full_env, path=cwd,
+            protocol,
+            self.setsid,
+            [self.setsid, self.git, *args],
+            env=full_env,
+            path=cwd,
         )
         protocol.timers = [
             self.reactor.callLater(remaining, protocol.kill, signal.SIGTERM),

@@ -41,6 +41,10 @@ class DockerConfig:
     """A Docker `config.json` whose registry credentials builds may use (default: none)."""
     build_cache_max: int | None = None
     """Bytes: `docker builder prune --keep-storage` after builds (engine-wide); None: never."""
+    compose: str = "auto"
+    """The Compose v2 CLI (SPEC §6, docs/compose.md): "auto" (probed on first use) or a path."""
+    compose_memory: int | None = None
+    """Bytes: the memory budget of a Compose preview, shared by its services (None: `memory`)."""
 
 
 @frozen
@@ -86,7 +90,13 @@ def parse_docker(t: Table) -> DockerConfig:
         cli=t.string("cli", d.cli),
         registry_auth_file=t.optional_string("registry_auth_file"),
         build_cache_max=t.size("build_cache_max", 0) if t.has("build_cache_max") else None,
+        compose=t.string("compose", d.compose),
+        compose_memory=t.size("compose_memory", 0) if t.has("compose_memory") else None,
     )
+    if config.compose != "auto" and not config.compose.startswith("/"):
+        raise t.error("compose", f'"auto" or the path of Compose v2, got {config.compose!r}')
+    if config.compose_memory is not None and config.compose_memory < 6 << 20:
+        raise t.error("compose_memory", "must be at least 6m (Docker's minimum)")
     if config.cli != "auto" and not config.cli.startswith("/"):
         raise t.error("cli", f'"auto" or the absolute path of a docker client, got {config.cli!r}')
     if config.build_cache_max is not None and config.build_cache_max < 1 << 20:

@@ -10,6 +10,7 @@ orchestrator to carry out. The rules over them live in
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from attrs import field, frozen, validators
@@ -24,6 +25,10 @@ JobKind = Literal["build", "start", "teardown", "suspend", "resume"]
 
 
 # --- values ------------------------------------------------------------------
+
+
+def _endpoints(value: Iterable[tuple[str, str, int]]) -> tuple[tuple[str, str, int], ...]:
+    return tuple((str(s), str(a), int(p)) for s, a, p in value)
 
 
 @frozen
@@ -51,6 +56,8 @@ class Deployment:
     image: str
     address: str
     port: int = field(validator=[validators.ge(1), validators.le(65535)])
+    extra: tuple[tuple[str, str, int], ...] = field(default=(), converter=_endpoints)
+    """Compose previews: (service, address, port) of each `[compose] expose` service."""
 
 
 @frozen

@@ -16,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from attrs import define, field
+from attrs import define, evolve, field
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from prevu import lifecycle as lc
+from prevu.compose.write import service_host
 from prevu.orchestrator import records
 from prevu.orchestrator.jobs import Job, Jobs, failure_event
 from prevu.orchestrator.metrics import Metrics
@@ -47,6 +48,8 @@ class Driver:
     stopped: bool = False
     tasks: set[Deferred[Any]] = field(factory=set)
     _watchers: list[Watcher] = field(factory=list)
+    _extra_hosts: dict[str, tuple[str, ...]] = field(factory=dict)
+    """Compose previews: the hosts of `[compose] expose` services routed, per preview."""
 
     # --- watchers --------------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class Driver:
                 self._route(slot, deployment, "sleeping")
             case lc.Unroute():
                 self.routes.remove(ROUTE_SOURCE, slot.name.host)
+                self._unroute_extra(slot)
             case lc.Discard(container=container, image=image):
                 self.background(jobs.discard(slot, container, image))
             case lc.Suspend(deployment=deployment):
@@ -136,6 +140,7 @@ class Driver:
             case lc.Teardown():
                 # Route first: nothing reaches what is about to be removed.
                 self.routes.remove(ROUTE_SOURCE, slot.name.host)
+                self._unroute_extra(slot)
                 self._job(slot, None, jobs.teardown)
 
     # --- routes ----------------------------------------------------------------------------
@@ -157,6 +162,19 @@ class Driver:
     ) -> None:
         upstream = Upstream(deployment.address, deployment.port)
         self.routes.put(ROUTE_SOURCE, self._route_value(slot, upstream, state))
+        hosts = []
+        for service, address, port in deployment.extra:
+            host = service_host(service, slot.name.host)
+            route = evolve(self._route_value(slot, Upstream(address, port), state), host=host)
+            self.routes.put(ROUTE_SOURCE, route)
+            hosts.append(host)
+        for host in set(self._extra_hosts.get(slot.id, ())) - set(hosts):
+            self.routes.remove(ROUTE_SOURCE, host)
+        self._extra_hosts[slot.id] = tuple(hosts)
+
+    def _unroute_extra(self, slot: Slot) -> None:
+        for host in self._extra_hosts.pop(slot.id, ()):
+            self.routes.remove(ROUTE_SOURCE, host)
 
     # --- jobs and background tasks ---------------------------------------------------------
 

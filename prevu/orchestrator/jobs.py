@@ -196,14 +196,30 @@ class Jobs:
         checkout = await cancel.wait(self.git.fetch(source, slot.id))
         self._wanted(slot, cancel)
         settings = parse_repo_config(_read_repo_file(checkout.path), self.settings.limits)
-        model = _checked(checkout.path, settings)
         release = self._release(slot, revision)
+        if settings.compose is not None:
+            model = await self._compose_model(slot, cancel, checkout.path, settings, release)
+        else:
+            model = _checked(checkout.path, settings)
         built = await self.retrying(
             slot,
             cancel,
             lambda: self.runtime.build(model, release, lambda line: self.note(slot, "build", line)),
         )
         return built, settings
+
+    async def _compose_model(
+        self, slot: Slot, cancel: CancelToken, path: str, settings: RepoSettings, release: Release
+    ) -> AppModel:
+        """The checked model of the PR head's compose file (issue 17), read by the runtime."""
+        load = getattr(self.runtime, "load_compose", None)
+        if load is None:
+            raise RepoConfigError("compose", "this prevu server does not run Compose previews")
+        model: AppModel = await cancel.wait(
+            load(path, settings, release, lambda line: self.note(slot, "build", line))
+        )
+        self._wanted(slot, cancel)
+        return model
 
     # --- start, suspend, resume ---------------------------------------------------------
 
@@ -245,7 +261,9 @@ class Jobs:
             return lc.StartFailed(revision, reason, on_push=error.step == "on_push")
         endpoint = deployed.endpoint
         return lc.Started(
-            lc.Deployment(revision, deployed.container, image, endpoint.host, endpoint.port)
+            lc.Deployment(
+                revision, deployed.container, image, endpoint.host, endpoint.port, _extra(deployed)
+            )
         )
 
     async def _data(
@@ -314,7 +332,10 @@ class Jobs:
             exposed=name,
             containers={name: deployment.container},
             images={name: deployment.image},
-            endpoints={name: Upstream(deployment.address, deployment.port)},
+            endpoints={
+                name: Upstream(deployment.address, deployment.port),
+                **{s: Upstream(address, port) for s, address, port in deployment.extra},
+            },
             health=service.health if service is not None else None,
         )
 
@@ -335,7 +356,9 @@ class Jobs:
             await self._until_healthy(slot, cancel, running)
         except (DockerError, Unhealthy, Superseded) as error:
             return lc.StartFailed(deployment.revision, str(error) or "superseded")
-        return lc.Started(evolve(deployment, address=running.endpoint.host))
+        return lc.Started(
+            evolve(deployment, address=running.endpoint.host, extra=_extra(running))
+        )
 
     # --- discard, teardown -------------------------------------------------------------
 
@@ -377,6 +400,15 @@ def _checked(checkout: str, settings: RepoSettings) -> AppModel:
     if not os.path.isdir(os.path.join(checkout, settings.context)):
         raise RepoConfigError("build.context", f"{settings.context} is not a directory")
     return single_dockerfile(checkout, settings)
+
+
+def _extra(deployed: Deployed) -> tuple[tuple[str, str, int], ...]:
+    """The (service, address, port) of every exposed service but the front one (Compose)."""
+    return tuple(
+        (name, upstream.host, upstream.port)
+        for name, upstream in sorted(deployed.endpoints.items())
+        if name != deployed.exposed
+    )
 
 
 def _prebuilt(release: Release, image: str) -> Built:

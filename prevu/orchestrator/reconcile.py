@@ -34,13 +34,13 @@ touched):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 from attrs import field, frozen
 
 from prevu import lifecycle as lc
-from prevu.labels import deployment_of, owned
+from prevu.labels import PART, PROJECT, deployment_of, owned
 from prevu.orchestrator.heal import HealRules, Tally, decide
 from prevu.ports import ContainerInfo, Managed
 from prevu.runtime import Observed
@@ -142,9 +142,10 @@ def plan(
             feed(preview, lc.Heal(container, decision.reason, decision.action == "recreate"))
 
     present: set[str] = set()
+    removals += _compose_parts(observed, slots, instance, settled)
     for container in observed.containers:
         preview = owned(container.labels, instance)
-        if preview is None:
+        if preview is None or container.labels.get(PART):
             continue
         present.add(container.id)
         if _gone(slots.get(preview)):
@@ -153,7 +154,7 @@ def plan(
         state = settled(preview)
         if state is None:
             continue
-        deployment = deployment_of(container)
+        deployment = deployment_of(container, observed.containers)
         serving = state.serving
         if container.running and deployment is not None:
             if serving is None or serving.container != container.id:
@@ -182,10 +183,11 @@ def plan(
                 feed(preview, lc.Vanished(state.serving.container))
             else:
                 lost(preview, state.serving.container)
+    projects = {c.labels.get(PROJECT) for c in observed.containers} - {None}
     for image in observed.images:
         preview = owned(image.labels, instance)
-        if preview is None:
-            continue
+        if preview is None or image.labels.get(PROJECT) in projects:
+            continue  # a Compose service's image while its project has containers
         view = slots.get(preview)
         if view is not None and settled(preview) is None:
             continue
@@ -230,3 +232,33 @@ def _kept(
                 tally = tally.seen(serving.container, observed.restart_count, heal.now)
         kept[preview] = tally.pruned(heal.now, heal.rules.window, frozenset({serving.container}))
     return {preview: tally for preview, tally in kept.items() if tally != Tally()}
+def _compose_parts(
+    observed: Managed,
+    slots: Mapping[str, SlotView],
+    instance: str,
+    settled: Callable[[str], lc.Preview | None],
+) -> list[Removal]:
+    """
+    Compose previews (docs/compose.md): a container labelled `prevu.part`
+    follows its preview, not a deployment. It is removed when its preview is
+    gone, or (a "revision" part of a settled preview) when no container with
+    a deployment of its Compose project is left (a revision that never served).
+    """
+    heads = {
+        c.labels.get(PROJECT)
+        for c in observed.containers
+        if not c.labels.get(PART) and deployment_of(c) is not None
+    }
+    removals = []
+    for container in observed.containers:
+        preview = owned(container.labels, instance)
+        part = container.labels.get(PART)
+        if preview is None or not part:
+            continue
+        if _gone(slots.get(preview)) or (
+            part == "revision"
+            and settled(preview) is not None
+            and container.labels.get(PROJECT) not in heads
+        ):
+            removals.append(Removal("container", container.id))
+    return removals

@@ -44,13 +44,16 @@ def _revision(revision: lc.Revision | None) -> dict[str, Any] | None:
 def _deployment(deployment: lc.Deployment | None) -> dict[str, Any] | None:
     if deployment is None:
         return None
-    return {
+    value: dict[str, Any] = {
         "revision": _revision(deployment.revision),
         "container": deployment.container,
         "image": deployment.image,
         "address": deployment.address,
         "port": deployment.port,
     }
+    if deployment.extra:  # Compose previews' exposed services (absent: none, older records)
+        value["extra"] = [list(item) for item in deployment.extra]
+    return value
 
 
 def state_to_json(state: lc.Preview) -> dict[str, Any]:
@@ -91,8 +94,9 @@ def _read_deployment(value: Any) -> lc.Deployment | None:
         return None
     revision = _read_revision(value["revision"])
     assert revision is not None
+    extra = tuple((str(s), str(a), int(p)) for s, a, p in value.get("extra") or ())
     return lc.Deployment(
-        revision, value["container"], value["image"], value["address"], int(value["port"])
+        revision, value["container"], value["image"], value["address"], int(value["port"]), extra
     )
 
 
