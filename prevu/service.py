@@ -42,7 +42,7 @@ from prevu.control.preview_page import PreviewPage
 from prevu.control.webhooks import Webhooks
 from prevu.endpoints import loopback_address, with_backlog
 from prevu.errors import DockerError
-from prevu.feedback.wiring import build_feedback, github_api, secrets_of
+from prevu.feedback.wiring import build_forges, github_api, secrets_of
 from prevu.idle import IdleService
 from prevu.orchestrator import Orchestrator, OrchestratorService, OrchestratorSettings
 from prevu.orchestrator.settings import CloneTokenSource
@@ -171,18 +171,20 @@ def build_previews(
     )
     git = GitCli(reactor, os.path.join(state_dir, "workspaces"), pool)
     orchestrator = Orchestrator(settings, reactor, routes, runtime, git, store)
+    feedback, commands = build_forges(
+        config, reactor, orchestrator, orchestrator.watch, store, github=github
+    )
     webhooks = Webhooks(
         config,
         orchestrator,
         store,
         orchestrator.metrics,
         installations=github.remember_installation if github is not None else None,
+        commands=commands.submit,
     )
     api = PreviewsApi(config, orchestrator, store, docker, orchestrator.metrics)
     services: tuple[Service, ...] = (_StoreService(store), OrchestratorService(orchestrator))
-    feedback = build_feedback(config, reactor, orchestrator.watch, store, api=github)
-    if feedback is not None:
-        services += (feedback,)
+    services += tuple(feedback)
     page = PreviewPage(store, secrets_of(config, settings.secret_values))
     return PreviewPipeline(orchestrator, webhooks, api, page, services)
 

@@ -32,13 +32,15 @@ from prevu.masking import Masker
 from prevu.ports import PreviewRecord
 
 TAIL_LINES = 20
+REPLIES_KEPT = 5
 
 
 @define(eq=False)
 class Publisher:
     """
     Publishes the feedback `kinds` ("comment", "status", "deployment") of
-    GitHub previews through `api`. `read_tail(preview, n)` answers the last
+    the previews of `forge` (GitHub, GitLab) through `api`; the publishers of
+    several forges share one `memory`. `read_tail(preview, n)` answers the last
     `n` log lines; `mask` hides secrets in them; `comment_logs(repo)` answers
     the `[[repos]] comment_logs` setting (None: only for private repositories).
     """
@@ -120,12 +122,34 @@ class Publisher:
         if deployment is not None and (deployment != "inactive" or view.sha in item.deployments):
             item.deployments[view.sha] = deployment
 
+    def reply(self, forge: str, repo: str, number: int, preview: str, line: str) -> None:
+        """
+        Show `line` (the answer to a `/preview` command) in the pull request's
+        comment, among the last `REPLIES_KEPT`; publish soon. Never raises.
+        """
+        if forge != self.forge or "comment" not in self.kinds:
+            return
+        key = key_of(forge, repo, number)
+        item = self.memory.items.get(key)
+        if item is None:
+            item = self.memory.items[key] = PrFeedback(forge, repo, number, preview)
+        item.replies = [*item.replies, self.mask(line)][-REPLIES_KEPT:]
+        self.kick(key)
+
+    def shown(self, forge: str, repo: str, number: int) -> tuple[str, float] | None:
+        """The head the published comment shows and since when (epoch seconds), or None."""
+        item = self.memory.items.get(key_of(forge, repo, number))
+        if item is None or not item.shown_sha or item.shown_at is None:
+            return None
+        return item.shown_sha, item.shown_at
+
     # --- published ------------------------------------------------------------------
 
     def start(self) -> None:
         """Republish what the memory says was wanted but not shown (after a restart)."""
-        for key in list(self.memory.items):
-            self.kick(key)
+        for key, item in list(self.memory.items.items()):
+            if item.forge == self.forge:  # one memory is shared by every forge's publisher
+                self.kick(key)
 
     def stop(self) -> None:
         """Cancel pending retries and write the memory now (shutdown)."""
@@ -205,6 +229,8 @@ class Publisher:
 
     async def _publish(self, item: PrFeedback) -> None:
         if item.view is None:
+            if item.replies and "comment" in self.kinds:
+                await self._comment(item)
             return
         # Each kind on its own: a credential without one permission still gets the others.
         failed: ForgeApiError | None = None
@@ -232,17 +258,16 @@ class Publisher:
                 item.statuses_published[sha] = wanted
 
     async def _comment(self, item: PrFeedback) -> None:
-        assert item.view is not None
         view = item.view
         links = cm.Links.for_preview(self.public_url, item.preview)
         tail: list[str] | None = None
-        if view.state == "failed" and item.tail:
+        if view is not None and view.state == "failed" and item.tail:
             show = self.comment_logs(item.repo)
             if show is None:
                 show = await self.api.repository_private(item.repo)
             tail = item.tail if show else None
         mark = cm.marker(item.forge, item.repo, item.number)
-        body = cm.render(view, links, mark, tail)
+        body = cm.render(view, links, mark, tail, item.replies)
         if body == item.body:
             return
 
@@ -255,20 +280,23 @@ class Publisher:
 
         if item.comment is None:
             item.comment = await find()
-        if item.comment is not None and await self.api.edit_comment(item.repo, item.comment, body):
+        edit = self.api.edit_comment
+        if item.comment is not None and await edit(item.repo, item.number, item.comment, body):
             what = "edited"
         else:
             # `find` before a re-send: a create that failed may have made it (502 after create).
             item.comment = await self.api.create_comment(item.repo, item.number, body, find)
             what = "created"
         item.body = body
+        if view is not None and view.sha != item.shown_sha:
+            item.shown_sha, item.shown_at = view.sha, self.clock.seconds()
         self._save_soon()
         self.log.info(
             "comment {what} on {repo}#{number}: {state}",
             what=what,
             repo=item.repo,
             number=item.number,
-            state=view.state,
+            state=view.state if view is not None else "commands",
         )
 
     async def _deployments(self, item: PrFeedback) -> None:

@@ -137,6 +137,8 @@ def encode(slot: Slot, settings: OrchestratorSettings) -> PreviewRecord:
         data["forge_closed"] = repr(slot.forge_closed)
     if slot.untrusted:
         data["untrusted"] = "true"
+    if slot.keep_until is not None:
+        data["keep_until"] = repr(slot.keep_until)
     return PreviewRecord(
         id=slot.id,
         repo=slot.identity.repo,
@@ -216,6 +218,7 @@ def restore(record: PreviewRecord, settings: OrchestratorSettings) -> Slot:
         forge_seen=_float(record.data.get("forge_seen")),
         forge_closed=_float(record.data["forge_closed"]) if "forge_closed" in record.data else None,
         untrusted=record.data.get("untrusted") == "true",
+        keep_until=_float(record.data["keep_until"]) if "keep_until" in record.data else None,
     )
 
 

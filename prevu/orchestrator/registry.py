@@ -90,6 +90,8 @@ class Slot:
     """The forge `updated_at` of the close applied last (None: not closed by the forge)."""
     untrusted: bool = False
     """A fork admitted by `forks = "allow"`: it gets no secrets, build secrets or cache."""
+    keep_until: float | None = None
+    """Epoch seconds before which idle rules never remove it (`inf`: kept); None: ttl rules."""
 
     def stale(self, pr: PullRequest) -> bool:
         """True when `pr` (an event's view) is older than an event already applied."""
