@@ -119,7 +119,8 @@ class CommandRunner:
         publisher = self.replies.get(command.forge)
         if publisher is not None:
             preview = self.previews.find_preview(command.forge, command.repo, command.number)
-            line = f"@{command.commenter} `{command.line[:80]}`: {reply.text}"
+            # No `@`: an edit of the sticky comment should not notify anyone again.
+            line = f"{command.commenter} `{command.line[:80]}`: {reply.text}"
             publisher.reply(command.forge, command.repo, command.number, preview or "", line)
         if command.comment:
             try:
