@@ -342,7 +342,7 @@ def status(forges: Forges, preview: str) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_github_destroy_needs_write_access(forges: Forges) -> None:
-    """A reader's `/preview destroy` is refused with a reply, changes nothing; a maintainer's works."""
+    """A reader's `/preview destroy` is refused with a reply; a maintainer's works."""
     assert forges.gh_pull_request("opened", SHA_A, EPOCH) == 202
     await forges.until(lambda: status(forges, GH_PREVIEW) == "running")
     code, body, delivery = forges.gh_comment("rita", "please\n/preview destroy")
