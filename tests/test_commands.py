@@ -207,9 +207,11 @@ class Forges:
     async def settled(self) -> None:
         """Every command, job and publication finished."""
         await self.until(
-            lambda: self.h.orchestrator.idle()
-            and all(p.idle() for p in self.publishers.values())
-            and not any(p._dirty for p in self.publishers.values())
+            lambda: (
+                self.h.orchestrator.idle()
+                and all(p.idle() for p in self.publishers.values())
+                and not any(p._dirty for p in self.publishers.values())
+            )
         )
 
     def outcome(self, delivery: str) -> str:

@@ -82,7 +82,6 @@ class FakeProject:
     members: dict[int, int] = field(factory=dict)
 
 
-
 @define
 class FakeGitlab:
     """The fake's state; `base` is set by `listen` (http://127.0.0.1:<port>)."""
@@ -123,9 +122,7 @@ class FakeGitlab:
 
     def fail(self, match: str, status: int, *, after: bool = False, times: int = 1) -> None:
         """Answer `status` to the next `times` calls whose "METHOD path" contains `match`."""
-        self.faults.append(
-            GitlabFault(match, status, {"message": f"{status} fault"}, after, times)
-        )
+        self.faults.append(GitlabFault(match, status, {"message": f"{status} fault"}, after, times))
 
     def next_id(self) -> int:
         self._ids += 1
@@ -294,9 +291,7 @@ class FakeGitlab:
             return 400, {"message": "state does not have a valid value"}
         same = [s for s in self.statuses if s["sha"] == sha and s["name"] == name]
         if same and same[-1]["status"] == body["state"]:
-            return 400, {
-                "message": f"Cannot transition status via :enqueue from :{body['state']}"
-            }
+            return 400, {"message": f"Cannot transition status via :enqueue from :{body['state']}"}
         status = example("commit-status")
         status.update(
             id=self.next_id(),
