@@ -583,3 +583,79 @@ async def test_gitlab_client_retries_and_finds_its_note_again(reactor: Any) -> N
         assert all(call.token == GL_TOKEN for call in fake.calls)
     finally:
         await port.stopListening()
+
+
+# --- keep / extend: the record, the idle rules, the API ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keep_until", "expected"),
+    [
+        (None, ["destroy"]),
+        ("inf", []),
+        ("1500.0", []),
+        ("900.0", ["destroy"]),
+        ("junk", ["destroy"]),
+    ],
+)
+def test_idle_rules_honour_keep_until(keep_until: str | None, expected: list[str]) -> None:
+    """A preview kept until later than now is never destroyed by ttl (it may still sleep)."""
+    from prevu.idle import idle_actions
+    from prevu.ports import PreviewRecord
+
+    data = {"keep_until": keep_until} if keep_until is not None else {}
+    record = PreviewRecord(
+        id="p", repo="a/b", number=1, status="sleeping", updated_at=0.0, data=data
+    )
+    actions = idle_actions([record], {"p": 0.0}, 1000.0, sleep_after=10.0, ttl=100.0)
+    assert [a.kind for a in actions] == expected
+    running = PreviewRecord(
+        id="p", repo="a/b", number=1, status="running", updated_at=0.0, data=data
+    )
+    kinds = [a.kind for a in idle_actions([running], {"p": 0.0}, 1000.0, 10.0, 0.0)]
+    assert kinds == ["sleep"], "kept previews still sleep"
+
+
+def test_keep_until_survives_a_restart_and_old_records_load(tmp_path: Path) -> None:
+    """keep_until is kept in the record's data; records without it load with None."""
+    from prevu.orchestrator import records
+    from tests.test_webhooks import make_config
+
+    client = Client(tmp_path, make_config(tmp_path))
+    h = client.h
+    h.clock.advance(EPOCH)
+    h.git.remote(CLONE, "refs/pull/2/head", SHA_A, {"Dockerfile": "FROM scratch\n"})
+    client.github("pull_request", (FIXTURES / "github/pull_request-opened.json").read_bytes())
+    old = h.store.get(GH_PREVIEW)
+    assert old is not None and "keep_until" not in old.data
+    assert records.restore(old, h.orchestrator.settings).keep_until is None
+    assert h.orchestrator.extend(GH_PREVIEW, 3600.0) == EPOCH + 3600.0
+    assert h.orchestrator.extend(GH_PREVIEW, 60.0) == EPOCH + 3660.0, "extensions add up"
+    stored = h.store.get(GH_PREVIEW)
+    assert stored is not None
+    assert records.restore(stored, h.orchestrator.settings).keep_until == EPOCH + 3660.0
+    assert h.orchestrator.keep("nope") is None and h.orchestrator.extend("nope", 1.0) is None
+    with pytest.raises(ValueError):
+        h.orchestrator.extend(GH_PREVIEW, 0.0)
+
+
+def test_api_keep_and_extend(tmp_path: Path) -> None:
+    """POST /api/previews/{id}/keep and /extend {"by": "3d"} reach the same facade."""
+    from tests.test_webhooks import make_config
+
+    client = Client(tmp_path, make_config(tmp_path))
+    client.h.clock.advance(EPOCH)
+    client.h.git.remote(CLONE, "refs/pull/2/head", SHA_A, {"Dockerfile": "FROM scratch\n"})
+    client.github("pull_request", (FIXTURES / "github/pull_request-opened.json").read_bytes())
+    path = f"/api/previews/{GH_PREVIEW}"
+    code, _, body = client.api_call("POST", f"{path}/extend", data=b'{"by": "3d"}')
+    assert code == 200 and json.loads(body)["keep_until"] == stamp(EPOCH + 3 * 86400)
+    code, _, body = client.api_call("POST", f"{path}/keep")
+    assert code == 200 and json.loads(body)["keep_until"] == "forever"
+    record = client.h.store.get(GH_PREVIEW)
+    assert record is not None and record.data["keep_until"] == "inf"
+    for data in (b'{"by": "soon"}', b"{}", b"[1]", b'{"by": "0"}'):
+        code, _, body = client.api_call("POST", f"{path}/extend", data=data)
+        assert code == 400 and "by" in json.loads(body)["error"]
+    assert client.api_call("POST", "/api/previews/nope/keep")[0] == 404
+    assert client.api_call("POST", f"{path}/keep", token=None)[0] == 401
