@@ -129,6 +129,32 @@ def test_write_access_rules(role: str | None, level: int | None, may: bool) -> N
     assert commands.may_write_gitlab(level) is may
 
 
+@pytest.mark.parametrize(
+    ("action", "created", "updated", "runs"),
+    [
+        ("create", "2015-05-17 18:21:36 UTC", "2015-05-17 18:21:36 UTC", True),
+        ("update", "2015-05-17 18:21:36 UTC", "2015-05-17 18:25:00 UTC", False),
+        (None, "2015-05-17 18:21:36 UTC", "2015-05-17 18:21:36 UTC", True),
+        (None, "2015-05-17 18:21:36 UTC", "2015-05-17 18:25:00 UTC", False),
+    ],
+)
+def test_gitlab_edited_notes_never_run(
+    action: str | None, created: str, updated: str, runs: bool
+) -> None:
+    """A Note Hook for an edit (`action: update`, or older GitLab's later updated_at) is ignored."""
+    from prevu.forge import gitlab
+    from prevu.forge.events import Command
+
+    data = json.loads((FIXTURES / "gitlab/note-merge_request.json").read_text())
+    data["object_attributes"].update(
+        note="/preview destroy", created_at=created, updated_at=updated
+    )
+    if action is not None:
+        data["object_attributes"]["action"] = action
+    event = gitlab.parse("Note Hook", "u", json.dumps(data).encode())
+    assert isinstance(event, Command) is runs
+
+
 # --- both forges over loopback ----------------------------------------------------------
 
 

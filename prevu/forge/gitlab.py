@@ -98,12 +98,17 @@ def merge_request(data: Mapping[str, Any]) -> PullRequest:
 
 def _note(delivery: str, data: Mapping[str, Any]) -> ForgeEvent:
     # Comment events: https://docs.gitlab.com/ee/user/project/integrations/webhook_events.html#comment-events
-    # `object_attributes.action` is `create` or `update` (GitLab 16.11+; older
-    # versions send no action and fire on create only). An edit never runs.
+    # `object_attributes.action` is `create` or `update` (GitLab 17.0+, MR
+    # !147856); an edit never runs.
     attributes = data["object_attributes"]
     if attributes.get("noteable_type") != "MergeRequest":
         return Ignored(delivery, "gitlab", "note is not on a merge request")
-    action = attributes.get("action") or "create"
+    action = attributes.get("action")
+    if action is None:
+        # GitLab 16.x fired on edits before it said which: a note changed after
+        # it was written (an edit, a resolved thread) is an edit.
+        created, updated = (forge_time(attributes.get(k)) for k in ("created_at", "updated_at"))
+        action = "update" if created and updated and updated > created + 1 else "create"
     if action != "create":
         return Ignored(delivery, "gitlab", f"note action {action!r} is not used")
     if attributes.get("system"):
