@@ -551,7 +551,7 @@ async def test_gitlab_fork_approval_through_membership(forges: Forges) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_gitlab_merge_request_feedback(forges: Forges) -> None:
-    """One note edited through its states, commit statuses, an environment stopped on close."""
+    """One note edited through its states, statuses, an environment stopped on close (and back)."""
     forges.gl_merge_request("open", SHA_A, EPOCH)
     await forges.until(lambda: status(forges, GL_PREVIEW) == "running")
     await forges.settled()
@@ -577,6 +577,14 @@ async def test_gitlab_merge_request_feedback(forges: Forges) -> None:
     [note] = [n for n in forges.gitlab.notes.values() if n["author"]["id"] == BOT]
     assert note["_edits"] >= 2, "one note, edited in place"
     assert len(forges.gitlab.environments) == 1
+
+    forges.gl_merge_request("reopen", SHA_B, EPOCH + 120)
+    await forges.until(lambda: status(forges, GL_PREVIEW) == "running")
+    await forges.settled()
+    [reopened] = forges.gitlab.environments.values()
+    assert reopened["state"] == "available" and reopened["name"] == "pr-1"
+    assert reopened["external_url"] == "http://pr-1-gitlab-test.localhost:8000/"
+    assert "Preview ready" in forges.gl_sticky() and note["_edits"] >= 3
 
 
 @pytest_twisted.ensureDeferred

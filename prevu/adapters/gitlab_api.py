@@ -16,7 +16,8 @@ What each call is (GitLab's documentation):
   (https://docs.gitlab.com/ee/api/commits.html#set-the-pipeline-status-of-a-commit);
 - the environment `pr-<iid>` with the preview's `external_url`:
   `GET/POST /projects/:id/environments`, `PUT .../environments/:environment_id`,
-  `POST .../environments/:environment_id/stop` on close
+  `POST .../environments/:environment_id/stop` on close, `DELETE` of a stopped
+  one when the merge request is reopened
   (https://docs.gitlab.com/ee/api/environments.html);
 - who may run commands: `GET /projects/:id/members/all/:user_id`, its
   `access_level` (30 = Developer; 404 = no member)
@@ -245,21 +246,34 @@ class GitlabApi:
             raise ForgeApiError("POST", f"/projects/{project(repo)}/statuses/{sha}", 400,
                                 _reason(body), "GitLab")  # fmt: skip
 
-    async def _environment(self, repo: str, name: str) -> int | None:
+    async def _environment(self, repo: str, name: str) -> tuple[int, str] | None:
+        """The id and state (`available`, `stopping`, `stopped`) of environment `name`."""
         query = urlencode({"name": name})
         _, body = await self._call("GET", f"/projects/{project(repo)}/environments?{query}")
         for environment in body if isinstance(body, list) else []:
             if environment.get("name") == name:
-                return int(environment["id"])
+                return int(environment["id"]), str(environment.get("state") or "")
         return None
 
     async def find_deployment(self, repo: str, sha: str, environment: str) -> int | None:
-        # GitLab has one environment per merge request, whatever the commit.
-        return await self._environment(repo, environment)
+        # GitLab has one environment per merge request, whatever the commit. One
+        # stopped when the merge request closed is deleted (GitLab deletes only
+        # stopped ones) so that a reopened merge request gets an available one.
+        found = await self._environment(repo, environment)
+        if found is None:
+            return None
+        ident, state = found
+        if state != "stopped":
+            return ident
+        await self._call(
+            "DELETE", f"/projects/{project(repo)}/environments/{ident}", ok=(204,), absent=(404,)
+        )
+        return None
 
     async def create_deployment(self, repo: str, sha: str, environment: str) -> int:
         async def recover() -> int | None:
-            return await self._environment(repo, environment)
+            found = await self._environment(repo, environment)
+            return found[0] if found is not None else None
 
         payload = {"name": environment, "tier": "development"}
         _, made = await self._call(
@@ -287,11 +301,11 @@ class GitlabApi:
     async def delete_environment(self, repo: str, environment: str) -> bool:
         """Stop the merge request's environment (GitLab keeps stopped ones listed)."""
         found = await self._environment(repo, environment)
-        if found is None:
+        if found is None or found[1] == "stopped":
             return True
         status, _ = await self._call(
             "POST",
-            f"/projects/{project(repo)}/environments/{found}/stop",
+            f"/projects/{project(repo)}/environments/{found[0]}/stop",
             ok=(200, 201),
             absent=(403,),
         )

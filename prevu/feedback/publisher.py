@@ -95,6 +95,10 @@ class Publisher:
             self._want_commit(item, view, links, before)
         item.remove_environment = view.state in ("removed", "expired")
         if not item.remove_environment:
+            if item.environment_removed:
+                # Reopened: the environment was deleted (GitHub) or stopped
+                # (GitLab); its deployments are looked up or made again.
+                item.deployment_ids.clear()
             item.environment_removed = False
         item.closed_at = self.clock.seconds() if item.remove_environment else None
         self.kick(key)

@@ -183,6 +183,9 @@ class FakeGitlab:
         fault = self._fault(line, after=True)
         if fault is not None:
             return self._json(request, fault.body, fault.status)
+        if status == 204:
+            request.setResponseCode(204)
+            return b""
         return self._json(request, answer, status)
 
     def _json(self, request: Any, body: Any, code: int) -> bytes:
@@ -360,6 +363,17 @@ class FakeGitlab:
         environment["state"] = "stopped"
         return 200, {k: v for k, v in environment.items() if not k.startswith("_")}
 
+    def delete_environment(
+        self, project: FakeProject, groups: tuple[str, ...], *_: Any
+    ) -> tuple[int, Any]:
+        environment = self._environment(project, groups[0])
+        if environment is None:
+            return 404, {"message": "404 Not found"}
+        if environment["state"] != "stopped":
+            return 403, {"message": "403 Forbidden"}  # GitLab deletes stopped environments only
+        del self.environments[environment["id"]]
+        return 204, None
+
     def member(self, project: FakeProject, groups: tuple[str, ...], *_: Any) -> tuple[int, Any]:
         user_id = int(groups[0])
         level = project.members.get(user_id)
@@ -381,6 +395,7 @@ _ROUTES: tuple[tuple[str, str, Any], ...] = (
     (r"environments", "POST", FakeGitlab.create_environment),
     (r"environments/(\d+)", "PUT", FakeGitlab.update_environment),
     (r"environments/(\d+)/stop", "POST", FakeGitlab.stop_environment),
+    (r"environments/(\d+)", "DELETE", FakeGitlab.delete_environment),
     (r"members/all/(\d+)", "GET", FakeGitlab.member),
 )
 """Paths under `/projects/:id/` → handler (documented in SOURCE.md's pages)."""
