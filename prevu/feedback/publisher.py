@@ -4,11 +4,12 @@ writes and makes the pull request show it, converging on what is wanted.
 
 `on_record` (called on the reactor thread by `Orchestrator.watch`) only
 computes the new view (`prevu.feedback.view`) and notes what is wanted; it
-never waits for GitHub, so a webhook's answer and a preview's deployment
-never depend on the forge. A worker per pull request then publishes the
+never waits for the forge (GitHub, GitLab), so a webhook's answer and a
+preview's deployment never depend on it. A worker per pull request then publishes the
 difference between wanted and published: the sticky comment (created once,
 edited only when its body changes, which the visible-state rule keeps rare),
-commit statuses and deployment statuses. When GitHub fails after the API
+commit statuses and deployment statuses, and the answers to `/preview`
+commands (`reply`) in the comment. When the forge fails after the API
 client's own retries, the worker tries again later with the backoff policy;
 wanted and published are kept in `FeedbackMemory`, so a restart republishes
 whatever was not yet shown.
