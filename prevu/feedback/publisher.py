@@ -84,6 +84,7 @@ class Publisher:
         if item is None:
             item = PrFeedback(record.forge, record.repo, record.number, record.id)
             self.memory.items[key] = item
+        item.preview = record.id  # a command's reply may have come before the preview
         before = item.view
         view = vw.next_view(record, before, self.clock.seconds())
         item.view = view
