@@ -693,3 +693,22 @@ def test_api_keep_and_extend(tmp_path: Path) -> None:
         assert code == 400 and "by" in json.loads(body)["error"]
     assert client.api_call("POST", "/api/previews/nope/keep")[0] == 404
     assert client.api_call("POST", f"{path}/keep", token=None)[0] == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_commands_on_a_pull_request_without_a_preview(forges: Forges) -> None:
+    """`destroy` says there is no preview, `help` answers; the comment later shows the preview."""
+    _, _, delivery = forges.gh_comment("maria", "/preview destroy")
+    await forges.settled()
+    assert forges.outcome(delivery) == "refused: this pull request has no preview"
+    _, _, delivery = forges.gh_comment("rita", "/preview help")
+    await forges.settled()
+    assert forges.outcome(delivery).startswith("done: Commands:")
+    sticky = forges.gh_sticky()
+    assert "### prevu" in sticky and "rita `/preview help`" in sticky
+    forges.gh_pull_request("opened", SHA_A, EPOCH)
+    await forges.until(lambda: status(forges, GH_PREVIEW) == "running")
+    await forges.settled()
+    sticky = forges.gh_sticky()
+    assert "Preview ready" in sticky and f"/previews/{GH_PREVIEW}/logs" in sticky
+    assert "maria `/preview destroy`: this pull request has no preview" in sticky
