@@ -6,6 +6,9 @@ with the proxy's record of the last request per preview. Activity is the
 later of the last request through the proxy and the last deploy (a preview's
 `updated_at` while it is being built or run). A preview asleep keeps the
 activity it had when it went to sleep, so `ttl` counts from the last real use.
+A preview kept (`/preview keep`, `/preview extend`, the API's keep and
+extend) carries `keep_until` in its record: it is never destroyed before
+then (`inf`: never), though it may still sleep (it wakes on a request).
 """
 
 from __future__ import annotations
@@ -48,6 +51,17 @@ def note_activity(
         known[record.id] = latest
 
 
+def keep_until(record: PreviewRecord) -> float | None:
+    """The record's `keep_until` (epoch seconds, `inf` for kept), or None."""
+    text = record.data.get("keep_until")
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def idle_actions(
     previews: Iterable[PreviewRecord],
     activity: Mapping[str, float],
@@ -55,13 +69,17 @@ def idle_actions(
     sleep_after: float,
     ttl: float,
 ) -> list[IdleAction]:
-    """What to do with idle previews now; `0` for either limit means never."""
+    """
+    What to do with idle previews now; `0` for either limit means never. A
+    preview whose `keep_until` is later than `now` is never destroyed.
+    """
     actions: list[IdleAction] = []
     for record in previews:
         if record.closed or record.status == "stopped":
             continue
         idle_for = now - activity.get(record.id, record.updated_at)
-        if ttl and idle_for >= ttl:
+        kept = (keep_until(record) or 0.0) > now
+        if ttl and idle_for >= ttl and not kept:
             actions.append(IdleAction("destroy", record.id, idle_for))
         elif sleep_after and record.status == "running" and idle_for >= sleep_after:
             actions.append(IdleAction("sleep", record.id, idle_for))

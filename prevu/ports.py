@@ -492,6 +492,10 @@ class Store(Protocol):
         """
         ...
 
+    def fill_outcome(self, forge: str, delivery: str, outcome: str) -> None:
+        """Set the `outcome` of delivery `delivery` of `forge` (a command done or refused)."""
+        ...
+
     def delivery_trail(self, repo: str = "", number: int = 0) -> list[DeliveryEntry]:
         """The trail, oldest first; of one repository (case-insensitive) and number when given."""
         ...

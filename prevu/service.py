@@ -43,7 +43,7 @@ from prevu.control.preview_page import PreviewPage
 from prevu.control.webhooks import Webhooks
 from prevu.endpoints import endpoint_port, loopback_address, with_backlog
 from prevu.errors import DockerError
-from prevu.feedback.wiring import build_feedback, github_api, secrets_of
+from prevu.feedback.wiring import build_forges, github_api, secrets_of
 from prevu.idle import IdleService
 from prevu.orchestrator import Orchestrator, OrchestratorService, OrchestratorSettings
 from prevu.orchestrator.settings import CloneTokenSource
@@ -177,6 +177,8 @@ class PreviewPipeline:
     api: PreviewsApi
     page: PreviewPage
     services: tuple[Service, ...]
+    github: GithubApi | None = None
+    """The GitHub API client (None: no credential): the dashboard asks it who may write."""
 
 
 def _app_clone_tokens(github: GithubApi | None) -> CloneTokenSource | None:
@@ -266,20 +268,58 @@ def build_previews(
     )
     git = GitCli(reactor, os.path.join(state_dir, "workspaces"), pool)
     orchestrator = Orchestrator(settings, reactor, routes, runtime, git, store)
+    feedback, commands = build_forges(
+        config, reactor, orchestrator, orchestrator.watch, store, github=github
+    )
     webhooks = Webhooks(
         config,
         orchestrator,
         store,
         orchestrator.metrics,
         installations=github.remember_installation if github is not None else None,
+        commands=commands.submit,
     )
     api = PreviewsApi(config, orchestrator, store, docker, orchestrator.metrics)
     services: tuple[Service, ...] = (_StoreService(store), OrchestratorService(orchestrator))
-    feedback = build_feedback(config, reactor, orchestrator.watch, store, api=github)
-    if feedback is not None:
-        services += (feedback,)
+    services += tuple(feedback)
     page = PreviewPage(store, secrets_of(config, settings.secret_values))
-    return PreviewPipeline(orchestrator, webhooks, api, page, services)
+    return PreviewPipeline(orchestrator, webhooks, api, page, services, github)
+
+
+@frozen
+class GithubWriters:
+    """
+    The dashboard's `WritePermission` (prevu.control.operators) from GitHub's
+    collaborator permission (`role_name` admin, maintain or write; docs/forge.md).
+    A failed call answers False and is logged: nobody gains rights by an outage.
+    """
+
+    api: GithubApi
+
+    async def may_write(self, repo: str, user: str) -> bool:
+        """True when GitHub says `user` may write to `repo`; False on any failure."""
+        try:
+            return await self.api.may_write(repo, user)
+        except Exception as error:
+            log.warn(
+                "cannot ask GitHub whether {user} may write to {repo}: {error}",
+                user=user,
+                repo=repo,
+                error=error,
+            )
+            return False
+
+
+def dashboard_writers(config: Config, github: GithubApi | None) -> GithubWriters | None:
+    """
+    Who besides `[auth] admins` may act from the dashboard: GitHub writers of
+    the preview's repository, when reviewers log in with GitHub only (with a
+    users file too, a session's name could be a users-file name that merely
+    equals a GitHub login, so only `admins` act; docs/dashboard.md).
+    """
+    if github is None or config.auth.github is None or config.auth.users_file is not None:
+        return None
+    return GithubWriters(github)
 
 
 def static_routes(config: Config) -> list[Route]:
@@ -341,6 +381,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         previews=previews.api,
         page=previews.page,
         builder=builder.cli.describe(),
+        may_write=dashboard_writers(config, previews.github),
     )
     control_site = control_site_for(control.resource())
     control_site.noisy = False  # no "Starting factory" line per start (a fifth of the log)

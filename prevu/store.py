@@ -295,6 +295,12 @@ class SqliteStore:
         )
         return evolve(entry, seq=int(cursor.lastrowid or 0))
 
+    def fill_outcome(self, forge: str, delivery: str, outcome: str) -> None:
+        self._db.execute(
+            "UPDATE delivery_trail SET outcome = ? WHERE forge = ? AND delivery = ?",
+            (outcome, forge, delivery),
+        )
+
     def delivery_trail(self, repo: str = "", number: int = 0) -> list[DeliveryEntry]:
         query, args = "SELECT * FROM delivery_trail", list[Any]()
         if repo:

@@ -23,7 +23,7 @@ from prevu import labels as lb
 from prevu.config import RepoConfig
 from tests.support.git_repos import ForgeRepo
 from tests.support.timeouts import sleep, within
-from tests.test_previews_e2e import FIXTURES, REPO, Stack, push
+from tests.test_previews_e2e import REPO, Stack, push
 
 pytestmark = pytest.mark.docker
 
@@ -225,14 +225,9 @@ async def test_secrets_env_target_and_the_shared_cache(
         cleanup(docker_client, instance)
 
 
-async def approve(stack: Stack, number: int) -> None:
-    comment = json.loads((FIXTURES / "github/issue_comment-created.json").read_text())
-    comment["issue"]["number"] = number
-    comment["issue"]["pull_request"] = {"url": f"https://api.github.com/repos/x/y/pulls/{number}"}
-    comment["comment"]["body"] = "/preview approve"
-    comment["comment"]["author_association"] = "MEMBER"
-    code, _ = await stack.deliver("issue_comment", json.dumps(comment).encode())
-    assert code == 202
+async def approve(stack: Stack, number: int, sha: str) -> None:
+    # A maintainer's `/preview approve` (tests/test_commands.py) ends in this facade call.
+    assert stack.orchestrator.approve_commit(f"pr-{number}-hello-world", sha, "maria") is None
 
 
 @pytest.mark.parametrize("forks", ["allow", "approve"])
@@ -267,7 +262,7 @@ async def test_what_a_fork_gets(
         if forks == "approve":
             await sleep(0.5)
             assert stack.store.get("pr-31-hello-world").status == "queued"  # type: ignore[union-attr]
-            await approve(stack, 31)
+            await approve(stack, 31, sha)
         await stack.until("pr-31-hello-world", "running", timeout=120)
         host = "pr-31-hello-world.localhost"
         env = env_page((await page(stack, host, "/env"))[1])

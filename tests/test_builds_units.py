@@ -143,7 +143,7 @@ def test_what_a_fork_gets(tmp_path: Path, forks: str) -> None:
     deploy(h, 3, fork=True, forks=forks)
     if forks == "approve":
         assert h.docker.builds == []
-        h.orchestrator.apply(policy.Approve("github", REPO, 3, "maintainer"))
+        assert h.orchestrator.approve_commit("pr-3-shop", SHAS[3], "maintainer") is None
     (build,) = h.docker.builds
     (run,) = h.docker.runs.values()
     assert run.env["FROM_ENV"] == "env"

@@ -14,12 +14,12 @@ from prevu.control.responses import STATUS
 from prevu.errors import RequestRefused
 from prevu.forge import github, gitlab, policy, registry
 from prevu.forge.base import Credentials, Delivery
+from prevu.forge.commands import find_command
 from prevu.forge.events import (
-    ApproveCommand,
+    Command,
     Ignored,
     Ping,
     PullRequestEvent,
-    parse_command,
 )
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -146,28 +146,28 @@ def approve_comment(association: str = "OWNER", text: str = "/preview approve") 
 
 
 def test_github_approve_comment() -> None:
-    """`/preview approve` on a pull request is an ApproveCommand with the association."""
+    """`/preview approve` on a pull request is a Command; the association is not kept."""
     event = github.parse("issue_comment", "d", approve_comment("MEMBER"))
-    assert event == ApproveCommand(
-        "d", "github", "Codertocat/Hello-World", 1, "Codertocat", "MEMBER"
-    )
-    assert isinstance(event, ApproveCommand) and event.trusted
+    assert isinstance(event, Command)
+    assert (event.forge, event.repo, event.number) == ("github", "Codertocat/Hello-World", 1)
+    assert (event.line, event.commenter) == ("/preview approve", "Codertocat")
+    assert event.comment > 0 and event.commenter_id > 0 and event.created_at is not None
 
 
 @pytest.mark.parametrize(
     ("text", "command"),
     [
-        ("/preview approve", "approve"),
-        ("LGTM\n/preview   Approve\nthanks", "approve"),
+        ("/preview approve", "/preview approve"),
+        ("LGTM\n/preview   Approve\nthanks", "/preview   Approve"),
         ("> /preview approve", None),
         ("please /preview approve", None),
-        ("/preview", None),
+        ("/preview", "/preview"),
         ("/previews approve", None),
     ],
 )
 def test_parse_command(text: str, command: str | None) -> None:
     """Only a line starting with /preview carries a command."""
-    assert parse_command(text) == command
+    assert find_command(text) == command
 
 
 @pytest.mark.parametrize(
@@ -256,12 +256,13 @@ def test_gitlab_note_without_command_is_ignored() -> None:
     assert isinstance(gitlab.parse("Note Hook", "u", raw), Ignored)
 
 
-def test_gitlab_approve_note_is_never_trusted() -> None:
-    """GitLab approvals are parsed but untrusted (membership is unknown without the API)."""
+def test_gitlab_approve_note_is_a_command() -> None:
+    """A GitLab note with `/preview approve` is a Command carrying the author's user id."""
     data = fixture("gitlab/note-merge_request.json")
     data["object_attributes"]["note"] = "/preview approve"
     event = gitlab.parse("Note Hook", "u", body(data))
-    assert isinstance(event, ApproveCommand) and not event.trusted
+    assert isinstance(event, Command) and event.commenter == "root"
+    assert event.commenter_id == data["object_attributes"]["author_id"]
 
 
 def test_gitlab_malformed_is_400() -> None:
@@ -320,32 +321,23 @@ def test_policy_fork_under_approve_is_gated() -> None:
     assert isinstance(decision, policy.Deploy) and decision.gate == "approve"
 
 
-def test_policy_gitlab_approve_is_deny_with_a_reason() -> None:
-    """GitLab under forks = approve is treated as deny, and says why."""
+def test_policy_gitlab_fork_under_approve_is_gated() -> None:
+    """GitLab under forks = approve waits for an approval (membership asked of GitLab)."""
     data = fixture("gitlab/merge_request-open.json")
     data["object_attributes"]["source_project_id"] = 99
     event = gitlab.parse("Merge Request Hook", "u", body(data))
     assert isinstance(event, PullRequestEvent)
     decision = policy.decide(Config(), event)
-    assert isinstance(decision, policy.Deny) and "GitLab API" in decision.reason
+    assert isinstance(decision, policy.Deploy) and decision.gate == "approve"
 
 
-@pytest.mark.parametrize(
-    ("association", "expected"),
-    [
-        ("OWNER", policy.Approve),
-        ("MEMBER", policy.Approve),
-        ("COLLABORATOR", policy.Approve),
-        ("CONTRIBUTOR", policy.Skip),
-        ("NONE", policy.Skip),
-        ("FIRST_TIMER", policy.Skip),
-    ],
-)
-def test_policy_only_maintainers_approve(association: str, expected: type) -> None:
-    """Only OWNER, MEMBER and COLLABORATOR comments approve."""
+@pytest.mark.parametrize("association", ["OWNER", "CONTRIBUTOR", "NONE", "FIRST_TIMER"])
+def test_policy_commands_act_whatever_the_association(association: str) -> None:
+    """author_association decides nothing: every command of a listed repo is an Act."""
     event = github.parse("issue_comment", "d", approve_comment(association))
-    assert isinstance(event, ApproveCommand)
-    assert isinstance(policy.decide(config(), event), expected)
+    assert isinstance(event, Command)
+    decision = policy.decide(config(), event)
+    assert isinstance(decision, policy.Act) and decision.command == event
 
 
 def test_policy_late_push_to_a_closed_pr_is_skipped() -> None:
@@ -412,9 +404,9 @@ def test_gitlab_webhook_verification_and_parse_through_the_protocol() -> None:
 
 
 def test_forks_approval_is_the_forges_rule() -> None:
-    """GitHub can trust approvers from the webhook; GitLab cannot yet; local has no forks."""
+    """GitHub and GitLab check approvers with their API; local has no forks."""
     assert registry.FORGES["github"].forge.fork_approval() is None
-    assert "GitLab API" in (registry.FORGES["gitlab"].forge.fork_approval() or "")
+    assert registry.FORGES["gitlab"].forge.fork_approval() is None
     assert registry.FORGES["local"].forge.fork_approval() is None
 
 
@@ -434,20 +426,21 @@ def test_every_outcome_has_one_status() -> None:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ("/preview approve", "ApproveCommand"),
-        ("LGTM\n/Preview APPROVE please", "ApproveCommand"),
+        ("/preview approve", "/preview approve"),
+        ("LGTM\n/Preview APPROVE please", "/Preview APPROVE please"),
+        ("/preview launch", "/preview launch"),
         ("> /preview approve", "comment has no /preview command"),
-        ("/preview", "comment has no /preview command"),
-        ("/preview launch", "unknown command /preview launch"),
+        ("```\n/preview destroy\n```", "comment has no /preview command"),
+        ("<!-- prevu:preview github:a/b#1 -->\n/preview help", "comment written by prevu"),
     ],
 )
-def test_command_event_is_the_one_place_verbs_become_events(body: str, expected: str) -> None:
-    """Both forges hand a comment to `command_event`; only verbs in COMMANDS become events."""
-    from prevu.forge.events import ApproveCommand, Ignored, command_event
+def test_command_event_is_the_one_place_comments_become_commands(body: str, expected: str) -> None:
+    """Both forges hand a comment to `command_event`; verbs are checked when it runs."""
+    from prevu.forge.events import Command, Ignored, command_event
 
     for forge in ("github", "gitlab"):
-        event = command_event("d1", forge, "acme/shop", 7, "maria", "MEMBER", body)
-        if isinstance(event, ApproveCommand):
-            assert expected == "ApproveCommand" and (event.forge, event.number) == (forge, 7)
+        event = command_event("d1", forge, "acme/shop", 7, "maria", body)
+        if isinstance(event, Command):
+            assert event.line == expected and (event.forge, event.number) == (forge, 7)
         else:
             assert isinstance(event, Ignored) and event.reason == expected

@@ -332,7 +332,10 @@ def test_fork_waits_for_approval_then_runs(h: Harness) -> None:
     assert record is not None and record.status == "queued"
     assert "approve" in record.data["detail"]
     assert h.docker.builds == [] and h.git.calls == []
-    h.orchestrator.apply(policy.Approve("github", REPO, 19, "maintainer"))
+    refused = h.orchestrator.approve_commit("pr-19-shop", SHAS[1], "maintainer")
+    assert refused is not None and "does not await approval" in refused
+    assert h.status("pr-19-shop") == "queued", "only the commit awaiting is approved"
+    assert h.orchestrator.approve_commit("pr-19-shop", SHAS[0], "maintainer") is None
     assert h.status("pr-19-shop") == "running"
     h.publish(19, SHAS[1])
     h.deploy(19, SHAS[1], gate="approve", fork=True)

@@ -361,7 +361,8 @@ async def test_rapid_pushes_and_a_bad_repo_config(stack: Stack, docker_client: A
 
 @pytest_twisted.ensureDeferred
 async def test_fork_waits_for_approval_then_runs(stack: Stack) -> None:
-    """A fork PR under forks = "approve" waits; a MEMBER's comment makes it run."""
+    """A fork PR under forks = "approve" waits; a MEMBER association alone approves nothing
+    (without a forge API to ask, the comment is refused); the facade's approval runs it."""
     sha = push(stack.forge, 5, site_files("from a fork\n"))
     code, body = await stack.pull_request("opened", 5, sha, fork=True)
     assert code == 202
@@ -375,6 +376,7 @@ async def test_fork_waits_for_approval_then_runs(stack: Stack) -> None:
     comment["comment"]["body"] = "/preview approve"
     comment["comment"]["author_association"] = "MEMBER"
     code, body = await stack.deliver("issue_comment", json.dumps(comment).encode())
-    assert (code, body["status"]) == (202, "queued")
+    assert (code, body["status"]) == (200, "refused")
+    assert stack.orchestrator.approve_commit("pr-5-hello-world", sha, "maria") is None
     await stack.until("pr-5-hello-world", "running")
     assert await stack.get("pr-5-hello-world.localhost") == (200, b"from a fork\n")

@@ -249,8 +249,8 @@ def test_gitlab_merge_request(client: Client) -> None:
     assert code == 401
 
 
-def test_fork_waits_for_an_approving_comment(client: Client) -> None:
-    """A fork PR waits; a MEMBER's `/preview approve` comment runs it."""
+def test_commands_without_a_runner_are_refused(client: Client) -> None:
+    """Without a forge API to ask, `/preview approve` is refused (200) and nothing runs."""
     publish(client)
     raw = fixture_bytes(
         "github/pull_request-opened.json", pull_request__head__repo__full_name="mallory/Hello-World"
@@ -261,14 +261,12 @@ def test_fork_waits_for_an_approving_comment(client: Client) -> None:
     comment["issue"]["number"] = 2
     comment["issue"]["pull_request"] = {"url": "x"}
     comment["comment"]["body"] = "/preview approve"
-    comment["comment"]["author_association"] = "CONTRIBUTOR"
+    comment["comment"]["author_association"] = "OWNER"
     code, body = client.github("issue_comment", json.dumps(comment).encode(), "b")
-    assert (code, body["status"]) == (200, "ignored")
+    assert (code, body["status"]) == (200, "refused") and "[github] token" in body["reason"]
     assert client.h.status("pr-2-hello-world") == "queued"
-    comment["comment"]["author_association"] = "MEMBER"
-    code, body = client.github("issue_comment", json.dumps(comment).encode(), "c")
-    assert code == 202
-    assert client.h.status("pr-2-hello-world") == "running"
+    [entry] = [e for e in client.h.store.trail if e.delivery == "b"]
+    assert (entry.event, entry.action, entry.decision) == ("comment", "approve", "refused")
 
 
 # --- API ----------------------------------------------------------------------------

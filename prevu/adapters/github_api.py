@@ -2,7 +2,9 @@
 GitHub's REST API for pull request feedback, on treq (I/O edge).
 
 `GithubApi` implements the `ForgeApi` Protocol: issue comments, commit
-statuses, deployments and their statuses, environments. It authenticates with
+statuses, deployments and their statuses, environments, a commenter's
+permission (`may_write`, for `/preview` commands and the dashboard) and
+reactions that acknowledge commands. It authenticates with
 a token, or as a GitHub App (`AppKey`): an RS256 JWT made with PyJWT (`iat` 60 s
 in the past, `exp` 9 minutes ahead: GitHub refuses more than 10 minutes) is
 exchanged for an installation token per repository, cached until 5 minutes
@@ -47,6 +49,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from prevu.backoff import BackoffPolicy, exponential
 from prevu.errors import ConfigError, PrevuError
+from prevu.forge.commands import may_write_github
 
 API_VERSION = "2022-11-28"
 JWT_BACKDATE = 60.0
@@ -59,19 +62,21 @@ TOKEN_MARGIN = 300.0
 
 @frozen(auto_exc=True)
 class ForgeApiError(PrevuError):
-    """GitHub refused a call (`status` 0: no answer at all). Carries no credential."""
+    """The forge refused a call (`status` 0: no answer at all). Carries no credential."""
 
     method: str
     path: str
     status: int
     reason: str
+    forge: str = "GitHub"
 
     def __str__(self) -> str:
-        return f"GitHub {self.method} {self.path}: {self.status or 'no answer'} {self.reason}"
+        answer = self.status or "no answer"
+        return f"{self.forge} {self.method} {self.path}: {answer} {self.reason}"
 
 
 class ForgeUnavailable(ForgeApiError):
-    """GitHub did not answer usefully after every retry (down, rate limited): try later."""
+    """The forge did not answer usefully after every retry (down, rate limited): try later."""
 
 
 @frozen
@@ -104,8 +109,21 @@ class ForgeApi(Protocol):
         """Post a comment; `recover` finds it when a failed attempt made it anyway."""
         ...
 
-    async def edit_comment(self, repo: str, comment: int, body: str) -> bool:
-        """Replace a comment's body; False when it no longer exists."""
+    async def edit_comment(self, repo: str, number: int, comment: int, body: str) -> bool:
+        """Replace the body of comment `comment` on `number`; False when it no longer exists."""
+        ...
+
+    async def may_write(self, repo: str, user: str, user_id: int) -> bool:
+        """
+        True when the forge says `user` (login; `user_id` its numeric id) may
+        write to `repo`: GitHub collaborator `role_name` admin, maintain or
+        write; GitLab access level Developer (30) or above. Never from a
+        webhook's `author_association`.
+        """
+        ...
+
+    async def acknowledge(self, repo: str, number: int, comment: int, ok: bool) -> None:
+        """React to comment `comment` on `number`: 👍 when its command ran, 😕 when refused."""
         ...
 
     async def set_status(
@@ -198,16 +216,28 @@ class _Installation:
     renew_at: float
 
 
-def _retry_delay(headers: Any, body: Any, status: int, now: float) -> float | None:
-    """Seconds the forge asks to wait (None: no say), for a retryable answer."""
+def retry_delay(headers: Any, body: Any, status: int, now: float) -> float | None:
+    """
+    Seconds the forge asks to wait (None: no say), for a retryable answer:
+    `Retry-After`, else the reset of an exhausted rate limit (GitHub's
+    `X-RateLimit-*`, GitLab's `RateLimit-*`: both epoch seconds).
+    """
     after = headers.getRawHeaders(b"retry-after") or []
     if after:
         try:
             return max(0.0, float(after[0].decode()))
         except ValueError:
             pass
-    remaining = headers.getRawHeaders(b"x-ratelimit-remaining") or []
-    reset = headers.getRawHeaders(b"x-ratelimit-reset") or []
+    remaining = (
+        headers.getRawHeaders(b"x-ratelimit-remaining")
+        or headers.getRawHeaders(b"ratelimit-remaining")
+        or []
+    )
+    reset = (
+        headers.getRawHeaders(b"x-ratelimit-reset")
+        or headers.getRawHeaders(b"ratelimit-reset")
+        or []
+    )
     if remaining and remaining[0] == b"0" and reset:
         try:
             return max(0.0, float(reset[0].decode()) - now)
@@ -216,7 +246,8 @@ def _retry_delay(headers: Any, body: Any, status: int, now: float) -> float | No
     return None
 
 
-def _retryable(status: int, headers: Any, body: Any) -> bool:
+def retryable(status: int, headers: Any, body: Any) -> bool:
+    """True for an answer worth retrying: 5xx, 429, and GitHub's rate-limit 403s."""
     if status >= 500 or status == 429:
         return True
     if status == 403:
@@ -353,12 +384,12 @@ class GithubApi:
                 self._tokens.clear()  # revoked or expired early: one fresh token
                 failures += 1
                 continue
-            if not _retryable(status, headers, decoded):
+            if not retryable(status, headers, decoded):
                 raise ForgeApiError(method, path, status, _reason(decoded))
             failures += 1
             if failures >= self.attempts:
                 raise ForgeUnavailable(method, path, status, _reason(decoded))
-            said = _retry_delay(headers, decoded, status, self.clock.seconds())
+            said = retry_delay(headers, decoded, status, self.clock.seconds())
             delay = said if said is not None else self.backoff(failures)
             self.log.warn(
                 "GitHub {method} {path} answered {status}; retry {failures} in {delay:.1f}s",
@@ -452,7 +483,7 @@ class GithubApi:
         )
         return int(made) if isinstance(made, int) else int(made["id"])
 
-    async def edit_comment(self, repo: str, comment: int, body: str) -> bool:
+    async def edit_comment(self, repo: str, number: int, comment: int, body: str) -> bool:
         status, _ = await self._call(
             "PATCH",
             f"/repos/{_path(repo)}/issues/comments/{comment}",
@@ -461,6 +492,38 @@ class GithubApi:
             absent=(404,),
         )
         return status != 404
+
+    async def permission(self, repo: str, login: str) -> str | None:
+        """
+        The `role_name` of `login` on `repo` (`admin`, `maintain`, `write`,
+        `triage`, `read` or a custom role), None when GitHub knows no such
+        user: `GET /repos/{owner}/{repo}/collaborators/{username}/permission`
+        (https://docs.github.com/en/rest/collaborators/collaborators#get-repository-permissions-for-a-user).
+        """
+        status, body = await self._call(
+            "GET",
+            f"/repos/{_path(repo)}/collaborators/{quote(login, safe='')}/permission",
+            repo=repo,
+            absent=(404,),
+        )
+        if status == 404 or not isinstance(body, dict):
+            return None
+        role = body.get("role_name") or body.get("permission")
+        return str(role) if role else None
+
+    async def may_write(self, repo: str, user: str, user_id: int = 0) -> bool:
+        """True when `user` (a GitHub login) has write access to `repo` (see `permission`)."""
+        return may_write_github(await self.permission(repo, user))
+
+    async def acknowledge(self, repo: str, number: int, comment: int, ok: bool) -> None:
+        # https://docs.github.com/en/rest/reactions/reactions#create-reaction-for-an-issue-comment
+        await self._call(
+            "POST",
+            f"/repos/{_path(repo)}/issues/comments/{comment}/reactions",
+            {"content": "+1" if ok else "confused"},
+            repo=repo,
+            ok=(200, 201),
+        )
 
     async def set_status(
         self, repo: str, sha: str, state: str, description: str, target_url: str, context: str

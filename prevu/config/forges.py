@@ -11,7 +11,7 @@ from attrs import frozen
 from prevu.config.reader import Table
 
 FEEDBACK_KINDS = ("comment", "status", "deployment")
-"""What prevu may publish on a pull request: `[github] feedback` (docs/forge.md)."""
+"""What prevu may publish on a pull request: `[github]`/`[gitlab] feedback` (docs/forge.md)."""
 
 
 @frozen
@@ -43,6 +43,28 @@ class GitlabConfig:
     webhook_token: str | None = None
     token: str | None = None
     url: str = "https://gitlab.com"
+    """The GitLab instance; its API is `<url>/api/v4`."""
+    feedback: tuple[str, ...] = FEEDBACK_KINDS
+    """MR note ("comment"), commit status ("status"), environment ("deployment")."""
+
+    @property
+    def credential(self) -> bool:
+        """True when prevu can call GitLab's API (`[gitlab] token`)."""
+        return bool(self.token)
+
+    @property
+    def publishing(self) -> tuple[str, ...]:
+        """The feedback kinds to publish: none without a token (docs/forge.md)."""
+        return self.feedback if self.credential else ()
+
+
+def _feedback(t: Table) -> tuple[str, ...]:
+    kinds = t.strings("feedback") if t.has("feedback") else FEEDBACK_KINDS
+    for kind in kinds:
+        if kind not in FEEDBACK_KINDS:
+            choices = ", ".join(f'"{k}"' for k in FEEDBACK_KINDS)
+            raise t.error("feedback", f"unknown kind {kind!r}; use {choices}")
+    return kinds
 
 
 def parse_github(t: Table) -> GithubConfig:
@@ -53,12 +75,8 @@ def parse_github(t: Table) -> GithubConfig:
         api_url=t.url("api_url", GithubConfig().api_url).rstrip("/"),
         app_id=t.integer("app_id", 0, minimum=1) if t.has("app_id") else None,
         private_key_file=t.optional_string("private_key_file"),
-        feedback=t.strings("feedback") if t.has("feedback") else FEEDBACK_KINDS,
+        feedback=_feedback(t),
     )
-    for kind in config.feedback:
-        if kind not in FEEDBACK_KINDS:
-            choices = ", ".join(f'"{k}"' for k in FEEDBACK_KINDS)
-            raise t.error("feedback", f"unknown kind {kind!r}; use {choices}")
     if (config.app_id is None) != (config.private_key_file is None):
         raise t.error("app_id", "a GitHub App needs both app_id and private_key_file")
     t.finish()
@@ -71,6 +89,7 @@ def parse_gitlab(t: Table) -> GitlabConfig:
         webhook_token=t.secret("webhook_token"),
         token=t.secret("token"),
         url=t.url("url", GitlabConfig().url).rstrip("/"),
+        feedback=_feedback(t),
     )
     t.finish()
     return config

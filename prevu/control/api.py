@@ -17,11 +17,15 @@ HTTP answers.
   its commit again, run `[data] on_push` then `seed` (202; docs/data.md).
 - `DELETE /api/previews/{id}` — tear the preview down (202; listed as stopped).
 - `POST /api/previews` — `prevu up`: `{"repo", "branch", "sha", "clone_url"}` (202).
+- `POST /api/previews/{id}/keep` — never remove it for being idle (200, `keep_until: "forever"`).
+- `POST /api/previews/{id}/extend` — `{"by": "3d"}`: keep it at least that much longer
+  (200, `keep_until` ISO 8601); the same facade as `/preview keep` and `/preview extend`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -46,6 +50,7 @@ from prevu.orchestrator.engine import Receipt
 from prevu.orchestrator.metrics import Metrics
 from prevu.ports import DeliveryEntry, LogLine, PreviewRecord, Store, UnverifiedDelivery
 from prevu.revisions import SHA_PATTERN
+from prevu.units import parse_duration
 
 SHA = re.compile(SHA_PATTERN)
 REPO = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
@@ -72,6 +77,10 @@ class PreviewOperations(Protocol):
     def gauges(self) -> list[tuple[str, Any, float]]: ...
 
     def watch(self, callback: Callable[[PreviewRecord], None]) -> Callable[[], None]: ...
+
+    def keep(self, preview: str) -> float | None: ...
+
+    def extend(self, preview: str, seconds: float) -> float | None: ...
 
 
 class RunLogs(Protocol):
@@ -222,6 +231,33 @@ class PreviewsApi:
         self._record(preview)
         self.orchestrator.destroy(preview, "deleted through the API")
         return json_answer("accepted", preview_json(self._record(preview)))
+
+    def _kept(self, preview: str, until: float | None) -> Answer:
+        if until is None:
+            raise RequestRefused("not_found", f"no preview {preview!r}")
+        shown = "forever" if math.isinf(until) else _iso(until)
+        return json_answer("ok", {**preview_json(self._record(preview)), "keep_until": shown})
+
+    def keep(self, request: Request, preview: str) -> Answer:
+        """`POST /api/previews/{id}/keep`: never removed for being idle (issue 16)."""
+        self.authorize(request)
+        self._record(preview)
+        return self._kept(preview, self.orchestrator.keep(preview))
+
+    def extend(self, request: Request, preview: str) -> Answer:
+        """`POST /api/previews/{id}/extend` with `{"by": "3d"}`: kept at least that longer."""
+        self.authorize(request)
+        self._record(preview)
+        content: Any = request.content
+        try:
+            data = json.loads(content.read(1 << 16) if content is not None else b"")
+            seconds = parse_duration(str(data["by"]))
+        except (ValueError, TypeError, KeyError):
+            reason = 'expected {"by": "<duration>"}, such as "3d"'
+            raise RequestRefused("malformed", reason) from None
+        if not 0 < seconds < math.inf:
+            raise RequestRefused("malformed", "by must be a positive duration")
+        return self._kept(preview, self.orchestrator.extend(preview, seconds))
 
     def create(self, request: Request) -> Answer:
         """`prevu up`: deploy a branch of a repository the server can read."""

@@ -199,6 +199,14 @@ class ControlApp:
     def api_reset(self, request: Request, preview: str) -> bytes:
         return send(request, _need(self.previews, "the API").reset(request, preview))
 
+    @app.route("/api/previews/<preview>/keep", methods=["POST"])
+    def api_keep(self, request: Request, preview: str) -> bytes:
+        return send(request, _need(self.previews, "the API").keep(request, preview))
+
+    @app.route("/api/previews/<preview>/extend", methods=["POST"])
+    def api_extend(self, request: Request, preview: str) -> bytes:
+        return send(request, _need(self.previews, "the API").extend(request, preview))
+
     @app.route("/previews/<preview>", methods=["GET"])
     def preview_page(self, request: Request, preview: str) -> Deferred[bytes] | bytes:
         visible = self._reviewer(request, f"/previews/{preview}")

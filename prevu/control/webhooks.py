@@ -11,7 +11,9 @@ the forge redelivers it (GitHub's "Redeliver" is the user's recovery tool). What
 differs between forges lives in `prevu/forge/<name>.py`; this module knows
 none by name. Outcomes (the control app maps them to SPEC §4's codes):
 
-- `accepted` (202) with a JSON body once the job is queued;
+- `accepted` (202) with a JSON body once the job is queued, or a `/preview`
+  command handed to the command runner (its permission check and its run
+  happen after the answer; the delivery's outcome is filled in then);
 - `ok` (200) for pings, ignored events and redelivered ids or bodies (no-ops);
 - `unauthenticated` (401) bad or missing signature/token; `forbidden` (403)
   when the forge's webhooks are not configured; `not_found` (404) for a forge
@@ -35,7 +37,7 @@ from prevu.control.responses import STATUS, Answer, header, json_answer
 from prevu.errors import RequestRefused
 from prevu.forge import policy
 from prevu.forge.base import Delivery, Forge
-from prevu.forge.events import ApproveCommand, ForgeEvent, Ignored, Ping, PullRequestEvent
+from prevu.forge.events import Command, ForgeEvent, Ignored, Ping, PullRequestEvent
 from prevu.forge.registry import webhook_forge
 from prevu.orchestrator.metrics import Metrics
 from prevu.ports import Decision, DeliveryEntry, UnverifiedDelivery
@@ -115,6 +117,8 @@ class Webhooks:
     """Epoch seconds of the delivery records."""
     installations: Callable[[str, int], None] | None = None
     """Told (repo, installation id) of each verified GitHub App delivery (saves a look-up)."""
+    commands: Callable[[Command], None] | None = None
+    """Runs a `/preview` command in the background (`CommandRunner.submit`); None: refused."""
 
     def receive(self, request: Request, name: str) -> Answer:
         """POST /webhooks/<name>."""
@@ -168,8 +172,10 @@ class Webhooks:
             pr = event.pull_request
             kind, action = "pull_request", event.raw_action or event.action
             repo, number, sha = pr.repo, pr.number, pr.sha
-        elif isinstance(event, ApproveCommand):
-            kind, action, repo, number = "comment", "approve", event.repo, event.number
+        elif isinstance(event, Command):
+            words = event.line.split()
+            verb = words[1].lower()[:40] if len(words) > 1 else ""
+            kind, action, repo, number = "comment", verb, event.repo, event.number
         elif isinstance(event, Ping):
             kind = "ping"
         entry = DeliveryEntry(
@@ -217,6 +223,8 @@ class Webhooks:
             body = {"status": "duplicate", "reason": "already handled", "delivery": delivery}
             return self._answer(name, "duplicate", body, False)
         decision = policy.decide(self.config, event)
+        if isinstance(decision, policy.Act):
+            return self._command(name, decision.command, keys)
         try:
             receipt = self.orchestrator.apply(decision)
         except Exception as error:
@@ -245,4 +253,26 @@ class Webhooks:
             "url": receipt.url,
             "delivery": delivery,
         }
+        return self._answer(name, "queued", body, True)
+
+    def _command(self, name: str, command: Command, keys: tuple[str, ...]) -> Answer:
+        """Hand a `/preview` command to the runner and answer 202 at once."""
+        body: dict[str, Any]
+        if self.commands is None:
+            reason = f"/preview commands need the {name} API: set [{name}] token"
+            self._record(name, command, "refused", reason)
+            body = {"status": "refused", "reason": reason, "delivery": command.delivery}
+            return self._answer(name, "refused", body, False)
+        self._record(name, command, "queued", "command")
+        for key in keys:
+            self.store.remember_delivery(key)
+        self.commands(command)
+        self.log.info(
+            "{forge} delivery {delivery}: {line} by {commenter} queued",
+            forge=name,
+            delivery=command.delivery,
+            line=command.line,
+            commenter=command.commenter,
+        )
+        body = {"status": "queued", "command": command.line, "delivery": command.delivery}
         return self._answer(name, "queued", body, True)

@@ -50,11 +50,21 @@ def _duration(seconds: float) -> str:
     return f"{whole // 60}m {whole % 60:02d}s" if whole >= 60 else f"{whole}s"
 
 
-def render(view: View, links: Links, mark: str, log_tail: Sequence[str] | None = None) -> str:
+def render(
+    view: View | None,
+    links: Links,
+    mark: str,
+    log_tail: Sequence[str] | None = None,
+    replies: Sequence[str] = (),
+) -> str:
     """
     The comment's Markdown for `view`. `log_tail` (already masked) is shown on
-    failure when given; otherwise the logs link stands in for it.
+    failure when given; otherwise the logs link stands in for it. `replies`,
+    the answers to the last `/preview` commands, close it; with no view (a
+    command on a pull request without a preview) they are all it shows.
     """
+    if view is None:
+        return "\n".join([mark, "### prevu", "", *_replies(replies)]).rstrip() + "\n"
     lines = [mark, f"### {_TITLES[view.state]}", ""]
     rows = [("Commit", f"`{view.short}`")]
     if view.state == "running":
@@ -82,7 +92,18 @@ def render(view: View, links: Links, mark: str, log_tail: Sequence[str] | None =
     if view.state in ("removed", "expired"):
         reason = f" ({_inline(view.reason)})" if view.reason else ""
         lines.append(f"The preview was removed{reason}.")
+    lines += _replies(replies)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _replies(replies: Sequence[str]) -> list[str]:
+    if not replies:
+        return []
+    return (
+        ["", "<details open><summary>Commands</summary>", ""]
+        + [f"- {_inline(reply)}" for reply in replies]
+        + ["</details>"]
+    )
 
 
 def _inline(text: str) -> str:

@@ -47,6 +47,12 @@ class PrFeedback:
     environment_removed: bool = False
     closed_at: float | None = None
     """When the pull request was seen closed (its entry is pruned a week later)."""
+    replies: list[str] = field(factory=list)
+    """The answers to the last `/preview` commands, newest last, shown in the comment."""
+    shown_sha: str = ""
+    """The head the published comment shows (pins `/preview approve` without a SHA)."""
+    shown_at: float | None = None
+    """When the published comment first showed `shown_sha` (epoch seconds)."""
 
     @property
     def key(self) -> str:

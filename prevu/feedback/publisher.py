@@ -4,11 +4,12 @@ writes and makes the pull request show it, converging on what is wanted.
 
 `on_record` (called on the reactor thread by `Orchestrator.watch`) only
 computes the new view (`prevu.feedback.view`) and notes what is wanted; it
-never waits for GitHub, so a webhook's answer and a preview's deployment
-never depend on the forge. A worker per pull request then publishes the
+never waits for the forge (GitHub, GitLab), so a webhook's answer and a
+preview's deployment never depend on it. A worker per pull request then publishes the
 difference between wanted and published: the sticky comment (created once,
 edited only when its body changes, which the visible-state rule keeps rare),
-commit statuses and deployment statuses. When GitHub fails after the API
+commit statuses and deployment statuses, and the answers to `/preview`
+commands (`reply`) in the comment. When the forge fails after the API
 client's own retries, the worker tries again later with the backoff policy;
 wanted and published are kept in `FeedbackMemory`, so a restart republishes
 whatever was not yet shown.
@@ -32,13 +33,15 @@ from prevu.masking import Masker
 from prevu.ports import PreviewRecord
 
 TAIL_LINES = 20
+REPLIES_KEPT = 5
 
 
 @define(eq=False)
 class Publisher:
     """
     Publishes the feedback `kinds` ("comment", "status", "deployment") of
-    GitHub previews through `api`. `read_tail(preview, n)` answers the last
+    the previews of `forge` (GitHub, GitLab) through `api`; the publishers of
+    several forges share one `memory`. `read_tail(preview, n)` answers the last
     `n` log lines; `mask` hides secrets in them; `comment_logs(repo)` answers
     the `[[repos]] comment_logs` setting (None: only for private repositories).
     """
@@ -81,6 +84,7 @@ class Publisher:
         if item is None:
             item = PrFeedback(record.forge, record.repo, record.number, record.id)
             self.memory.items[key] = item
+        item.preview = record.id  # a command's reply may have come before the preview
         before = item.view
         view = vw.next_view(record, before, self.clock.seconds())
         item.view = view
@@ -93,6 +97,10 @@ class Publisher:
             self._want_commit(item, view, links, before)
         item.remove_environment = view.state in ("removed", "expired")
         if not item.remove_environment:
+            if item.environment_removed:
+                # Reopened: the environment was deleted (GitHub) or stopped
+                # (GitLab); its deployments are looked up or made again.
+                item.deployment_ids.clear()
             item.environment_removed = False
         item.closed_at = self.clock.seconds() if item.remove_environment else None
         self.kick(key)
@@ -120,12 +128,34 @@ class Publisher:
         if deployment is not None and (deployment != "inactive" or view.sha in item.deployments):
             item.deployments[view.sha] = deployment
 
+    def reply(self, forge: str, repo: str, number: int, preview: str, line: str) -> None:
+        """
+        Show `line` (the answer to a `/preview` command) in the pull request's
+        comment, among the last `REPLIES_KEPT`; publish soon. Never raises.
+        """
+        if forge != self.forge or "comment" not in self.kinds:
+            return
+        key = key_of(forge, repo, number)
+        item = self.memory.items.get(key)
+        if item is None:
+            item = self.memory.items[key] = PrFeedback(forge, repo, number, preview)
+        item.replies = [*item.replies, self.mask(line)][-REPLIES_KEPT:]
+        self.kick(key)
+
+    def shown(self, forge: str, repo: str, number: int) -> tuple[str, float] | None:
+        """The head the published comment shows and since when (epoch seconds), or None."""
+        item = self.memory.items.get(key_of(forge, repo, number))
+        if item is None or not item.shown_sha or item.shown_at is None:
+            return None
+        return item.shown_sha, item.shown_at
+
     # --- published ------------------------------------------------------------------
 
     def start(self) -> None:
         """Republish what the memory says was wanted but not shown (after a restart)."""
-        for key in list(self.memory.items):
-            self.kick(key)
+        for key, item in list(self.memory.items.items()):
+            if item.forge == self.forge:  # one memory is shared by every forge's publisher
+                self.kick(key)
 
     def stop(self) -> None:
         """Cancel pending retries and write the memory now (shutdown)."""
@@ -205,6 +235,8 @@ class Publisher:
 
     async def _publish(self, item: PrFeedback) -> None:
         if item.view is None:
+            if item.replies and "comment" in self.kinds:
+                await self._comment(item)
             return
         # Each kind on its own: a credential without one permission still gets the others.
         failed: ForgeApiError | None = None
@@ -232,17 +264,16 @@ class Publisher:
                 item.statuses_published[sha] = wanted
 
     async def _comment(self, item: PrFeedback) -> None:
-        assert item.view is not None
         view = item.view
         links = cm.Links.for_preview(self.public_url, item.preview)
         tail: list[str] | None = None
-        if view.state == "failed" and item.tail:
+        if view is not None and view.state == "failed" and item.tail:
             show = self.comment_logs(item.repo)
             if show is None:
                 show = await self.api.repository_private(item.repo)
             tail = item.tail if show else None
         mark = cm.marker(item.forge, item.repo, item.number)
-        body = cm.render(view, links, mark, tail)
+        body = cm.render(view, links, mark, tail, item.replies)
         if body == item.body:
             return
 
@@ -255,20 +286,23 @@ class Publisher:
 
         if item.comment is None:
             item.comment = await find()
-        if item.comment is not None and await self.api.edit_comment(item.repo, item.comment, body):
+        edit = self.api.edit_comment
+        if item.comment is not None and await edit(item.repo, item.number, item.comment, body):
             what = "edited"
         else:
             # `find` before a re-send: a create that failed may have made it (502 after create).
             item.comment = await self.api.create_comment(item.repo, item.number, body, find)
             what = "created"
         item.body = body
+        if view is not None and view.sha != item.shown_sha:
+            item.shown_sha, item.shown_at = view.sha, self.clock.seconds()
         self._save_soon()
         self.log.info(
             "comment {what} on {repo}#{number}: {state}",
             what=what,
             repo=item.repo,
             number=item.number,
-            state=view.state,
+            state=view.state if view is not None else "commands",
         )
 
     async def _deployments(self, item: PrFeedback) -> None:

@@ -14,7 +14,8 @@ take (docs/forge.md shows each).
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Any, Literal
 
 from attrs import frozen
 
@@ -59,11 +60,21 @@ class View:
         return (self.state, self.sha, self.url, self.reason, self.duration, self.superseded)
 
 
+def _stored_state(record: PreviewRecord) -> dict[str, Any]:
+    """The lifecycle state JSON of the record (`prevu.orchestrator.records`), or {}."""
+    try:
+        state = json.loads(record.data.get("state") or "{}")
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def _visible(record: PreviewRecord, previous: View | None) -> Visible:
     if record.closed:
         note = (record.data.get("detail") or "").lower()
         return "expired" if "expire" in note or "ttl" in note else "removed"
-    if "awaiting" in record.data:
+    # Records of release 7ee9a63 kept `awaiting` flat; later ones in the state JSON.
+    if "awaiting" in record.data or _stored_state(record).get("awaiting"):
         return "awaiting"
     same_sha = previous is not None and previous.sha == record.sha
     was_running = same_sha and previous is not None and previous.state == "running"

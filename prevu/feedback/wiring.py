@@ -1,7 +1,9 @@
 """
-Wiring of GitHub feedback for `build_previews`: the API client for the
-configured credential, the masker of every secret prevu holds, the
-publisher, and a service that subscribes it to the orchestrator's records.
+Wiring of forge feedback and commands for `build_previews`: the API clients
+for the configured credentials (GitHub token or App, GitLab token), the
+masker of every secret prevu holds, one publisher per forge (sharing one
+memory file), services that subscribe them to the orchestrator's records,
+and the `/preview` command runner (`build_forges`).
 
 Start-up says once what it does: feedback off without a credential, the App
 chosen over a token when both are given, and a warning when `public_url` is
@@ -19,8 +21,10 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-from prevu.adapters.github_api import AppKey, GithubApi, load_private_key
+from prevu.adapters.github_api import AppKey, ForgeApi, GithubApi, load_private_key
+from prevu.adapters.gitlab_api import GitlabApi
 from prevu.config import Config
+from prevu.feedback.commands import CommandRunner, Facade, Replies
 from prevu.feedback.memory import FeedbackMemory
 from prevu.feedback.publisher import Publisher
 from prevu.masking import Masker, masker
@@ -30,7 +34,7 @@ log = Logger(namespace="prevu.feedback")
 
 
 class FeedbackService(Service):
-    """Subscribes the publisher to the orchestrator's records while running."""
+    """Subscribes the publisher (of one forge) to the orchestrator's records while running."""
 
     def __init__(
         self,
@@ -118,17 +122,65 @@ def github_api(config: Config, reactor: Any) -> GithubApi | None:
     return None
 
 
+def gitlab_api(config: Config, reactor: Any) -> GitlabApi | None:
+    """The GitLab API client of `config` (`[gitlab] url` and `token`); None without a token."""
+    gitlab = config.gitlab
+    if not gitlab.token:
+        return None
+    return GitlabApi(reactor, reactor, gitlab.url, gitlab.token)
+
+
+def _publisher(
+    config: Config,
+    reactor: Any,
+    store: Store,
+    api: ForgeApi,
+    forge: str,
+    kinds: tuple[str, ...],
+    memory: FeedbackMemory | None,
+    extra: tuple[str, ...] = (),
+) -> Publisher:
+    if loopback(config.server.public_host):
+        log.warn(
+            "{forge} feedback is on but public_url {url} is loopback: links in pull requests "
+            "will not open for reviewers",
+            forge=forge,
+            url=config.server.public_url,
+        )
+
+    def comment_logs(repo: str) -> bool | None:
+        listed = config.repo(repo)
+        return listed.comment_logs if listed is not None else None
+
+    if memory is None:
+        memory = FeedbackMemory.load(os.path.abspath(config.server.state_dir))
+    log.info("{forge} feedback on: {kinds}", forge=forge, kinds=", ".join(kinds))
+    return Publisher(
+        api=api,
+        clock=reactor,
+        memory=memory,
+        public_url=config.server.public_url,
+        kinds=kinds,
+        read_tail=tail_reader(store),
+        mask=secrets_of(config, extra),
+        comment_logs=comment_logs,
+        forge=forge,
+    )
+
+
 def build_feedback(
     config: Config,
     reactor: Any,
     watch: Callable[[Callable[[PreviewRecord], None]], Callable[[], None]],
     store: Store,
     api: GithubApi | None = None,
+    memory: FeedbackMemory | None = None,
 ) -> FeedbackService | None:
     """
-    The feedback service for `config`, or None when GitHub feedback is off
-    (no credential, or `[github] feedback = []`). `api` replaces the client
-    made from the config (tests and the bench point it at the fake).
+    The GitHub feedback service for `config`, or None when GitHub feedback
+    is off (no credential, or `[github] feedback = []`). `api` replaces the
+    client made from the config (tests and the bench point it at the fake);
+    `memory` is shared with the other forges' publishers.
 
     :raises ConfigError: for an unreadable or group/other-readable App key.
     """
@@ -141,30 +193,70 @@ def build_feedback(
         return None
     if api is None:
         api = github_api(config, reactor)
-    extra = (api.app.pem,) if api is not None and api.app is not None else ()
     if api is None:
         return None
-    public_host = config.server.public_host
-    if loopback(public_host):
-        log.warn(
-            "GitHub feedback is on but public_url {url} is loopback: links in pull requests "
-            "will not open for reviewers",
-            url=config.server.public_url,
-        )
-
-    def comment_logs(repo: str) -> bool | None:
-        listed = config.repo(repo)
-        return listed.comment_logs if listed is not None else None
-
-    publisher = Publisher(
-        api=api,
-        clock=reactor,
-        memory=FeedbackMemory.load(os.path.abspath(config.server.state_dir)),
-        public_url=config.server.public_url,
-        kinds=github.publishing,
-        read_tail=tail_reader(store),
-        mask=secrets_of(config, extra),
-        comment_logs=comment_logs,
-    )
-    log.info("GitHub feedback on: {kinds}", kinds=", ".join(github.publishing))
+    extra = (api.app.pem,) if api.app is not None else ()
+    publisher = _publisher(config, reactor, store, api, "github", github.publishing, memory, extra)
     return FeedbackService(publisher, watch)
+
+
+def build_gitlab_feedback(
+    config: Config,
+    reactor: Any,
+    watch: Callable[[Callable[[PreviewRecord], None]], Callable[[], None]],
+    store: Store,
+    api: GitlabApi | None = None,
+    memory: FeedbackMemory | None = None,
+) -> FeedbackService | None:
+    """
+    The GitLab feedback service (MR note, commit statuses, environment), or
+    None without `[gitlab] token` or with `[gitlab] feedback = []`. `api`
+    replaces the client made from the config (tests point it at the fake).
+    """
+    gitlab = config.gitlab
+    if not gitlab.credential:
+        log.info("GitLab feedback off: no [gitlab] token is configured")
+        return None
+    if not gitlab.publishing:
+        log.info("GitLab feedback off: [gitlab] feedback is empty")
+        return None
+    api = api or gitlab_api(config, reactor)
+    if api is None:
+        return None
+    publisher = _publisher(config, reactor, store, api, "gitlab", gitlab.publishing, memory)
+    return FeedbackService(publisher, watch)
+
+
+def build_forges(
+    config: Config,
+    reactor: Any,
+    orchestrator: Facade,
+    watch: Callable[[Callable[[PreviewRecord], None]], Callable[[], None]],
+    store: Store,
+    github: GithubApi | None = None,
+    gitlab: GitlabApi | None = None,
+) -> tuple[list[FeedbackService], CommandRunner]:
+    """
+    Feedback of every forge (one shared memory) and the `/preview` command
+    runner, whose permission checks use the same API clients. `github` and
+    `gitlab` replace the clients made from the config.
+    """
+    github = github or github_api(config, reactor)
+    gitlab = gitlab or gitlab_api(config, reactor)
+    memory = FeedbackMemory.load(os.path.abspath(config.server.state_dir))
+    services = [
+        service
+        for service in (
+            build_feedback(config, reactor, watch, store, github, memory),
+            build_gitlab_feedback(config, reactor, watch, store, gitlab, memory),
+        )
+        if service is not None
+    ]
+    apis: dict[str, ForgeApi] = {}
+    if github is not None:
+        apis["github"] = github
+    if gitlab is not None:
+        apis["gitlab"] = gitlab
+    replies: dict[str, Replies] = {s.publisher.forge: s.publisher for s in services}
+    runner = CommandRunner(orchestrator, apis, replies, store.fill_outcome)
+    return services, runner

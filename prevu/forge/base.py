@@ -93,8 +93,9 @@ class Forge(Protocol):
 
     def fork_approval(self) -> str | None:
         """
-        None when `forks = "approve"` can be honoured (a comment's author can be
-        trusted from the webhook alone); else why such fork pull requests are denied.
+        None when `forks = "approve"` can be honoured (a maintainer's
+        `/preview approve` can be checked with the forge's permission API);
+        else why such fork pull requests are denied.
         """
         ...
 

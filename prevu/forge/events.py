@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from attrs import field, frozen, validators
 
+from prevu.forge.commands import find_command
 from prevu.revisions import SHA_PATTERN
 
 ForgeName = str
@@ -34,8 +35,6 @@ Normalised pull request actions:
 - `close`: GitHub `closed` (merged or not), GitLab `close`/`merge`;
 - `labels`: GitHub `labeled`/`unlabeled` (matters with `trigger = "label"`).
 """
-
-TRUSTED_ASSOCIATIONS = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
 
 
 @frozen
@@ -115,25 +114,30 @@ class PullRequestEvent:
 
 
 @frozen
-class ApproveCommand:
+class Command:
     """
-    A `/preview approve` comment on a pull request.
+    A `/preview` comment on a pull request (GitHub `issue_comment` created on
+    a pull request, GitLab `Note Hook` created on a merge request).
 
-    `association` is the commenter's relation to the repository as the forge
-    reports it (GitHub: OWNER, MEMBER, COLLABORATOR, CONTRIBUTOR, NONE, ...).
+    `line` is the command line as written (`/preview extend 3d`), found
+    outside quotes and code (`prevu.forge.commands.find_command`); it is
+    parsed when the command runs, so that a bad one gets a reply. Who may
+    run it is asked of the forge then, never read from the webhook
+    (`author_association` says nothing about write access). `commenter_id`
+    is the forge's numeric user id (GitLab's members API needs it),
+    `comment` the comment's id (for a reaction), `created_at` when it was
+    written (epoch seconds; pins `/preview approve` to the head shown then).
     """
 
     delivery: str
     forge: ForgeName
     repo: str
     number: int
+    line: str
     commenter: str
-    association: str
-
-    @property
-    def trusted(self) -> bool:
-        """True when the commenter may approve previews of fork pull requests."""
-        return self.association.upper() in TRUSTED_ASSOCIATIONS
+    commenter_id: int = 0
+    comment: int = 0
+    created_at: float | None = None
 
 
 @frozen
@@ -153,11 +157,11 @@ class Ignored:
     reason: str
 
 
-ForgeEvent = PullRequestEvent | ApproveCommand | Ping | Ignored
+ForgeEvent = PullRequestEvent | Command | Ping | Ignored
 
 
-COMMANDS = ("approve",)
-"""The `/preview` verbs prevu understands; each has its event type in `command_event`."""
+OWN_MARKER = "<!-- prevu:"
+"""Comments carrying it were written by prevu (the sticky comment); they never run."""
 
 
 def command_event(
@@ -166,31 +170,24 @@ def command_event(
     repo: str,
     number: int,
     commenter: str,
-    association: str,
     body: str,
-) -> ApproveCommand | Ignored:
+    *,
+    commenter_id: int = 0,
+    comment: int = 0,
+    created_at: float | None = None,
+) -> Command | Ignored:
     """
-    The event of a `/preview` comment on pull request `number`, or `Ignored`
-    (no command, or a verb not in `COMMANDS`). The one place that turns a
-    verb into an event: each forge only finds the comment's fields.
+    The event of a comment on pull request `number`: a `Command` when it has
+    a `/preview` line outside quotes and code, else `Ignored`. The one place
+    that turns a comment into a command: each forge only finds its fields;
+    verbs and their arguments are checked when the command runs (so that a
+    bad one gets a reply).
     """
-    command = parse_command(body)
-    if command is None:
+    if OWN_MARKER in body:
+        return Ignored(delivery, forge, "comment written by prevu")
+    line = find_command(body)
+    if line is None:
         return Ignored(delivery, forge, "comment has no /preview command")
-    if command not in COMMANDS:
-        return Ignored(delivery, forge, f"unknown command /preview {command}")
-    return ApproveCommand(delivery, forge, repo, number, commenter, association)
-
-
-def parse_command(body: str) -> str | None:
-    """
-    The `/preview` command in a comment body (`approve`, ...), or None.
-
-    Only a line that starts with `/preview` counts, so quoting a command in a
-    reply (`> /preview approve`) does not repeat it.
-    """
-    for line in body.splitlines():
-        words = line.strip().split()
-        if len(words) >= 2 and words[0].lower() == "/preview":
-            return words[1].lower()
-    return None
+    return Command(
+        delivery, forge, repo, number, line, commenter, commenter_id, comment, created_at
+    )

@@ -5,8 +5,8 @@ Pure core. `verify_signature` checks `X-Hub-Signature-256` (an HMAC-SHA256 of
 the raw body with the webhook secret) in constant time; `parse` turns a
 verified body into a typed event or raises `RequestRefused("malformed", ...)`.
 `GitHub` is this forge behind the `prevu.forge.base.Forge` Protocol: clones
-authenticate as `x-access-token` with `[github] token`, and a comment's
-`author_association` lets `forks = "approve"` trust maintainers.
+authenticate as `x-access-token` with `[github] token`; `/preview` comments
+become `Command`s whose author's permission is asked of GitHub when they run.
 """
 
 from __future__ import annotations
@@ -112,20 +112,25 @@ def pull_request(data: Mapping[str, Any]) -> PullRequest:
 
 
 def _comment(delivery: str, data: Mapping[str, Any]) -> ForgeEvent:
+    # Only `created` runs: an edited comment never does (its command was read, or
+    # the edit would let anyone who can edit a comment re-run a maintainer's).
     if data["action"] != "created":
         return Ignored(delivery, "github", f"issue_comment action {data['action']!r} is not used")
     issue = data["issue"]
     if not issue.get("pull_request"):
         return Ignored(delivery, "github", "comment on an issue, not a pull request")
     comment = data["comment"]
+    user = comment["user"]
     return command_event(
         delivery,
         "github",
         repo=str(data["repository"]["full_name"]),
         number=int(issue["number"]),
-        commenter=str(comment["user"]["login"]),
-        association=str(comment.get("author_association") or "NONE"),
+        commenter=str(user["login"]),
         body=str(comment.get("body") or ""),
+        commenter_id=int(user.get("id") or 0),
+        comment=int(comment.get("id") or 0),
+        created_at=forge_time(comment.get("created_at")),
     )
 
 

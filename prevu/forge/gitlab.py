@@ -3,8 +3,9 @@ GitLab webhooks: token check and parsing.
 
 Pure core. GitLab sends the configured secret as `X-Gitlab-Token`; it is
 compared in constant time. Merge Request Hooks become pull request events,
-Note Hooks with `/preview approve` become approve commands (which the policy
-turns down until membership can be checked through the GitLab API).
+Note Hooks on merge requests with a `/preview` line become commands, whose
+author's membership is asked of GitLab's API when they run (so
+`forks = "approve"` works: a Developer or above approves).
 `GitLab` is this forge behind the `prevu.forge.base.Forge` Protocol: clones
 authenticate as `oauth2` with `[gitlab] token` (GitLab documents `oauth2` as
 the user name for OAuth tokens over HTTPS, and personal, project and group
@@ -96,19 +97,33 @@ def merge_request(data: Mapping[str, Any]) -> PullRequest:
 
 
 def _note(delivery: str, data: Mapping[str, Any]) -> ForgeEvent:
+    # Comment events: https://docs.gitlab.com/ee/user/project/integrations/webhook_events.html#comment-events
+    # `object_attributes.action` is `create` or `update` (GitLab 17.0+, MR
+    # !147856); an edit never runs.
     attributes = data["object_attributes"]
     if attributes.get("noteable_type") != "MergeRequest":
         return Ignored(delivery, "gitlab", "note is not on a merge request")
+    action = attributes.get("action")
+    if action is None:
+        # GitLab 16.x fired on edits before it said which: a note changed after
+        # it was written (an edit, a resolved thread) is an edit.
+        created, updated = (forge_time(attributes.get(k)) for k in ("created_at", "updated_at"))
+        action = "update" if created and updated and updated > created + 1 else "create"
+    if action != "create":
+        return Ignored(delivery, "gitlab", f"note action {action!r} is not used")
+    if attributes.get("system"):
+        return Ignored(delivery, "gitlab", "system note")
+    user = data.get("user") or {}
     return command_event(
         delivery,
         "gitlab",
         repo=str(data["project"]["path_with_namespace"]),
         number=int(data["merge_request"]["iid"]),
-        commenter=str((data.get("user") or {}).get("username") or ""),
-        # GitLab does not say how the author relates to the project; without
-        # an API call it cannot be trusted (see prevu.forge.policy).
-        association="UNKNOWN",
+        commenter=str(user.get("username") or ""),
         body=str(attributes.get("note") or ""),
+        commenter_id=int(user.get("id") or attributes.get("author_id") or 0),
+        comment=int(attributes.get("id") or 0),
+        created_at=forge_time(attributes.get("created_at")),
     )
 
 
@@ -142,7 +157,4 @@ class GitLab:
         return config.gitlab.token
 
     def fork_approval(self) -> str | None:
-        return (
-            'forks = "approve" needs the GitLab API to check membership, '
-            'which prevu does not call yet: treated as "deny"'
-        )
+        return None

@@ -2,7 +2,7 @@
 What a forge event asks of prevu, given the `[[repos]]` settings.
 
 Pure core: `decide` maps a typed event plus the server config to one
-admission `Decision` (deploy, destroy, deny, approve or skip). The webhook
+admission `Decision` (deploy, destroy, deny, act on a command or skip). The webhook
 handler answers from it and the orchestrator carries it out. This module is
 the one home of `Decision`; `Gate` (how a deploy was admitted) is the
 lifecycle's, whose `Deploy`/`Deny`/`Approve` are *events* of the state machine
@@ -15,7 +15,7 @@ from __future__ import annotations
 from attrs import frozen
 
 from prevu.config import Config, RepoConfig
-from prevu.forge.events import ApproveCommand, PullRequest, PullRequestEvent
+from prevu.forge.events import Command, PullRequest, PullRequestEvent
 from prevu.forge.registry import forge_named
 from prevu.lifecycle.states import Gate
 
@@ -50,13 +50,15 @@ class Deny:
 
 
 @frozen
-class Approve:
-    """A trusted commenter approved the fork pull request's current head."""
+class Act:
+    """
+    Run a `/preview` command of a listed repository. The commenter's
+    permission is checked, and the command carried out, in the background
+    (`prevu.feedback.commands.CommandRunner`): the webhook is answered first.
+    """
 
-    forge: str
-    repo: str
-    number: int
-    by: str
+    command: Command
+    settings: RepoConfig
 
 
 @frozen
@@ -66,7 +68,7 @@ class Skip:
     reason: str
 
 
-Decision = Deploy | Destroy | Deny | Approve | Skip
+Decision = Deploy | Destroy | Deny | Act | Skip
 """The admission decision for one forge event: what the orchestrator is asked to do."""
 
 
@@ -77,7 +79,7 @@ def repo_settings(config: Config, repo: str) -> RepoConfig | None:
     return config.repo(repo)
 
 
-def decide(config: Config, event: PullRequestEvent | ApproveCommand) -> Decision:
+def decide(config: Config, event: PullRequestEvent | Command) -> Decision:
     """
     The decision for one verified event.
 
@@ -92,20 +94,9 @@ def decide(config: Config, event: PullRequestEvent | ApproveCommand) -> Decision
     settings = repo_settings(config, repo)
     if settings is None:
         return Skip(f"repository {repo} is not listed in [[repos]]")
-    if isinstance(event, ApproveCommand):
-        return _approve(event, settings)
+    if isinstance(event, Command):
+        return Act(event, settings)
     return _pull_request(event, settings)
-
-
-def _approve(event: ApproveCommand, settings: RepoConfig) -> Decision:
-    if settings.forks != "approve":
-        return Skip(f"forks = {settings.forks!r} for {event.repo}: nothing to approve")
-    if not event.trusted:
-        return Skip(
-            f"{event.commenter} ({event.association}) may not approve previews; "
-            "an OWNER, MEMBER or COLLABORATOR must"
-        )
-    return Approve(event.forge, event.repo, event.number, event.commenter)
 
 
 def _close(event: PullRequestEvent) -> Destroy:

@@ -37,8 +37,8 @@ class ForgeEntry:
 
 
 FORGES: Mapping[ForgeName, ForgeEntry] = {
-    "github": ForgeEntry(GitHub()),
-    "gitlab": ForgeEntry(GitLab()),
+    "github": ForgeEntry(GitHub(), "prevu.adapters.github_api:GithubApi"),
+    "gitlab": ForgeEntry(GitLab(), "prevu.adapters.gitlab_api:GitlabApi"),
     "local": ForgeEntry(Local(), webhooks=False),
 }
 

@@ -63,6 +63,10 @@ class Driver:
 
         return unsubscribe
 
+    def save(self, slot: Slot) -> None:
+        """Store `slot`'s record now (a field outside the lifecycle changed: `keep_until`)."""
+        self._store(slot)
+
     def _store(self, slot: Slot) -> None:
         record = records.encode(slot, self.settings)
         self.store.upsert(record)

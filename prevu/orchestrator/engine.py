@@ -26,6 +26,7 @@ from prevu.forge.events import PullRequest
 from prevu.orchestrator import data, records
 from prevu.orchestrator.driver import ROUTE_SOURCE, Driver, Watcher
 from prevu.orchestrator.jobs import Jobs
+from prevu.orchestrator.keeping import Keeping
 from prevu.orchestrator.metrics import Metrics
 from prevu.orchestrator.reconciler import Reconciler
 from prevu.orchestrator.registry import Registry, Slot
@@ -48,10 +49,11 @@ class Receipt:
 
 
 @define(eq=False)
-class Orchestrator:
+class Orchestrator(Keeping):
     """
     Runs previews: accepts decisions (webhooks, API), carries out lifecycle
-    effects, reconciles with the runtime. Reactor thread only.
+    effects, reconciles with the runtime; keep/extend/approve from `Keeping`.
+    Reactor thread only.
     """
 
     settings: OrchestratorSettings
@@ -175,13 +177,8 @@ class Orchestrator:
                 found.forge_closed = pr.updated_at
                 self.feed(found, lc.Close(decision.reason))
                 return self._receipt(found)
-            case policy.Approve():
-                found = self.registry.find(decision.forge, decision.repo, decision.number)
-                if found is None or found.state.awaiting is None:
-                    reason = f"nothing awaits approval for {decision.repo}#{decision.number}"
-                    return Receipt("ignored", reason=reason)
-                self.feed(found, lc.Approve(decision.by))
-                return self._receipt(found)
+            case policy.Act():
+                return Receipt("ignored", reason="commands run through the command runner")
         raise AssertionError(f"unknown decision {decision!r}")
 
     def _deploy(self, slot: Slot, decision: policy.Deploy, sha: str, revive: bool) -> lc.Deploy:
@@ -297,4 +294,3 @@ class Orchestrator:
     async def reconcile(self) -> None:
         """Make the engine and the previews agree (see prevu.orchestrator.reconcile)."""
         await self.reconciler.reconcile()
-

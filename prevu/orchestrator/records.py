@@ -147,6 +147,8 @@ def encode(slot: Slot, settings: OrchestratorSettings) -> PreviewRecord:
         data["seeded"] = "true"
     if slot.wipe:
         data["wipe"] = "true"
+    if slot.keep_until is not None:
+        data["keep_until"] = repr(slot.keep_until)
     return PreviewRecord(
         id=slot.id,
         repo=slot.identity.repo,
@@ -230,6 +232,7 @@ def restore(record: PreviewRecord, settings: OrchestratorSettings) -> Slot:
         untrusted=record.data.get("untrusted") == "true",
         seeded=record.data.get("seeded") == "true",
         wipe=record.data.get("wipe") == "true",
+        keep_until=_float(record.data["keep_until"]) if "keep_until" in record.data else None,
     )
 
 

@@ -94,6 +94,8 @@ class Slot:
     """`[data] seed` ran since the preview's volumes were made (kept in the record)."""
     wipe: bool = False
     """A reset was asked for: the next build first removes the preview's data (docs/data.md)."""
+    keep_until: float | None = None
+    """Epoch seconds before which idle rules never remove it (`inf`: kept); None: ttl rules."""
 
     def stale(self, pr: PullRequest) -> bool:
         """True when `pr` (an event's view) is older than an event already applied."""

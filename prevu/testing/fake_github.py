@@ -116,6 +116,8 @@ class FakeGithub:
     deployment_statuses: list[dict[str, Any]] = field(factory=list)
     environments: set[str] = field(factory=set)  # "owner/name:env"
     admin: bool = True  # the credential may delete environments
+    permissions: dict[str, str] = field(factory=dict)  # "owner/name:login" -> role_name
+    reactions: list[dict[str, Any]] = field(factory=list)
     _ids: int = 100
 
     app = Klein()
@@ -544,6 +546,44 @@ class FakeGithub:
         self.environments.discard(key)
         request.setResponseCode(204)
         return b""
+
+
+    # --- commands: permissions, reactions -------------------------------------------------
+
+    @app.route("/repos/<owner>/<name>/collaborators/<login>/permission", methods=["GET"])
+    def collaborator_permission(self, request: Any, owner: str, name: str, login: str) -> bytes:
+        """
+        `role_name` of `login`: from `permissions`, `read` for other known
+        users (GitHub answers read for anyone on a public repository), 404
+        for an unknown login.
+        """
+        _actor, _, early = self._begin(request)
+        if early is not None:
+            return early
+        role = self.permissions.get(f"{owner}/{name}:{login}".lower())
+        if role is None and login not in self.users:
+            return self._json(request, {"message": "Not Found"}, 404)
+        role = role or "read"
+        body = example("repository-collaborator-permission")
+        base = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read"}
+        body.update(permission=base.get(role, role), role_name=role)
+        body["user"].update(login=login)
+        return self._done(request, body, 200)
+
+    @app.route("/repos/<owner>/<name>/issues/comments/<int:comment>/reactions", methods=["POST"])
+    def create_reaction(self, request: Any, owner: str, name: str, comment: int) -> bytes:
+        actor, body, early = self._begin(request)
+        if early is not None:
+            return early
+        if body.get("content") not in ("+1", "-1", "laugh", "confused", "heart", "hooray",
+                                       "rocket", "eyes"):  # fmt: skip
+            return self._json(request, {"message": "Validation Failed"}, 422)
+        reaction = example("reaction")
+        reaction.update(id=self.next_id(), content=body["content"])
+        reaction["user"].update(login=actor)
+        reaction["_comment"] = comment
+        self.reactions.append(reaction)
+        return self._done(request, {k: v for k, v in reaction.items() if k != "_comment"}, 201)
 
 
 def listen(reactor: Any, fake: FakeGithub) -> Any:

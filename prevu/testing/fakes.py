@@ -424,6 +424,11 @@ class FakeStore:
         self.trail.append(numbered)
         return numbered
 
+    def fill_outcome(self, forge: str, delivery: str, outcome: str) -> None:
+        for i, old in enumerate(self.trail):
+            if (old.forge, old.delivery) == (forge, delivery):
+                self.trail[i] = evolve(old, outcome=outcome)
+
     def delivery_trail(self, repo: str = "", number: int = 0) -> list[DeliveryEntry]:
         return [
             e
