@@ -264,3 +264,13 @@ async def test_an_unreachable_engine_is_retried_not_a_failure(reactor: Any, tmp_
         "DOCKER_CONFIG",
         "PREVU_X",
     }, "only PATH, DOCKER_HOST, DOCKER_CONFIG and PREVU_* reach Compose"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_process_past_its_timeout_is_killed(reactor: Any) -> None:
+    from prevu.adapters.compose import run_process
+
+    with pytest.raises(DockerError, match=r"did not end within 0\.2s and was killed"):
+        await run_process(reactor, ["/bin/sleep", "30"], {"PATH": "/bin"}, timeout=0.2)
+    done = await run_process(reactor, ["/bin/sh", "-c", "echo hi; exit 3"], {}, timeout=5)
+    assert (done.code, done.out) == (3, b"hi\n")
