@@ -412,6 +412,11 @@ class DockerEngine:
         if not attrs["State"].get("Running") or not address:
             tail = api.logs(container, tail=20).decode("utf-8", "replace").strip()
             state = attrs["State"].get("Status")
+            if state in ("exited", "restarting", "dead"):
+                # `restarting`: it exited and the on-failure policy (self-healing) restarts it
+                code = attrs["State"].get("ExitCode")
+                reason = f"container exited at once with code {code}: {tail[-2000:]}"
+                raise DockerError("run", reason)
             raise DockerError("run", f"container is {state}, not running: {tail[-2000:]}")
         own = self._own_container(client)
         if own is not None:
