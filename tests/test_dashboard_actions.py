@@ -34,13 +34,13 @@ class RecordingKeeper:
 
     calls: list[tuple[str, str, float]] = field(factory=list)
 
-    def keep(self, preview: str) -> bool:
+    def keep(self, preview: str) -> float | None:
         self.calls.append(("keep", preview, 0.0))
-        return True
+        return float("inf")
 
-    def extend(self, preview: str, seconds: float) -> bool:
+    def extend(self, preview: str, seconds: float) -> float | None:
         self.calls.append(("extend", preview, seconds))
-        return True
+        return seconds
 
 
 @define
@@ -51,6 +51,18 @@ class Writers:
 
     async def may_write(self, repo: str, user: str) -> bool:
         return (repo, user) in self.writers
+
+
+class NotKeepingOrchestrator:
+    """The orchestrator without keep/extend (as pages without an orchestrator are)."""
+
+    def __init__(self, orchestrator: Any) -> None:
+        self.orchestrator = orchestrator
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("keep", "extend"):
+            raise AttributeError(name)
+        return getattr(self.orchestrator, name)
 
 
 class KeepingOrchestrator:
@@ -144,27 +156,41 @@ async def test_a_forge_writer_is_an_operator(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_keep_and_extend_only_with_a_keeper(tmp_path: Path) -> None:
-    """Without a Keeper no buttons and 404; with one, keep and extend reach it."""
-    harness, browser = setup(tmp_path)
+    """Without keep/extend no buttons and 404; the real orchestrator's keep and
+    extend set the record's keep_until; a given Keeper is used instead."""
+    harness, browser = setup(tmp_path, wrap=NotKeepingOrchestrator)
     deployed(harness)
     csrf = await logged_in(browser, "alice")
     _, page = await browser.get("/previews/pr-1-shop")
     assert "/keep" not in page and "/extend" not in page
     response, _ = await browser.post("/previews/pr-1-shop/keep", {"csrf": csrf})
     assert response.code == 404
-    keeper = RecordingKeeper()
-    checked: Keeper = keeper
-    harness, browser = setup(tmp_path / "2", keeper=checked)
+
+    harness, browser = setup(tmp_path / "real")
     deployed(harness)
     csrf = await logged_in(browser, "alice")
     _, page = await browser.get("/previews/pr-1-shop")
     assert 'action="/previews/pr-1-shop/keep"' in page and 'name="by"' in page
+    now = harness.clock.seconds()
+    response, _ = await browser.post("/previews/pr-1-shop/extend", {"csrf": csrf, "by": "2d"})
+    record = harness.store.get("pr-1-shop")
+    assert response.code == 303 and record is not None
+    assert float(record.data["keep_until"]) >= now + 2 * 86400
+    assert (await browser.post("/previews/pr-1-shop/keep", {"csrf": csrf}))[0].code == 303
+    record = harness.store.get("pr-1-shop")
+    assert record is not None and record.data["keep_until"] == "inf"
+    response, body = await browser.post("/previews/pr-1-shop/extend", {"csrf": csrf, "by": "x"})
+    assert response.code == 400 and "bad extension" in body
+
+    keeper = RecordingKeeper()
+    checked: Keeper = keeper
+    harness, browser = setup(tmp_path / "given", keeper=checked)
+    deployed(harness)
+    csrf = await logged_in(browser, "alice")
     assert (await browser.post("/previews/pr-1-shop/keep", {"csrf": csrf}))[0].code == 303
     response, _ = await browser.post("/previews/pr-1-shop/extend", {"csrf": csrf, "by": "2d"})
     assert response.code == 303
     assert keeper.calls == [("keep", "pr-1-shop", 0.0), ("extend", "pr-1-shop", 172800.0)]
-    response, body = await browser.post("/previews/pr-1-shop/extend", {"csrf": csrf, "by": "x"})
-    assert response.code == 400 and "bad extension" in body
 
 
 @pytest_twisted.ensureDeferred

@@ -31,15 +31,17 @@ class WritePermission(Protocol):
 class Keeper(Protocol):
     """
     The orchestrator's keep/extend facade (SPEC §6: `POST /api/previews/{id}/keep`
-    and `/extend`). Reactor thread; each answers False for an unknown preview.
+    and `/extend`; `prevu.orchestrator.keeping`). Reactor thread; each answers
+    the preview's new keep-until (epoch seconds, `inf` when kept) or None for
+    an unknown preview.
     """
 
-    def keep(self, preview: str) -> bool:
+    def keep(self, preview: str) -> float | None:
         """Keep `preview` running with no TTL."""
         ...
 
-    def extend(self, preview: str, seconds: float) -> bool:
-        """Push the TTL of `preview` `seconds` further."""
+    def extend(self, preview: str, seconds: float) -> float | None:
+        """Keep `preview` at least `seconds` longer."""
         ...
 
 
