@@ -64,6 +64,7 @@ PURE: tuple[str, ...] = (
     "prevu.proxy.contracts",
     "prevu.proxy.hooks",
     "prevu.proxy.http",
+    "prevu.proxy.pages",
 )
 """The pure core (docs/architecture.md): add orchestrator planning, proxy policy here."""
 

@@ -49,6 +49,10 @@ def repo_secret_values(config: Config) -> tuple[str, ...]:
     return tuple(values)
 
 
+DEFAULT_HISTORY = 7 * 86400.0
+"""Seconds a closed preview is remembered when `[previews] history` is not set."""
+
+
 @frozen
 class OrchestratorSettings:
     """
@@ -100,6 +104,10 @@ class OrchestratorSettings:
     """Lower-cased `[[repos]]` names; None when there is no list (every repository is served)."""
     unlisted_grace: float = 3600.0
     """Seconds before the reconcile closes a preview of a repository no longer listed."""
+    repo_noindex: Mapping[str, bool] = field(factory=dict, converter=_dict)
+    """Lower-cased `[[repos]]` name → its `noindex` (unlisted repositories: True)."""
+    history: float = DEFAULT_HISTORY
+    """`[previews] history`: seconds a closed preview's host still says it was removed."""
 
     @classmethod
     def from_config(cls, config: Config, **overrides: Any) -> OrchestratorSettings:
@@ -130,6 +138,9 @@ class OrchestratorSettings:
             },
             "listed": frozenset(r.name.lower() for r in config.repos) if config.repos else None,
             "unlisted_grace": config.previews.unlisted_grace,
+            "repo_noindex": {repo.name.lower(): repo.noindex for repo in config.repos},
+            # `[previews] history` comes with the dashboard (issue 14); 7 days until then.
+            "history": float(getattr(config.previews, "history", DEFAULT_HISTORY)),
         }
         values.update(overrides)
         return cls(**values)
