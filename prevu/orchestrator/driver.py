@@ -166,8 +166,8 @@ class Driver:
     def _publish_state(self, slot: Slot) -> None:
         """
         Where no container serves the preview, put a route saying why, for the
-        proxy's pages (`prevu.proxy.pages`): "building" while it is queued,
-        built or started, "failed" with its error, "closed" for `history`
+        proxy's pages (`prevu.proxy.pages`): "building" while a job (build,
+        start) is on its way, "failed" with its error, "closed" for `history`
         seconds after it was closed. A route with an upstream is left alone.
         """
         host = slot.name.host
@@ -183,7 +183,7 @@ class Driver:
             wanted = self._route_value(slot, None, "closed", since=slot.updated_at)
         elif status == "failed":
             wanted = self._route_value(slot, None, "failed", detail=state.error)
-        elif status in ("queued", "building", "starting"):
+        elif state.job is not None:  # queued for a build slot, built or started
             wanted = self._route_value(slot, None, "building", detail=state.detail)
         else:
             wanted = None
