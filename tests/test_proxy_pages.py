@@ -112,7 +112,7 @@ def test_signed_in_is_a_named_reviewer_only() -> None:
 TEXT = st.text(min_size=1, max_size=40)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(repo=TEXT, error=TEXT, preview=TEXT, host=TEXT, user=st.sampled_from(["alice", None]))
 def test_user_controlled_text_is_always_escaped(
     repo: str, error: str, preview: str, host: str, user: str | None
