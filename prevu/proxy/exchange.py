@@ -91,9 +91,6 @@ class Exchange:
         self.upgrade = forward.upgrade
         self.trusted = forward.trusted
         self.forward = forward
-        # b"X-Robots-Tag: noindex\r\n" for a noindex route, else b"": encoded
-        # when the route was installed (prevu.routing.Route.response_headers).
-        self.route_headers = forward.route.response_headers
         self.head_only = method == b"HEAD"
         self.has_body = chunked or bool(forward.content_length)
         self.out: list[bytes] = []
@@ -290,8 +287,11 @@ class Exchange:
             self.keep_alive = False
         elif length is not None:  # "length", or "none" with the representation's length
             headers.append(b"Content-Length: %d\r\n" % length)
-        if self.route_headers:
-            headers.append(self.route_headers)
+        # b"X-Robots-Tag: noindex\r\n" for a noindex route, else b"": encoded
+        # when the route was installed (prevu.routing.Route.response_headers).
+        route_headers = self.forward.route.response_headers
+        if route_headers:
+            headers.append(route_headers)
         if not self.keep_alive or (not self.request_done and not self.upgrade):
             headers.append(b"Connection: close\r\n")
             self.keep_alive = False
