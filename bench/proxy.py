@@ -327,6 +327,18 @@ def fetch(port: int, path: str, host: str = HOST) -> tuple[int, bytes]:
         connection.close()
 
 
+def robots_tag(port: int, host: str = HOST) -> str:
+    """The X-Robots-Tag of a response through the proxy at `port` ("none" without one)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/" + SIZES["100 B"][0], headers={"Host": host})
+        response = connection.getresponse()
+        response.read()
+        return response.getheader("X-Robots-Tag") or "none"
+    finally:
+        connection.close()
+
+
 def check_serves(child: Child, host: str = HOST) -> None:
     """Each size comes back whole through `child`: a wrong answer would make the numbers lie."""
     for path, size in SIZES.values():
@@ -734,6 +746,7 @@ def compare(
     prevu = start_prevu(processes, args, tmp / "prevu", "prevu", [HOST], upstream_port)
     for child in (nginx, prevu):
         check_serves(child)
+    print(f"  prevu's X-Robots-Tag on this route: {robots_tag(prevu.port)}", flush=True)
     rss_start = status_kib(prevu.process.pid, "VmRSS") / 1024
     runs: dict[str, dict[str, list[Measure]]] = {size: {"nginx": [], "prevu": []} for size in SIZES}
     for repeat in range(args.repeat):

@@ -19,7 +19,12 @@ from urllib.parse import urlsplit
 from attrs import define, field, frozen
 
 Access = Literal["private", "public"]
-RouteState = Literal["ready", "building", "sleeping"]
+RouteState = Literal["ready", "building", "sleeping", "failed", "closed"]
+"""What the proxy does for a route: forward ("ready"), wake and wait ("sleeping"),
+or answer a page saying so ("building", "failed", "closed"; `prevu.proxy.pages`)."""
+
+ROBOTS_HEADER = b"X-Robots-Tag: noindex\r\n"
+"""The response header line of a `noindex` route, encoded once."""
 
 
 @frozen
@@ -48,11 +53,19 @@ class Route:
     """
     One host (or `*.domain` pattern) and what serves it.
 
-    `state` other than "ready" makes the proxy answer a self-refreshing 503
-    page (a preview being built, or asleep and waking up). `preview` names the
-    preview behind the route, if any; `repo` its repository (for per-repo
-    access checks). Only a `trusted` route (prevu's control app) is sent the
-    reviewer's session cookie.
+    `state` other than "ready" makes the proxy answer a page instead of
+    forwarding (`prevu.proxy.pages`): a self-refreshing 503 while a preview is
+    built or woken from sleep ("building", "sleeping"), a 503 naming the
+    failure ("failed", with the preview's error as `detail`), a 410 saying
+    the preview was removed ("closed", `since` the close, seconds since the
+    epoch). `preview` names the preview behind the route, if any; `repo` its
+    repository (for per-repo access checks). Only a `trusted` route (prevu's
+    control app) is sent the reviewer's session cookie.
+
+    `noindex` routes (previews, unless their `[[repos]]` entry says
+    `noindex = false`; never `[[routes]]`) get `X-Robots-Tag: noindex` on
+    every response; the header line is encoded once, here, as
+    `response_headers` (b"" otherwise), so the proxy's hot path only joins it.
     """
 
     host: str
@@ -62,10 +75,16 @@ class Route:
     preview: str | None = None
     repo: str | None = None
     trusted: bool = False  # prevu's own control app: it receives the session cookie
+    detail: str | None = None  # why a "failed" route failed (the preview's error)
+    since: float | None = None  # when a "closed" route's preview was closed (epoch seconds)
+    noindex: bool = False  # X-Robots-Tag: noindex on every response
+    response_headers: bytes = field(init=False, default=b"", eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.state == "ready" and self.upstream is None:
             raise ValueError(f"a ready route needs an upstream: {self.host}")
+        if self.noindex:
+            object.__setattr__(self, "response_headers", ROBOTS_HEADER)
 
     @property
     def is_wildcard(self) -> bool:
@@ -160,6 +179,10 @@ class RouteRegistry:
         if route is not None:
             self._rebuild()
         return route
+
+    def get(self, source: str, host: str) -> Route | None:
+        """The route `source` holds for `host` (exactly as put), or None."""
+        return self._sources.get(source, {}).get(host)
 
     def routes(self, source: str) -> tuple[Route, ...]:
         """The routes `source` currently owns."""

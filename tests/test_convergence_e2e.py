@@ -74,14 +74,14 @@ async def test_late_events_never_win(stack: Stack, docker_client: Any) -> None:
 
     closed = body(stack, "closed", c, "2026-01-01T10:00:05Z")
     assert (await send(stack, closed, "close"))[0] == 202
-    assert (await stack.get(HOST))[0] == 404
+    assert (await stack.get(HOST))[0] == 410  # the "removed" page (docs/proxy.md)
     late = body(stack, "synchronize", c, "2026-01-01T10:00:04Z")
     code, answer = await send(stack, late, "late")
     assert (code, answer["status"]) == (200, "ignored")
     await stack.until(PREVIEW, "stopped")
     await stack.settled()
     assert stack.leftovers(docker_client, PREVIEW) == []
-    assert (await stack.get(HOST))[0] == 404
+    assert (await stack.get(HOST))[0] == 410
 
 
 @pytest_twisted.ensureDeferred
@@ -109,7 +109,7 @@ async def test_redelivery_repairs_and_closes_are_honoured(stack: Stack, docker_c
     closed = body(stack, "closed", a, "2026-01-01T10:00:09Z")
     code, answer = await send(stack, closed, "GUID-2")
     assert (code, answer["status"]) == (202, "queued")
-    assert (await stack.get(HOST))[0] == 404
+    assert (await stack.get(HOST))[0] == 410  # the "removed" page
     await stack.until(PREVIEW, "stopped")
     await stack.settled()
     assert stack.leftovers(docker_client, PREVIEW) == []
@@ -177,7 +177,8 @@ async def test_a_random_run_converges_and_leaves_nothing(stack: Stack, docker_cl
             code, content = await stack.get(f"{preview}.localhost")
             assert code == 200 and content.startswith(f"pr {number} step".encode())
         else:
-            assert (await stack.get(f"{preview}.localhost"))[0] == 404
+            # 410 "removed" once its preview existed, 404 if it never did: nothing served.
+            assert (await stack.get(f"{preview}.localhost"))[0] in (404, 410)
     await stack.settled(60)
     for number, (is_open, head) in sorted(forge.items()):
         if is_open:

@@ -238,7 +238,8 @@ def test_a_failing_seed_fails_the_preview_with_its_output(h: Harness) -> None:
     record = h.store.get("pr-1-shop")
     assert record is not None and record.status == "failed"
     assert record.error == "seed failed (exit 1): no fixtures"
-    assert h.routes.lookup("pr-1-shop.localhost:8000") is None
+    route = h.routes.lookup("pr-1-shop.localhost:8000")
+    assert route is not None and route.upstream is None and route.state == "failed"
     assert "seeded" not in record.data
 
 

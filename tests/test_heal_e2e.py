@@ -136,7 +136,7 @@ async def test_out_of_memory_is_restarted_then_failed_with_the_reason(
     assert "exited with code 137: out of memory (limit 64m)" in error, error
     assert "restarted 3 times within 10m (restart_limit 3): gave up" in error, error
     assert error.endswith("eating memory"), "the last lines it printed"
-    assert (await stack.get(f"{preview}.localhost"))[0] == 404
+    assert (await stack.get(f"{preview}.localhost"))[0] == 503, "the failed preview's page"
     await stack.settled()
     await sleep(1.0)
     found = docker_client.api.containers(all=True, filters={"id": container})

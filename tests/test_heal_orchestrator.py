@@ -119,7 +119,9 @@ def test_out_of_memory_past_the_limit_fails_with_the_reason_and_last_lines(tmp_p
     assert "exited with code 137: out of memory (limit 512m)" in error
     assert "restarted 3 times within 10m (restart_limit 3): gave up" in error
     assert error.endswith("last lines:\n" + "\n".join(f"line {n}" for n in range(21, 31)))
-    assert h.routes.lookup(f"{PREVIEW}.localhost") is None
+    route = h.routes.lookup(f"{PREVIEW}.localhost")
+    assert route is not None and route.upstream is None and route.state == "failed"
+    assert route.detail == error, "the proxy's failure page says why"
 
 
 def test_restarts_older_than_the_window_no_longer_count(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ async def test_branch_template_keeps_three_pull_requests_apart(
         await stack.until(ids[42], "stopped")
         await stack.settled()
         assert stack.leftovers(docker_client, ids[42]) == []
-        assert (await stack.get(f"{ids[42]}.localhost"))[0] == 404
+        assert (await stack.get(f"{ids[42]}.localhost"))[0] == 410  # "removed" page
         for number in (41, 43):
             assert await stack.get(f"{ids[number]}.localhost") == (200, f"pr {number}\n".encode())
             record = stack.store.get(ids[number])

@@ -71,6 +71,7 @@ PURE: tuple[str, ...] = (
     "prevu.proxy.http",
     "prevu.control.views",
     "prevu.control.operators",
+    "prevu.proxy.pages",
 )
 """The pure core (docs/architecture.md): add orchestrator planning, proxy policy here."""
 

@@ -16,7 +16,7 @@ from prevu.config import Config, DockerConfig, GithubConfig, RepoConfig, ServerC
 from prevu.forge import policy
 from prevu.forge.events import PullRequest
 from prevu.orchestrator import Orchestrator, OrchestratorSettings
-from prevu.routing import RouteRegistry
+from prevu.routing import Route, RouteRegistry
 from prevu.testing.fakes import FakeDocker, FakeGit, FakeStore
 from prevu.testing.health import FakeHealth
 
@@ -175,6 +175,12 @@ def test_three_rapid_pushes_complete_only_the_last_build(h: Harness) -> None:
     assert h.status("pr-4-shop") == "running"
 
 
+def assert_page_only(route: Route | None, state: str) -> Route:
+    """The preview's host only answers prevu's page for `state` (nothing is forwarded)."""
+    assert route is not None and route.upstream is None and route.state == state
+    return route
+
+
 @pytest.mark.parametrize("paused", ["fetch", "build", "create_network", "run"])
 def test_closed_during_the_job_leaves_nothing(h: Harness, paused: str) -> None:
     """A pull request closed mid-fetch/build/start ends with nothing left and no route."""
@@ -183,12 +189,12 @@ def test_closed_during_the_job_leaves_nothing(h: Harness, paused: str) -> None:
     h.deploy(5, SHAS[0])
     assert h.routes.lookup("pr-5-shop.localhost") is not None  # the "building" page
     h.close(5, SHAS[0])
-    assert h.routes.lookup("pr-5-shop.localhost") is None
+    assert_page_only(h.routes.lookup("pr-5-shop.localhost"), "closed")
     (h.git if paused == "fetch" else h.docker).release(paused)
     h.settle(2)
     assert h.status("pr-5-shop") == "stopped"
     assert h.leftovers("pr-5-shop") == []
-    assert h.routes.lookup("pr-5-shop.localhost") is None
+    assert_page_only(h.routes.lookup("pr-5-shop.localhost"), "closed")
     assert not [r for r in h.docker.runs.values() if h.docker._find(r.name)]
 
 
@@ -198,7 +204,7 @@ def test_closed_running_preview_is_torn_down_route_first(h: Harness) -> None:
     h.deploy(6, SHAS[0])
     h.docker.pause("remove_container")
     h.close(6, SHAS[0])
-    assert h.routes.lookup("pr-6-shop.localhost") is None
+    assert_page_only(h.routes.lookup("pr-6-shop.localhost"), "closed")
     h.docker.release("remove_container")
     h.settle(1)
     assert h.leftovers("pr-6-shop") == []
@@ -238,7 +244,8 @@ def test_bad_repo_config_fails_that_preview_only(h: Harness) -> None:
     assert record is not None and record.status == "failed"
     assert record.error == ".prevu.toml: run.port: expected a port number 1-65535, got 0"
     assert any("run.port" in line for line in h.store.lines("pr-9-shop"))
-    assert h.routes.lookup("pr-9-shop.localhost") is None
+    route = assert_page_only(h.routes.lookup("pr-9-shop.localhost"), "failed")
+    assert route.detail == record.error
     assert h.status("pr-10-shop") == "running"
 
 

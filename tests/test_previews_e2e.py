@@ -219,7 +219,7 @@ async def stack(reactor: Any, thread_pool: Any, tmp_path: Path) -> AsyncIterator
 @pytest_twisted.ensureDeferred
 async def test_pull_request_lifecycle_end_to_end(stack: Stack, docker_client: Any) -> None:
     """opened -> 202 -> running -> served; push switches with zero failed requests;
-    restart serves at once; closed -> 404 and nothing left."""
+    restart serves at once; closed -> 410 "removed" page and nothing left."""
     host = "pr-1-hello-world.localhost"
     first = push(stack.forge, 1, site_files("version one\n"))
     code, body = await stack.pull_request("opened", 1, first)
@@ -308,10 +308,11 @@ async def test_pull_request_lifecycle_end_to_end(stack: Stack, docker_client: An
     owned = await within(runtime.list_owned(), 30)
     assert [v.name for v in owned.volumes] == [volume.name]
 
-    # closed: 404 and nothing of the pull request left (its volumes neither).
+    # closed: the 410 "removed" page (docs/proxy.md) and nothing of the pull
+    # request left (its volumes neither).
     code, body = await stack.pull_request("closed", 1, second)
     assert code == 202
-    assert (await stack.get(host))[0] == 404
+    assert (await stack.get(host))[0] == 410
     await stack.until("pr-1-hello-world", "stopped")
     await stack.settled()
     assert stack.leftovers(docker_client, "pr-1-hello-world") == []
@@ -330,7 +331,7 @@ async def test_closed_during_build_leaves_nothing(stack: Stack, docker_client: A
     await stack.settled()
     await sleep(1.0)
     assert stack.leftovers(docker_client, "pr-2-hello-world") == []
-    assert (await stack.get("pr-2-hello-world.localhost"))[0] == 404
+    assert (await stack.get("pr-2-hello-world.localhost"))[0] == 410  # "removed"
 
 
 @pytest_twisted.ensureDeferred

@@ -35,6 +35,8 @@ class RepoConfig:
     """`build_secrets = {id_file = "…"}`: BuildKit secret id -> absolute file path."""
     build_secret_values: tuple[str, ...] = field(default=(), repr=False)
     """The contents of the build secrets' files (for log masking only)."""
+    noindex: bool = True
+    """`X-Robots-Tag: noindex` on every response of this repository's previews (docs/proxy.md)."""
 
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -139,6 +141,7 @@ def parse_repo(t: Table) -> RepoConfig:
         comment_logs=t.boolean("comment_logs", False) if t.has("comment_logs") else None,
         env=parse_env(t),
         secrets=parse_secrets(t),
+        noindex=t.boolean("noindex", True),
     )
     build_secrets, build_values = parse_build_secrets(t)
     config = evolve(config, build_secrets=build_secrets, build_secret_values=build_values)

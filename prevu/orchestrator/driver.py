@@ -28,7 +28,7 @@ from prevu.orchestrator.metrics import Metrics
 from prevu.orchestrator.registry import CancelToken, Slot
 from prevu.orchestrator.settings import OrchestratorSettings
 from prevu.ports import PreviewRecord, Store
-from prevu.routing import Route, RouteRegistry, Upstream
+from prevu.routing import Route, RouteRegistry, RouteState, Upstream
 
 ROUTE_SOURCE = "previews"
 Watcher = Callable[[PreviewRecord], None]
@@ -50,6 +50,7 @@ class Driver:
     _watchers: list[Watcher] = field(factory=list)
     _extra_hosts: dict[str, tuple[str, ...]] = field(factory=dict)
     """Compose previews: the hosts of `[compose] expose` services routed, per preview."""
+    _forget_closed: dict[str, Any] = field(factory=dict)  # host -> the call dropping its page
 
     # --- watchers --------------------------------------------------------------------
 
@@ -111,6 +112,7 @@ class Driver:
             self.jobs.note(slot, "system", f"status {result.state.status}{suffix}")
         for effect in result.effects:
             self._carry_out(slot, effect)
+        self._publish_state(slot)
 
     def _carry_out(self, slot: Slot, effect: lc.Effect) -> None:
         jobs = self.jobs
@@ -150,16 +152,72 @@ class Driver:
     # --- routes ----------------------------------------------------------------------------
 
     def _route_value(
-        self, slot: Slot, upstream: Upstream | None, state: Literal["ready", "building", "sleeping"]
+        self,
+        slot: Slot,
+        upstream: Upstream | None,
+        state: RouteState,
+        detail: str | None = None,
+        since: float | None = None,
     ) -> Route:
+        repo = slot.identity.repo
         return Route(
             host=slot.name.host,
             upstream=upstream,
             access=slot.access,
             state=state,
             preview=slot.id,
-            repo=slot.identity.repo,
+            repo=repo,
+            detail=detail,
+            since=since,
+            noindex=self.settings.repo_noindex.get(repo.lower(), True),
         )
+
+    def _publish_state(self, slot: Slot) -> None:
+        """
+        Where no container serves the preview, put a route saying why, for the
+        proxy's pages (`prevu.proxy.pages`): "building" while a job (build,
+        start) is on its way, "failed" with its error, "closed" for `history`
+        seconds after it was closed. A route with an upstream is left alone.
+        """
+        host = slot.name.host
+        current = self.routes.get(ROUTE_SOURCE, host)
+        state = slot.state
+        if current is not None and current.upstream is not None:
+            return
+        status = state.status
+        wanted: Route | None
+        if state.closed:
+            if current is not None and current.state == "closed":
+                return
+            wanted = self._route_value(slot, None, "closed", since=slot.updated_at)
+        elif status == "failed":
+            wanted = self._route_value(slot, None, "failed", detail=state.error)
+        elif state.job is not None:  # queued for a build slot, built or started
+            wanted = self._route_value(slot, None, "building", detail=state.detail)
+        else:
+            wanted = None
+        if wanted == current:
+            return
+        if wanted is None:
+            self.routes.remove(ROUTE_SOURCE, host)
+            return
+        self.routes.put(ROUTE_SOURCE, wanted)
+        if wanted.state == "closed":
+            self._forget_later(wanted)
+
+    def _forget_later(self, route: Route) -> None:
+        """Drop a closed preview's route `history` seconds after the close."""
+        delay = max(0.0, (route.since or 0.0) + self.settings.history - self.clock.seconds())
+        previous = self._forget_closed.pop(route.host, None)
+        if previous is not None and previous.active():
+            previous.cancel()
+
+        def forget() -> None:
+            self._forget_closed.pop(route.host, None)
+            if self.routes.get(ROUTE_SOURCE, route.host) is route:
+                self.routes.remove(ROUTE_SOURCE, route.host)
+
+        self._forget_closed[route.host] = self.clock.callLater(delay, forget)
 
     def _route(
         self, slot: Slot, deployment: lc.Deployment, state: Literal["ready", "sleeping"]
@@ -223,6 +281,10 @@ class Driver:
     def stop(self, slots: list[Slot]) -> None:
         """Cancel the jobs in flight; their results are no longer fed."""
         self.stopped = True
+        for call in self._forget_closed.values():
+            if call.active():
+                call.cancel()
+        self._forget_closed.clear()
         for slot in slots:
             if slot.token is not None:
                 slot.token.cancel()

@@ -49,6 +49,10 @@ def repo_secret_values(config: Config) -> tuple[str, ...]:
     return tuple(values)
 
 
+DEFAULT_HISTORY = 7 * 86400.0
+"""Seconds a closed preview is remembered when `[previews] history` is not set."""
+
+
 @frozen
 class OrchestratorSettings:
     """
@@ -104,6 +108,10 @@ class OrchestratorSettings:
     """`[previews] restart_limit`: restarts within `restart_window` before a preview fails."""
     restart_window: float = 600.0
     """`[previews] restart_window`, seconds."""
+    repo_noindex: Mapping[str, bool] = field(factory=dict, converter=_dict)
+    """Lower-cased `[[repos]]` name → its `noindex` (unlisted repositories: True)."""
+    history: float = DEFAULT_HISTORY
+    """`[previews] history`: seconds a closed preview's host still says it was removed."""
 
     @classmethod
     def from_config(cls, config: Config, **overrides: Any) -> OrchestratorSettings:
@@ -136,6 +144,8 @@ class OrchestratorSettings:
             "unlisted_grace": config.previews.unlisted_grace,
             "restart_limit": config.previews.restart_limit,
             "restart_window": config.previews.restart_window,
+            "repo_noindex": {repo.name.lower(): repo.noindex for repo in config.repos},
+            "history": config.previews.history,
         }
         values.update(overrides)
         return cls(**values)

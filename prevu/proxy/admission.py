@@ -16,8 +16,9 @@ applies wins:
 6. the interceptors' reply (ACME HTTP-01, the redirect to HTTPS), in order;
 7. 404 when no route serves the host;
 8. the access gate's reply (login redirect, 401) for a private route;
-9. 503 with Retry-After while the preview is built or woken (the reply
-   asks for the wake-up, see `LocalReply.wake`);
+9. the page of a preview that is not ready (`prevu.proxy.pages`): 503 with
+   Retry-After while it is built or woken (the reply asks for the wake-up,
+   see `LocalReply.wake`), 503 naming the failure, 410 once it was removed;
 10. 400 for an Upgrade request with a body; otherwise the request is forwarded.
 
 The header rules the parser applies while reading a head live here too:
@@ -42,7 +43,8 @@ from prevu.proxy.forwarding import (
     values,
 )
 from prevu.proxy.hooks import AccessGate, Allow, Interceptor, Reply, RequestHead
-from prevu.proxy.http import HOP_BY_HOP, REQUEST_OWN, page, simple_response, waiting_page
+from prevu.proxy.http import HOP_BY_HOP, REQUEST_OWN, page, simple_response
+from prevu.proxy.pages import PageLinks, robots, state_page
 from prevu.routing import Route, RouteRegistry, Upstream, normalize_host
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -115,6 +117,7 @@ class Forward:
     client_http11: bool
     upgrade: bool  # an Upgrade request, forwarded as such
     trusted: bool  # the route is prevu's own (its responses may set prevu's cookies)
+    user: str | None  # whom the login gate named (for the pages of a failing upstream)
 
 
 @define(slots=True)
@@ -142,6 +145,7 @@ class Policy:
     max_body: int = 1 << 30
     retry_after: int = 5  # seconds, in the 503's Retry-After
     trusted_proxies: tuple[Network, ...] = ()
+    links: PageLinks = field(factory=PageLinks)  # where the proxy's own pages link to (logs, login)
     scheme_bytes: bytes = field(init=False)
     host_names: dict[bytes, str] = field(init=False, factory=dict)
 
@@ -237,16 +241,18 @@ def admit(head: ParsedHead, policy: Policy) -> Forward | LocalReply:
             head_only,
         )
     user: bytes | None = None
+    user_name: str | None = None
     if route.access == "private":
         if hook_head is None:
             hook_head = _hook_head(head, target, raw_host, host, policy)
         decision = policy.gate.check(route, hook_head)
         if not isinstance(decision, Allow):
-            return _hook_reply(head, decision, head_only)
-        if decision.user is not None:
-            user = decision.user.encode("utf-8")
+            return _hook_reply(head, decision, head_only, robots(route))
+        user_name = decision.user
+        if user_name is not None:
+            user = user_name.encode("utf-8")
     if route.state != "ready" or route.upstream is None:
-        return _not_ready(head, route, host, head_only, policy.retry_after)
+        return _not_ready(head, route, host, head_only, policy, user_name)
 
     # An upgrade exactly when llhttp treats the request as one, so that the
     # two never disagree about where the HTTP stream ends.
@@ -282,6 +288,7 @@ def admit(head: ParsedHead, policy: Policy) -> Forward | LocalReply:
         head.version == "1.1",
         upgrade,
         route.trusted,
+        user_name,
     )
 
 
@@ -317,12 +324,13 @@ def _hook_head(
     )
 
 
-def _hook_reply(head: ParsedHead, reply: Reply, head_only: bool) -> LocalReply:
-    """The answer an interceptor or the gate gave, framed for this connection."""
+def _hook_reply(
+    head: ParsedHead, reply: Reply, head_only: bool, extra: list[tuple[bytes, bytes]] | None = None
+) -> LocalReply:
+    """The answer an interceptor or the gate gave (plus `extra` headers), framed."""
     close = must_close(head)
-    data = simple_response(
-        reply.status, reply.body, reply.headers, close=close, head_only=head_only
-    )
+    headers = reply.headers + extra if extra else reply.headers
+    data = simple_response(reply.status, reply.body, headers, close=close, head_only=head_only)
     return LocalReply(data, close)
 
 
@@ -338,21 +346,17 @@ def _local(
 
 
 def _not_ready(
-    head: ParsedHead, route: Route, host: str, head_only: bool, retry_after: int
+    head: ParsedHead,
+    route: Route,
+    host: str,
+    head_only: bool,
+    policy: Policy,
+    user: str | None,
 ) -> LocalReply:
-    """The 503 that refreshes itself while a preview is built or woken."""
-    if route.state == "sleeping":
-        message = "This preview was asleep and is waking up. This page refreshes by itself."
-        wake: Route | None = route
-    else:
-        message = "This preview is being built. This page refreshes by itself."
-        wake = None
+    """The page of a preview that is built, woken, failed or removed (`prevu.proxy.pages`)."""
+    reply = state_page(route, host, user, policy.links, policy.retry_after)
     close = must_close(head)
     data = simple_response(
-        503,
-        waiting_page(host, message, retry_after),
-        [(b"Retry-After", b"%d" % retry_after)],
-        close=close,
-        head_only=head_only,
+        reply.status, reply.body, reply.headers, close=close, head_only=head_only
     )
-    return LocalReply(data, close, wake)
+    return LocalReply(data, close, route if route.state == "sleeping" else None)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from prevu.proxy.deadlines import DeadlineKind
+from prevu.proxy.pages import PageLinks
 
 
 class UpstreamLink(Protocol):
@@ -85,6 +86,7 @@ class ClientSide(Protocol):
     max_body: int  # bytes of request body allowed
     max_head: int  # bytes of response head (and of trailers) allowed
     upload_producer: Any  # an IPushProducer: registered on the upstream, it holds the client
+    links: PageLinks  # where the proxy's own pages link to (logs, login)
     # Called once per request: an attribute holding the pool's own method.
     acquire_upstream: Callable[[tuple[str, int], UpstreamUser], UpstreamLink]
 

@@ -31,6 +31,7 @@ from prevu.proxy.http import (
     reason,
     simple_response,
 )
+from prevu.proxy.pages import crashed_page, robots
 from prevu.proxy.upstream import HeadResponseDone, ResponseTooLarge
 
 log = Logger()
@@ -89,6 +90,7 @@ class Exchange:
         self.client_http11 = forward.client_http11
         self.upgrade = forward.upgrade
         self.trusted = forward.trusted
+        self.forward = forward
         self.head_only = method == b"HEAD"
         self.has_body = chunked or bool(forward.content_length)
         self.out: list[bytes] = []
@@ -285,6 +287,11 @@ class Exchange:
             self.keep_alive = False
         elif length is not None:  # "length", or "none" with the representation's length
             headers.append(b"Content-Length: %d\r\n" % length)
+        # b"X-Robots-Tag: noindex\r\n" for a noindex route, else b"": encoded
+        # when the route was installed (prevu.routing.Route.response_headers).
+        route_headers = self.forward.route.response_headers
+        if route_headers:
+            headers.append(route_headers)
         if not self.keep_alive or (not self.request_done and not self.upgrade):
             headers.append(b"Connection: close\r\n")
             self.keep_alive = False
@@ -406,6 +413,10 @@ class Exchange:
         self.connection = None
         if timed_out:
             self.fail(504, "Gateway Timeout", "The preview did not accept a connection in time.")
+        elif self.forward.route.preview is not None:
+            # A preview's container that refuses (or vanished): its app stopped
+            # or crashed. Say so, as the route table knows it is a preview.
+            self.fail_with_page()
         elif reason_.check(ConnectionRefusedError):
             self.fail(502, "Bad Gateway", "The preview refused the connection.")
         else:
@@ -485,7 +496,25 @@ class Exchange:
             return
         self.finished = True
         body = page(status, title, message, self.host)
-        self.client.write(simple_response(status, body, close=True, head_only=self.head_only))
+        headers = robots(self.forward.route)
+        self.client.write(
+            simple_response(status, body, headers, close=True, head_only=self.head_only)
+        )
+        self.client.exchange_finished(self, False)
+
+    def fail_with_page(self) -> None:
+        """Answer with the honest 503 of a preview whose app does not answer (`pages`)."""
+        if self.finished or self.started:
+            self.fail(502, "Bad Gateway", "The preview could not be reached.")
+            return
+        self.finished = True
+        forward = self.forward
+        reply = crashed_page(forward.route, self.host, forward.user, self.client.links)
+        self.client.write(
+            simple_response(
+                reply.status, reply.body, reply.headers, close=True, head_only=self.head_only
+            )
+        )
         self.client.exchange_finished(self, False)
 
     def abort(self) -> None:

@@ -94,24 +94,36 @@ LAST_CHUNK = b"0\r\n\r\n"
 
 def page(status: int, title: str, message: str, host: str = "") -> bytes:
     """A small, self-contained HTML page; never a traceback."""
+    return html_page(status, title, f"<p>{html.escape(message)}</p>", host)
+
+
+def html_page(
+    status: int, title: str, body_html: str, host: str = "", refresh: int | None = None
+) -> bytes:
+    """
+    The frame of every page the proxy writes: `title` and `host` are escaped
+    here, `body_html` is markup the caller escaped; `refresh` (seconds) makes
+    the page reload itself.
+    """
     where = f"<p class=host>{html.escape(host)}</p>" if host else ""
+    reload = f'<meta http-equiv=refresh content="{refresh:d}">' if refresh is not None else ""
     return (
         "<!doctype html><html lang=en><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width,initial-scale=1">'
-        f"<title>{status} {html.escape(title)}</title>"
+        f"{reload}<title>{status} {html.escape(title)}</title>"
         "<style>body{font:16px/1.5 system-ui,sans-serif;margin:4rem auto;max-width:36rem;"
         "padding:0 1rem;color:#222}h1{font-size:1.4rem}.host{color:#666;font-family:monospace}"
+        ".reason{white-space:pre-wrap;background:#f6f6f6;padding:.5rem;font-family:monospace}"
         "</style>"
-        f"<h1>{status} {html.escape(title)}</h1>{where}<p>{html.escape(message)}</p>"
+        f"<h1>{status} {html.escape(title)}</h1>{where}{body_html}"
         "<p><small>prevu</small></p></html>\n"
     ).encode()
 
 
 def waiting_page(host: str, message: str, retry_after: int) -> bytes:
     """The 503 page shown while a preview builds or wakes; it refreshes itself."""
-    body = page(503, "Preview not ready yet", message, host)
-    return body.replace(
-        b"<title>", b'<meta http-equiv=refresh content="%d"><title>' % retry_after, 1
+    return html_page(
+        503, "Preview not ready yet", f"<p>{html.escape(message)}</p>", host, retry_after
     )
 
 

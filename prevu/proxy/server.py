@@ -104,6 +104,7 @@ class ClientConnection(Protocol):
         self.max_target = settings.max_target
         self.quiet_limit = 2 * self.max_head
         self.policy = factory.policy
+        self.links = factory.policy.links
         self.limits = factory.limits
         self.acquire_upstream: Callable[[tuple[str, int], UpstreamUser], UpstreamLink] = (
             factory.pool.acquire

@@ -11,6 +11,7 @@ from prevu.config import Config
 from prevu.proxy.admission import Network, Policy
 from prevu.proxy.deadlines import Timeouts
 from prevu.proxy.hooks import AccessGate, Interceptor
+from prevu.proxy.pages import PageLinks
 from prevu.routing import RouteRegistry
 
 
@@ -28,6 +29,7 @@ class ProxySettings:
     max_connections_per_client: int = 512
     retry_after: int = 5
     direct_write: bool = True  # prevu.proxy.fastpath; off under TLS by construction
+    public_url: str = ""  # prevu's control app: the pages link to its logs and login
 
     @classmethod
     def from_config(cls, config: Config, scheme: str = "http") -> ProxySettings:
@@ -38,6 +40,7 @@ class ProxySettings:
             trusted_proxies=server.trusted_proxies,
             max_body=server.max_body,
             timeouts=Timeouts.from_config(server.timeouts),
+            public_url=server.public_url.rstrip("/"),
         )
 
     def policy(
@@ -52,4 +55,5 @@ class ProxySettings:
             max_body=self.max_body,
             retry_after=self.retry_after,
             trusted_proxies=self.trusted_proxies,
+            links=PageLinks(self.public_url.rstrip("/")),
         )
