@@ -226,6 +226,9 @@ async def test_two_services_isolated_push_and_close(
     assert exec_in(docker_client, web_one, "wget", "-q", "-O", "-", DB_URL) == (0, "data-1\n")
     web = docker_client.api.inspect_container(services["web"]["Id"])
     assert web["HostConfig"]["SecurityOpt"] == ["no-new-privileges:true"]
+    for container in (web, docker_client.api.inspect_container(db)):
+        policy = container["HostConfig"]["RestartPolicy"]
+        assert policy == {"Name": "on-failure", "MaximumRetryCount": 3}, "as single containers"
     assert web["HostConfig"]["PortBindings"] in ({}, None), "published ports are dropped"
     assert web["HostConfig"]["Memory"] == (128 << 20) // 3, "the budget is shared by 3 services"
     env = dict(item.split("=", 1) for item in web["Config"]["Env"])

@@ -489,7 +489,9 @@ def with_compose(
     """
     `inner` able to run Compose previews too: the Compose CLI of
     `[docker] compose` is found on first use (and kept), its `DOCKER_CONFIG`
-    is `state_dir/compose/.docker` (empty: no registry credentials).
+    is `state_dir/compose/.docker` (empty: no registry credentials); every
+    container restarts `on-failure:<inner.restart_limit>` as single-container
+    previews do (`no` when the limit is 0).
     """
     found: list[ComposeCli] = []
 
@@ -501,4 +503,7 @@ def with_compose(
             )
         return found[0]
 
-    return ComposeRuntime(inner, cli, state_dir, memory, dict(labels or {}))
+    # The same restart policy as single-container previews (issue 15, docs/orchestrator.md).
+    limit = inner.restart_limit
+    restart = f"on-failure:{limit}" if limit > 0 else "no"
+    return ComposeRuntime(inner, cli, state_dir, memory, dict(labels or {}), restart)
