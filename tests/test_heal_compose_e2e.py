@@ -110,7 +110,7 @@ async def test_a_killed_or_removed_service_container_heals(
     assert set(services) == {"web", "db"}
     db = services["db"]["Id"]
     assert exec_in(docker_client, db, "sh", "-c", "echo kept > /data/value.txt")[0] == 0
-    await stack.orchestrator.reconcile()  # a pass sees db (a removed one is judged by it)
+    await stack.orchestrator.reconcile()  # a removal is seen against a pass that saw db
 
     killed = time.monotonic()
     docker_client.api.kill(db)
