@@ -118,10 +118,16 @@ class ComposeStack(Stack):
     """The e2e stack with the Compose-capable runtime (the composition root's wiring)."""
 
     def __init__(
-        self, reactor: Any, pool: Any, tmp: Path, forge: ForgeRepo, prefix: str | None = None
+        self,
+        reactor: Any,
+        pool: Any,
+        tmp: Path,
+        forge: ForgeRepo,
+        prefix: str | None = None,
+        **docker: Any,
     ) -> None:
         self.prefix = prefix
-        super().__init__(reactor, pool, tmp, forge)
+        super().__init__(reactor, pool, tmp, forge, **docker)
 
     def boot(self) -> None:
         if self.prefix is not None:

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import ensureDeferred
 
+from prevu import labels as lb
 from prevu.testing.fakes import FakeDocker
 from tests.test_orchestrator import SHAS, Harness
 
@@ -253,3 +254,48 @@ def test_any_sequence_of_failures_heals_within_the_limit_and_never_wakes_a_sleep
             assert status in ("running", "starting", "failed", "sleeping"), status
         for at in made:
             assert len([m for m in made if 0 <= at - m < 600.0]) <= 3
+
+
+@define
+class ComposeLikeDocker(TalkingDocker):
+    """The fake engine whose logs say which container printed them."""
+
+    async def container_logs(self, container: str, tail: int = 200) -> list[str]:
+        await self._enter("container_logs", container)
+        return [f"{container} line {n}" for n in range(1, 31)][-tail:]
+
+
+def test_a_part_container_past_the_limit_fails_with_its_service_and_its_last_lines(
+    tmp_path: Path,
+) -> None:
+    """A Compose preview's db, OOM-killed after the engine's 3 restarts: the preview
+    fails naming the service, the reason and the db's own last lines (not web's)."""
+    h = Harness(tmp_path)
+    h.docker = ComposeLikeDocker()
+    h.orchestrator = h.make()
+    h.publish(1, SHAS[0])
+    h.deploy(1, SHAS[0])
+    web = serving(h)
+    head = h.docker.containers[web]
+    project = "prevu-pr-1-shop-keep"
+    h.docker.containers[web] = evolve(head, labels={**head.labels, lb.PROJECT: project})
+    owner = {k: v for k, v in head.labels.items() if k in (lb.INSTANCE, lb.PREVIEW, lb.MANAGED)}
+    labels = {**owner, lb.PART: "keep", lb.PROJECT: project, lb.SERVICE: "db"}
+    h.docker.containers["db1"] = evolve(head, id="db1", name="db-1", labels=labels)
+    reconcile(h)
+    assert h.status(PREVIEW) == "running"
+    h.docker.containers["db1"] = evolve(
+        h.docker.containers["db1"],
+        state="exited",
+        exit_code=137,
+        oom_killed=True,
+        restart_count=3,
+        memory=64 << 20,
+    )
+    reconcile(h)
+    record = h.store.get(PREVIEW)
+    assert record is not None and record.status == "failed"
+    error = record.error or ""
+    assert error.startswith("service db: container db1 exited with code 137: out of memory")
+    assert "(limit 64m)" in error and "gave up" in error
+    assert error.endswith("last lines:\n" + "\n".join(f"db1 line {n}" for n in range(21, 31)))

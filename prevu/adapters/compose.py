@@ -271,6 +271,18 @@ class ComposeCli:
             timeout=self.up_timeout,
         )
 
+    async def up_missing(self, model_file: str, project: str) -> Ran:
+        """
+        `up -d --no-recreate` of a model prevu wrote: create the services'
+        containers that are missing (removed behind prevu's back, issue 15)
+        and start stopped ones; never recreates or builds.
+        """
+        return await self.run(
+            ["-f", model_file, "-p", project, "up", "-d", "--no-build", "--no-recreate"],
+            cwd=os.path.dirname(model_file),
+            timeout=self.up_timeout,
+        )
+
     async def down(self, project: str, timeout: float = 10.0) -> None:
         """Stop and remove the containers of `project` (prevu's volumes and network stay)."""
         await self.run(["-p", project, "down", "--remove-orphans", "-t", str(int(timeout))])

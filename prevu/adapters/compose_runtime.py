@@ -383,7 +383,37 @@ class ComposeRuntime:
         except FirstError as error:
             error.subFailure.raiseException()
 
+    async def _missing(self, deployed: Deployed) -> None:
+        """
+        Create again the containers of a Compose deployment's services that
+        are gone (`docker rm -f`, issue 15): `up --no-recreate` of each of its
+        projects (kept first) whose written model names a service with no
+        container. DockerError when Compose fails.
+        """
+        info = await self.inner.docker.inspect_container(deployed.container)
+        if info is None or PROJECT not in info.labels:
+            return
+        preview = deployed.preview
+        managed = await self.inner.docker.list_managed()
+        for project in (f"{self._base(preview)}-keep", info.labels[PROJECT]):
+            path = self._dir(preview, "models", f"{project}.json")
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    written = json.load(handle)
+            except FileNotFoundError:
+                continue  # no kept service (or a model written before this prevu)
+            wanted = set(written.get("services") or {})
+            found = {
+                c.labels.get(COMPOSE_SERVICE)
+                for c in managed.containers
+                if lb.owned(c.labels, self.inner.instance) == preview
+                and c.labels.get(PROJECT) == project
+            }
+            if wanted - found:
+                await (await self.cli()).up_missing(path, project)
+
     async def resume(self, deployed: Deployed) -> Deployed:
+        await self._missing(deployed)
         containers = await self._preview_containers(deployed)
         if containers is None:
             return await self.inner.resume(deployed)

@@ -26,6 +26,17 @@ touched):
   the reason (the runner adds the last log lines). A container the engine
   is restarting itself is left alone. A running serving container found at
   another address (an engine restart) is adopted again: the route follows.
+- Compose previews (docs/compose.md), with `heal`: every other container of
+  an awake, settled preview whose serving container runs is judged by the
+  same rules and the same tally: its kept (`prevu.part = keep`) containers
+  and those of the serving container's project. One that exited (but not
+  with code 0 by itself: a one-shot service that finished), or that
+  was seen at the last pass and is gone with no container of its service
+  left in its project, gets `Heal` of the serving container (the resume
+  job starts the stopped ones and creates the missing ones); past the limit
+  `Vanished` with the service named (the runner adds that container's last
+  lines: `Plan.culprits`). The part containers seen (`Plan.parts`) are what
+  the next pass compares with.
 - A preview is *settled* when nothing happened to it while the engine was
   listed and no job runs; only settled previews get events, and a preview
   that gets an event is not settled for the rest of the plan (one event per
@@ -40,8 +51,8 @@ from typing import Literal
 from attrs import field, frozen
 
 from prevu import lifecycle as lc
-from prevu.labels import PART, PROJECT, deployment_of, owned
-from prevu.orchestrator.heal import HealRules, Tally, decide
+from prevu.labels import PART, PROJECT, SERVICE, deployment_of, owned
+from prevu.orchestrator.heal import WAITING, HealRules, Tally, decide
 from prevu.ports import ContainerInfo, Managed
 from prevu.runtime import Observed
 
@@ -69,6 +80,24 @@ def _tallies(value: Mapping[str, Tally] | None) -> dict[str, Tally]:
 
 
 @frozen
+class PartSeen:
+    """A Compose part container seen by a pass: its preview, service, project and part."""
+
+    preview: str
+    service: str
+    project: str
+    part: str
+
+
+def _parts(value: Mapping[str, PartSeen] | None) -> dict[str, PartSeen]:
+    return dict(value or {})
+
+
+def _names(value: Mapping[str, str] | None) -> dict[str, str]:
+    return dict(value or {})
+
+
+@frozen
 class HealView:
     """
     What the heal rules need: the runtime's `observe()` by container id, each
@@ -79,18 +108,24 @@ class HealView:
     tallies: Mapping[str, Tally] = field(factory=dict, converter=_tallies)
     rules: HealRules = field(factory=HealRules)
     now: float = 0.0
+    parts: Mapping[str, PartSeen] = field(factory=dict, converter=_parts)
+    """The part containers (by id) the last pass saw (`Plan.parts`)."""
 
 
 @frozen
 class Plan:
     """
     The events to feed (preview, event) and then the orphans to remove, in
-    order; with a `HealView`, the previews' tallies to keep for the next pass.
+    order; with a `HealView`, the previews' tallies and the part containers
+    seen to keep for the next pass, and per preview given up on for one of
+    its part containers that container (whose last lines tell why).
     """
 
     events: tuple[tuple[str, lc.Event], ...] = ()
     removals: tuple[Removal, ...] = ()
     tallies: Mapping[str, Tally] = field(factory=dict, converter=_tallies)
+    parts: Mapping[str, PartSeen] = field(factory=dict, converter=_parts)
+    culprits: Mapping[str, str] = field(factory=dict, converter=_names)
 
 
 def _gone(view: SlotView | None) -> bool:
@@ -183,6 +218,29 @@ def plan(
                 feed(preview, lc.Vanished(state.serving.container))
             else:
                 lost(preview, state.serving.container)
+    culprits: dict[str, str] = {}
+    parts: dict[str, PartSeen] = {}
+    if heal is not None:
+
+        def part_lost(preview: str, part: PartSeen, container: str, state: str | None) -> None:
+            """A part container of `preview` exited (`state`) or is gone (None): heal, or fail."""
+            view = slots[preview]
+            serving = view.state.serving
+            assert serving is not None and heal is not None
+            observed_part = heal.observations.get(container)
+            if observed_part is None and state is not None:
+                observed_part = Observed(preview, part.service, container, state)
+            tally = heal.tallies.get(preview, Tally())
+            decision = decide(container, observed_part, tally, heal.rules, heal.now)
+            tallies[preview] = decision.tally
+            reason = f"service {part.service}: {decision.reason}"
+            if decision.action == "give-up":
+                feed(preview, lc.Vanished(serving.container, reason))
+                culprits[preview] = container
+            elif decision.action in ("restart", "recreate"):
+                feed(preview, lc.Heal(serving.container, reason))
+
+        parts = _heal_parts(observed, slots, instance, heal, settled, part_lost)
     projects = {c.labels.get(PROJECT) for c in observed.containers} - {None}
     for image in observed.images:
         preview = owned(image.labels, instance)
@@ -206,11 +264,107 @@ def plan(
         job = view.state.job if view is not None else None
         if (job is None or job.kind != "build") and workspace not in fed:
             removals.append(Removal("workspace", workspace))
-    return Plan(tuple(events), tuple(removals), _kept(heal, tallies, slots))
+    return Plan(
+        tuple(events),
+        tuple(removals),
+        _kept(heal, tallies, slots, parts),
+        {c: seen for c, seen in parts.items() if not _gone(slots.get(seen.preview))},
+        culprits,
+    )
+
+
+def _heal_parts(
+    observed: Managed,
+    slots: Mapping[str, SlotView],
+    instance: str,
+    heal: HealView,
+    settled: Callable[[str], lc.Preview | None],
+    lost: Callable[[str, PartSeen, str, str | None], None],
+) -> dict[str, PartSeen]:
+    """
+    Judge the part containers of every awake, settled Compose preview whose
+    serving container runs (see the module docstring): call `lost` for the
+    first one (by service) that exited, else for the first one seen at the
+    last pass that is gone; answer the part containers to remember.
+    """
+    listed: dict[str, PartSeen] = {}
+    states: dict[str, str] = {}
+    heads: dict[str, str] = {}
+    for container in observed.containers:
+        preview = owned(container.labels, instance)
+        if preview is None:
+            continue
+        part = container.labels.get(PART)
+        if part:
+            service = container.labels.get(SERVICE, container.name)
+            project = container.labels.get(PROJECT, "")
+            listed[container.id] = PartSeen(preview, service, project, part)
+            states[container.id] = container.state
+        elif container.running and PROJECT in container.labels:
+            heads[container.id] = container.labels[PROJECT]
+    remembered = {c: seen for c, seen in heal.parts.items() if c not in listed}
+    present = {(seen.preview, seen.project, seen.service) for seen in listed.values()}
+    keep = dict(listed)
+    for gone_id, seen in remembered.items():
+        view = slots.get(seen.preview)
+        serving = view.state.serving if view is not None else None
+        if serving is None or view is None or view.state.closed:
+            continue
+        if (seen.preview, seen.project, seen.service) in present:
+            continue  # it was created again
+        head = heads.get(serving.container)
+        if (
+            settled(seen.preview) is not None
+            and head is not None
+            and seen.part != "keep"
+            and seen.project != head
+        ):
+            continue  # of an older revision, discarded
+        keep[gone_id] = seen
+    for preview in sorted(slots):
+        state = settled(preview)
+        if state is None or state.serving is None or state.asleep or state.closed:
+            continue
+        head = heads.get(state.serving.container)
+        if head is None:
+            continue
+
+        def mine(seen: PartSeen, head: str = head, preview: str = preview) -> bool:
+            return seen.preview == preview and (seen.part == "keep" or seen.project == head)
+
+        order = sorted((seen.service, c) for c, seen in listed.items() if mine(seen))
+        stopped = [c for _, c in order if states[c] not in WAITING and not _done(heal, c)]
+        if stopped:
+            lost(preview, listed[stopped[0]], stopped[0], states[stopped[0]])
+            continue
+        gone = sorted(
+            (seen.service, c) for c, seen in keep.items() if c in remembered and mine(seen)
+        )
+        if gone:
+            lost(preview, keep[gone[0][1]], gone[0][1], None)
+    return keep
+
+
+def _done(heal: HealView, container: str) -> bool:
+    """
+    True for a part container that exited by itself with code 0: a one-shot
+    service (a migration) that finished, which Docker's `on-failure` policy
+    does not restart either.
+    """
+    found = heal.observations.get(container)
+    return (
+        found is not None
+        and found.state == "exited"
+        and found.exit_code == 0
+        and not found.oom_killed
+    )
 
 
 def _kept(
-    heal: HealView | None, decided: Mapping[str, Tally], slots: Mapping[str, SlotView]
+    heal: HealView | None,
+    decided: Mapping[str, Tally],
+    slots: Mapping[str, SlotView],
+    parts: Mapping[str, PartSeen] | None = None,
 ) -> dict[str, Tally]:
     """
     The tallies for the next pass: the ones decided now, else last pass's
@@ -230,8 +384,16 @@ def _kept(
             observed = heal.observations.get(serving.container)
             if observed is not None:
                 tally = tally.seen(serving.container, observed.restart_count, heal.now)
-        kept[preview] = tally.pruned(heal.now, heal.rules.window, frozenset({serving.container}))
+        mine = {c for c, seen in (parts or {}).items() if seen.preview == preview}
+        for container in sorted(mine):  # the engine's restarts of a Compose preview's parts
+            observed = heal.observations.get(container)
+            if observed is not None:
+                tally = tally.seen(container, observed.restart_count, heal.now)
+        containers = frozenset({serving.container, *mine})
+        kept[preview] = tally.pruned(heal.now, heal.rules.window, containers)
     return {preview: tally for preview, tally in kept.items() if tally != Tally()}
+
+
 def _compose_parts(
     observed: Managed,
     slots: Mapping[str, SlotView],

@@ -9,8 +9,10 @@ goes on. Reactor thread only.
 Self-healing (issue 15): each pass also reads the runtime's `observe()`
 (exit code, OOM kill, restart count of every container) and keeps each
 preview's restart `Tally` between passes (in memory: a restarted prevu
-counts afresh). When the plan gives up on a preview, the last
-`LOG_LINES` lines its container printed are added to the reason.
+counts afresh), and the Compose part containers it saw (so that one
+removed behind prevu's back is recreated). When the plan gives up on a
+preview, the last `LOG_LINES` lines the failing container printed are
+added to the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from prevu.errors import DockerError, DockerUnavailable
 from prevu.orchestrator.driver import Driver
 from prevu.orchestrator.heal import HealRules, Tally
 from prevu.orchestrator.metrics import Metrics
-from prevu.orchestrator.reconcile import HealView, SlotView, plan
+from prevu.orchestrator.reconcile import HealView, PartSeen, SlotView, plan
 from prevu.orchestrator.registry import Registry
 from prevu.orchestrator.settings import OrchestratorSettings
 from prevu.ports import Git
@@ -55,6 +57,8 @@ class Reconciler:
     """Preview id → when a pass first found its repository out of `[[repos]]`."""
     _tallies: dict[str, Tally] = field(factory=dict)
     """Preview id → its restarts (issue 15), kept from one pass to the next."""
+    _parts: dict[str, PartSeen] = field(factory=dict)
+    """The Compose part containers the last pass saw (a removed one is recreated)."""
 
     def start(self) -> None:
         """Reconcile every `reconcile_interval` from now on."""
@@ -124,13 +128,16 @@ class Reconciler:
             self._tallies,
             HealRules(self.settings.restart_limit, self.settings.restart_window),
             self.clock.seconds(),
+            self._parts,
         )
         self._close_unlisted()
         result = plan(observed, views, workspaces, self.settings.instance, heal)
         self._tallies = dict(result.tallies)
+        self._parts = dict(result.parts)
         for preview, event in result.events:
             if isinstance(event, lc.Vanished) and event.reason is not None:
-                event = evolve(event, reason=await self._with_logs(event.container, event.reason))
+                culprit = result.culprits.get(preview, event.container)
+                event = evolve(event, reason=await self._with_logs(culprit, event.reason))
             slot = self.registry.get(preview)
             if slot is None:
                 continue
