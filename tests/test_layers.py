@@ -71,6 +71,8 @@ PURE: tuple[str, ...] = (
     "prevu.proxy.http",
     "prevu.control.views",
     "prevu.control.operators",
+    "prevu.swarm",
+    "prevu.swarm.spec",
 )
 """The pure core (docs/architecture.md): add orchestrator planning, proxy policy here."""
 
