@@ -404,10 +404,19 @@ class SwarmRuntime:
             )
 
     async def _wait_gone(self, service: str) -> None:
-        """Wait until the removed service's tasks have no container left (bounded)."""
+        """
+        Wait until the removed service's tasks are gone (bounded): Swarm answers
+        "not found" once the service itself is gone; containers a node still holds
+        are removed by the node cleanup, networks wait for their endpoints.
+        """
         waited = 0.0
         while waited < self.start_timeout:
-            tasks = await self._tasks(service)
+            try:
+                tasks = await self._tasks(service)
+            except DockerError as error:
+                if "not found" in error.reason:
+                    return
+                raise
             if not tasks:
                 return
             await self._sleep()
@@ -498,12 +507,25 @@ class SwarmRuntime:
 
 
 def _node_cleanup(client: Any, instance: str, preview: str, data: bool) -> None:
-    """On one node's engine: remove the preview's images (and volumes with `data`)."""
+    """
+    On one node's engine (after the preview's services are removed): remove its
+    task containers still there, its images, and its volumes with `data`.
+    An engine error propagates (the remove job retries).
+    """
     api = client.api
     label = f"{lb.PREVIEW}={preview}"
+    for container in api.containers(all=True, filters={"label": label}):
+        if lb.owned(container.get("Labels") or {}, instance) == preview:
+            try:
+                api.remove_container(container["Id"], force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as error:  # Swarm is removing it too
+                if "already in progress" not in str(error.explanation or error):
+                    raise
     for image in api.images(filters={"label": label}):
         if lb.owned(image.get("Labels") or {}, instance) == preview:
-            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            with contextlib.suppress(docker.errors.NotFound):
                 api.remove_image(image["Id"], force=True)
     if data:
         for volume in (api.volumes(filters={"label": label}) or {}).get("Volumes") or ():
