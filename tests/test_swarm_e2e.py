@@ -96,12 +96,14 @@ def commit(root: Path, text: str) -> str:
     return git("rev-parse", "HEAD", cwd=root)
 
 
-def repository(root: Path) -> None:
+def repository(root: Path, prevu_toml: str = "") -> None:
     root.mkdir(parents=True)
     git("init", "--quiet", "--initial-branch=main", str(root), cwd=root.parent)
     subprocess.run(["cp", "/bin/busybox", str(root / "busybox")], check=True)
     (root / "www").mkdir()
     (root / "Dockerfile").write_text(SERVE)
+    if prevu_toml:
+        (root / ".prevu.toml").write_text(prevu_toml)
 
 
 def api(ns: Netns, method: str, path: str, body: object = None) -> dict[str, object]:
@@ -203,7 +205,7 @@ def test_a_preview_on_a_single_node_swarm(lab: SwarmLab, tmp_path: Path) -> None
     load: subprocess.Popen[bytes] | None = None
     try:
         repo = tmp_path / "site"
-        repository(repo)
+        repository(repo, '[run]\nvolumes = ["/data"]\n')  # a named volume, kept across pushes
         sha = commit(repo, "one\n")
         body = {"repo": "site", "branch": "main", "sha": sha, "clone_url": repo.as_uri()}
         answer = api(home, "POST", "/api/previews", body)
@@ -224,6 +226,11 @@ def test_a_preview_on_a_single_node_swarm(lab: SwarmLab, tmp_path: Path) -> None
         assert template["Resources"]["Limits"]["MemoryBytes"] == 64 << 20
         assert template["Resources"]["Reservations"]["NanoCPUs"] == 500_000_000
         assert template["Placement"]["Constraints"] == ["node.role == manager"]
+        mounts = template["ContainerSpec"]["Mounts"]
+        assert [(m["Type"], m["Target"]) for m in mounts] == [("volume", "/data")], mounts
+        assert mounts[0]["VolumeOptions"]["Labels"]["prevu.preview"] == preview
+        volume = mounts[0]["Source"]
+        assert engine_api(lab.manager, f"/volumes/{volume}")["Labels"]["prevu.preview"] == preview
         networks = ours(lab, "networks", instance)
         assert [n["Driver"] for n in networks] == ["overlay"], networks
         assert networks[0]["Attachable"] is True
@@ -274,6 +281,10 @@ def test_a_preview_on_a_single_node_swarm(lab: SwarmLab, tmp_path: Path) -> None
         services = engine_api(lab.manager, "/services")
         assert len(services) == 1, "the old revision's service is removed"
         serving = services[0]["ID"]
+        pushed = services[0]["Spec"]["TaskTemplate"]
+        assert pushed["ContainerSpec"]["Mounts"][0]["Source"] == volume, "the same volume"
+        node = engine_api(lab.manager, "/nodes")[0]["ID"]
+        assert f"node.id=={node}" in pushed["Placement"]["Constraints"], "pinned to its volume"
         print(f"push: {len(seen)} requests, none failed")
 
         # prevu restarted: the running service is adopted, nothing is built again.
