@@ -295,6 +295,23 @@ def test_a_preview_on_a_single_node_swarm(lab: SwarmLab, tmp_path: Path) -> None
         assert [s["ID"] for s in engine_api(lab.manager, "/services")] == [serving]
         assert {i["Id"] for i in engine_api(lab.manager, "/images/json")} == images
 
+        # The service removed behind prevu's back: the reconcile makes a new one (self-healing,
+        # issue 15; since prevu restarted it builds the commit again: the app model of the
+        # image is not known any more, as on one host).
+        assert lab.manager._api("DELETE", f"/services/{serving}") is None
+        back = time.monotonic()
+        recreated: list[str] = []
+        while time.monotonic() - back < 60:
+            recreated = [s["ID"] for s in engine_api(lab.manager, "/services")]
+            if recreated and recreated != [serving]:
+                break
+            time.sleep(0.3)
+        assert len(recreated) == 1 and recreated != [serving], (recreated, prevu.tail())
+        time.sleep(1.0)  # the removed service's task is gone by now: a new address serves
+        wait_served(home, host, "two\n", timeout=60)
+        print(f"recreated and served again after {time.monotonic() - back:.1f}s")
+        wait_status(home, preview, "running", prevu)
+
         # Close: no service, network, secret, config or volume of this prevu left.
         assert api(home, "DELETE", f"/api/previews/{preview}")
         wait_status(home, preview, "stopped", prevu)

@@ -185,12 +185,18 @@ class SwarmRuntime:
 
         return await self._call("tasks", tasks)
 
-    async def _wait_running(self, service: str, network_id: str) -> ServiceState:
-        """Poll the service's tasks until one runs with an address; DockerError otherwise."""
+    async def _wait_running(
+        self, service: str, network_id: str, old: frozenset[str] = frozenset()
+    ) -> ServiceState:
+        """
+        Poll the service's tasks (but the `old` task ids: those before a scale-up)
+        until one runs with an address; DockerError when one fails or on timeout.
+        """
         waited = 0.0
         state = ServiceState("restarting")
         while waited < self.start_timeout:
-            state = read_state(await self._tasks(service), network_id)
+            tasks = [t for t in await self._tasks(service) if t.get("ID") not in old]
+            state = read_state(tasks, network_id) if tasks else ServiceState("restarting")
             if state.state == "running" and state.address:
                 return state
             if state.state == "exited" and state.error:
@@ -234,9 +240,9 @@ class SwarmRuntime:
         )
         volumes = {self.inner.volume_name(release.preview, path): path for path in service.volumes}
         holder = await self._holder(release.preview) if volumes else None
-        reference = self._digests.get(image) or (
-            self.reference(release) if service.build is not None else image
-        )
+        pushed = service.build is not None or image.startswith("sha256:")
+        # A local image id (prevu restarted, or a recreate): its pushed tag in the registry.
+        reference = self._digests.get(image) or (self.reference(release) if pushed else image)
         spec = service_spec(
             name=name,
             image=reference,
@@ -293,6 +299,12 @@ class SwarmRuntime:
         return Health(False)
 
     async def _scale(self, service: str, replicas: int) -> None:
+        """
+        Set the service's replicas; scaling up also forces a new task
+        (`ForceUpdate`, as `docker service update --force`): a service whose
+        task failed past its restart policy runs again.
+        """
+
         def scale() -> None:
             api = self.client.api
             try:
@@ -302,10 +314,13 @@ class SwarmRuntime:
                     raise DockerError("start", f"service {service} is gone") from None
                 return
             spec = info["Spec"]
+            template = dict(spec["TaskTemplate"])
+            if replicas:
+                template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
             api.update_service(
                 service,
                 version=info["Version"]["Index"],
-                task_template=spec["TaskTemplate"],
+                task_template=template,
                 name=spec["Name"],
                 labels=spec.get("Labels"),
                 mode={"Replicated": {"Replicas": replicas}},
@@ -323,8 +338,9 @@ class SwarmRuntime:
         endpoints = dict(deployed.endpoints)
         network_id = await self._network_id(deployed.preview)
         for name, service in deployed.containers.items():
+            before = frozenset(str(t.get("ID")) for t in await self._tasks(service))
             await self._scale(service, 1)
-            state = await self._wait_running(service, network_id)
+            state = await self._wait_running(service, network_id, before)
             port = endpoints[name].port if name in endpoints else 8080
             endpoints[name] = Upstream(state.address, port)
         return Deployed(
