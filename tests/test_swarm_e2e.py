@@ -332,6 +332,9 @@ def test_a_preview_on_a_single_node_swarm(lab: SwarmLab, tmp_path: Path) -> None
                 break
             time.sleep(0.5)
         assert not any(left.values()), left
+        # ... and its images are deleted from the registry (it holds every PR's code).
+        tags = lab.manager.http(f"http://{REGISTRY}/v2/prevu-{instance}/{preview}/tags/list")
+        assert tags[0] == 200 and json.loads(tags[1])["tags"] in (None, []), tags
     finally:
         if load is not None:
             load.kill()

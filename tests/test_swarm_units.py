@@ -179,3 +179,16 @@ def test_host_refusal_says_why() -> None:
     assert "not a swarm manager" in (host_refusal(True, "abc", False, "active") or "")
     assert "prevu runs on the host" in (host_refusal(False, None, True, "active") or "")
     assert "prevu runs on the host" in (host_refusal(True, None, True, "active") or "")
+
+
+def test_the_registry_is_http_only_when_the_engine_calls_it_insecure() -> None:
+    from prevu.adapters.registry import Registry
+
+    info = {"RegistryConfig": {"IndexConfigs": {"10.0.0.1:5000": {"Secure": False}}}}
+    assert Registry.for_engine("10.0.0.1:5000", info, {}) == Registry("10.0.0.1:5000", False)
+    assert Registry.for_engine("reg.example:443/team", info, {}).secure is True
+    auths = {"reg.example:443": {"username": "u", "password": "p"}}
+    assert Registry.for_engine("reg.example:443", {}, auths).auth == "dTpw"
+    assert (
+        Registry.for_engine("reg.example:443", {}, {"reg.example:443": {"auth": "x"}}).auth == "x"
+    )

@@ -32,6 +32,7 @@ volumes on each of them. Errors and threading: see `prevu.runtime`.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -41,11 +42,13 @@ import docker.errors
 from attrs import define, field
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from prevu import labels as lb
 from prevu.adapters.docker import _translate, in_container_marker
 from prevu.adapters.docker_runtime import DockerRuntime
+from prevu.adapters.registry import Registry, RegistryError
 from prevu.appmodel import APP, AppModel
 from prevu.config import Config
 from prevu.config.swarm import SwarmConfig
@@ -83,6 +86,9 @@ class SwarmRuntime:
     poll: float = 0.5
     labels: Mapping[str, str] = field(factory=dict)
     """Extra labels on every object (e.g. a test session's)."""
+    registry: Registry | None = None
+    """Where closed previews' images are deleted from (None: they stay in the registry)."""
+    log: Logger = field(factory=Logger, eq=False)
     _digests: dict[str, str] = field(factory=dict, init=False)
 
     # --- plumbing -------------------------------------------------------------------
@@ -103,13 +109,18 @@ class SwarmRuntime:
     def _labels(self, labels: Mapping[str, str]) -> dict[str, str]:
         return {**labels, **self.labels, **MANAGED}
 
+    def repository(self, preview: str) -> str:
+        """The preview's repository in the registry (no host): `prevu-<instance>/<preview>`."""
+        path = (self.swarm.registry or "").rstrip("/").partition("/")[2]
+        return "/".join(filter(None, (path, f"prevu-{self.instance}", preview))).lower()
+
     def reference(self, release: Release) -> str:
         """Where the release's image is pushed: `<registry>/prevu-<instance>/<preview>:<tag>`."""
         revision = release.revision
-        registry = (self.swarm.registry or "").rstrip("/")
+        host = (self.swarm.registry or "").partition("/")[0]
         return (
-            f"{registry}/prevu-{self.instance}/{release.preview}:{revision.short}-{revision.serial}"
-        ).lower()
+            f"{host}/{self.repository(release.preview)}:{revision.short}-{revision.serial}".lower()
+        )
 
     def network_of(self, preview: str) -> str:
         return self.inner.network_of(preview)
@@ -413,10 +424,32 @@ class SwarmRuntime:
                     api.remove_config(config["ID"])
 
         await self._call("secret remove", swarm_objects)
+        await self._delete_pushed(preview)
         await self.inner.remove(preview, data)  # the manager's images, networks, volumes
         for name, client in self.nodes.items():
             await self._call(
                 f"node {name} cleanup", _node_cleanup, client, self.instance, preview, data
+            )
+
+    async def _delete_pushed(self, preview: str) -> None:
+        """Delete the preview's images from the registry; a failure is logged, never raised."""
+        if self.registry is None:
+            return
+        repository = self.repository(preview)
+        try:
+            deleted = await deferToThreadPool(
+                self.reactor, self.pool, self.registry.delete_repository, repository
+            )
+        except RegistryError as error:
+            self.log.warn(
+                "registry cleanup of {preview} failed: {error}", preview=preview, error=str(error)
+            )
+            return
+        if deleted:
+            self.log.info(
+                "deleted {count} images of {preview} from the registry",
+                count=len(deleted),
+                preview=preview,
             )
 
     async def _wait_gone(self, service: str) -> None:
@@ -611,7 +644,24 @@ def swarm_runtime_for(
         import socket
 
         own = socket.gethostname()
+    auths: dict[str, Any] = {}
+    if config.docker.registry_auth_file:
+        try:
+            with open(config.docker.registry_auth_file, encoding="utf-8") as handle:
+                auths = dict(json.load(handle).get("auths") or {})
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"prevu: [docker] registry_auth_file: {error}") from None
+    registry = Registry.for_engine(config.swarm.registry or "", client.info(), auths)
     nodes = {
         node.name: docker.DockerClient(base_url=node.docker_host) for node in config.swarm.nodes
     }
-    return SwarmRuntime(inner, reactor, pool, client, config.swarm, own_container=own, nodes=nodes)
+    return SwarmRuntime(
+        inner,
+        reactor,
+        pool,
+        client,
+        config.swarm,
+        own_container=own,
+        nodes=nodes,
+        registry=registry,
+    )
