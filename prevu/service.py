@@ -30,7 +30,7 @@ from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.git import GitCli
 from prevu.adapters.github_api import GithubApi
 from prevu.adapters.health import NetworkHealthChecker
-from prevu.adapters.swarm_runtime import swarm_runtime_for
+from prevu.adapters.swarm_setup import swarm_runtime_for
 from prevu.auth.authority import Authority
 from prevu.auth.gate import AuthGate
 from prevu.auth.revocations import load_revoked

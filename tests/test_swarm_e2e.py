@@ -386,13 +386,17 @@ def test_a_preview_on_the_worker_of_two_nodes(lab: SwarmLab, tmp_path: Path) -> 
     prevu.start()
     try:
         repo = tmp_path / "site"
-        repository(repo)
+        # [data] on_push runs in the task's container on the worker (through its engine).
+        argv = ["/bin/busybox", "sh", "-c", "echo pushed-on-worker > /www/pushed.html"]
+        repository(repo, f"[data]\non_push = {json.dumps(argv)}\n")
         sha = commit(repo, "on the worker\n")
         body = {"repo": "site", "branch": "main", "sha": sha, "clone_url": repo.as_uri()}
         answer = api(home, "POST", "/api/previews", body)
         preview, host = str(answer["id"]), str(answer["host"])
         wait_status(home, preview, "running", prevu)
         wait_served(home, host, "on the worker\n")
+        pushed = home.http(PROXY + "pushed.html", headers={"Host": host}, timeout=3.0)
+        assert pushed == (200, "pushed-on-worker\n"), pushed
         assert (
             engine_api(
                 lab.manager,

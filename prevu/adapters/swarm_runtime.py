@@ -32,7 +32,6 @@ volumes on each of them. Errors and threading: see `prevu.runtime`.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -46,17 +45,16 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from prevu import labels as lb
-from prevu.adapters.docker import _translate, in_container_marker
+from prevu.adapters.docker import _translate
 from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.registry import Registry, RegistryError
 from prevu.appmodel import APP, AppModel
-from prevu.config import Config
 from prevu.config.swarm import SwarmConfig
 from prevu.errors import DockerError
 from prevu.ports import ContainerInfo, ExecResult, LogSink, Managed
 from prevu.routing import Upstream
 from prevu.runtime import Built, Deployed, Health, Observed, Release, Runtime
-from prevu.swarm.spec import ServiceState, host_refusal, network_spec, pinned, service_spec
+from prevu.swarm.spec import ServiceState, network_spec, pinned, service_spec
 from prevu.swarm.spec import service_state as read_state
 
 T = TypeVar("T")
@@ -90,6 +88,7 @@ class SwarmRuntime:
     """Where closed previews' images are deleted from (None: they stay in the registry)."""
     log: Logger = field(factory=Logger, eq=False)
     _digests: dict[str, str] = field(factory=dict, init=False)
+    _node_ids: dict[int, str] = field(factory=dict, init=False)
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -472,13 +471,42 @@ class SwarmRuntime:
             waited += self.poll
 
     async def exec(self, deployed: Deployed, service: str, argv: Sequence[str]) -> ExecResult:
+        """
+        Run `argv` in the running task's container, on the engine of the node it
+        runs on: the manager's, or the `[swarm] nodes` engine whose swarm node id
+        is the task's (DockerError when that node's engine is not configured).
+        """
         target = deployed.containers.get(service)
         if target is None:
             raise DockerError("exec", f"no service {service!r} in preview {deployed.preview}")
         state = read_state(await self._tasks(target), "")
         if state.state != "running" or not state.container:
             raise DockerError("exec", f"service {service!r} has no running task")
-        return await self.inner.docker.exec_in(state.container, argv)
+
+        def run() -> ExecResult:
+            client = self._engine_of(state.node)
+            api = client.api
+            created = api.exec_create(state.container, list(argv), stdout=True, stderr=True)
+            output = api.exec_start(created["Id"])
+            code = api.exec_inspect(created["Id"]).get("ExitCode")
+            return ExecResult(
+                int(code if code is not None else -1), output.decode("utf-8", "replace")
+            )
+
+        return await self._call("exec", run)
+
+    def _engine_of(self, node: str) -> Any:
+        """The SDK client of the engine of swarm node `node` (worker threads only)."""
+        for client in (self.client, *self.nodes.values()):
+            found = self._node_ids.get(id(client))
+            if found is None:
+                found = str((client.info().get("Swarm") or {}).get("NodeID", ""))
+                self._node_ids[id(client)] = found
+            if found == node:
+                return client
+        raise DockerError(
+            "exec", f"the task runs on node {node}, whose engine is not in [swarm] nodes"
+        )
 
     async def logs(self, container: str, tail: int = 200) -> list[str]:
         def logs() -> list[str]:
@@ -583,85 +611,6 @@ def _node_cleanup(client: Any, instance: str, preview: str, data: bool) -> None:
                     api.remove_volume(volume["Name"], force=True)
 
 
-def check_host(client: Any, self_container: str) -> str | None:
-    """
-    Why prevu may not run the swarm runtime on this engine (None: it may);
-    blocking (start-up only). See `prevu.swarm.spec.host_refusal`: prevu must
-    run in a container the engine knows (`[docker] self_container`, or
-    /.dockerenv and the host name), on a manager of an active swarm.
-    """
-    info = client.info()
-    swarm = info.get("Swarm") or {}
-    own: str | None = None
-    named = self_container not in ("auto", "none")
-    if self_container != "none" and (named or in_container_marker()):
-        import socket
-
-        candidate = self_container if named else socket.gethostname()
-        try:
-            attrs = client.api.inspect_container(candidate)
-            if attrs.get("HostConfig", {}).get("NetworkMode") != "host":
-                own = str(attrs["Id"])
-        except docker.errors.NotFound:
-            own = None
-    return host_refusal(
-        named or in_container_marker(),
-        own,
-        bool(swarm.get("ControlAvailable")),
-        str(swarm.get("LocalNodeState", "inactive")),
-    )
-
-
 def _conforms(runtime: SwarmRuntime) -> Runtime:
     """mypy checks here that SwarmRuntime satisfies the Runtime Protocol."""
     return runtime
-
-
-def swarm_runtime_for(
-    config: Config, reactor: Any, pool: ThreadPool, inner: DockerRuntime
-) -> SwarmRuntime:
-    """
-    The runtime of `[docker] runtime = "swarm"` (composition root, start-up:
-    blocking). Raises SystemExit with the reason when this engine cannot be
-    reached, is not a swarm manager, or prevu does not run in a container
-    of it (`check_host`). Registry credentials come from
-    `[docker] registry_auth_file` (a Docker config.json) when given.
-    """
-    kwargs = {"base_url": config.docker.host} if config.docker.host else {}
-    try:
-        client = docker.DockerClient(**kwargs) if kwargs else docker.from_env()
-        refusal = check_host(client, config.docker.self_container)
-    except (docker.errors.DockerException, OSError) as error:
-        raise SystemExit(f'prevu: cannot start: [docker] runtime = "swarm": {error}') from None
-    if refusal is not None:
-        raise SystemExit(f'prevu: cannot start: [docker] runtime = "swarm": {refusal}')
-    if config.docker.registry_auth_file:
-        client.api._auth_configs = docker.auth.load_config(config.docker.registry_auth_file)
-    own = None
-    if config.docker.self_container not in ("auto", "none"):
-        own = config.docker.self_container
-    else:
-        import socket
-
-        own = socket.gethostname()
-    auths: dict[str, Any] = {}
-    if config.docker.registry_auth_file:
-        try:
-            with open(config.docker.registry_auth_file, encoding="utf-8") as handle:
-                auths = dict(json.load(handle).get("auths") or {})
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"prevu: [docker] registry_auth_file: {error}") from None
-    registry = Registry.for_engine(config.swarm.registry or "", client.info(), auths)
-    nodes = {
-        node.name: docker.DockerClient(base_url=node.docker_host) for node in config.swarm.nodes
-    }
-    return SwarmRuntime(
-        inner,
-        reactor,
-        pool,
-        client,
-        config.swarm,
-        own_container=own,
-        nodes=nodes,
-        registry=registry,
-    )
