@@ -83,9 +83,20 @@ def swarm_runtime_for(
         except (OSError, ValueError) as error:
             raise SystemExit(f"prevu: [docker] registry_auth_file: {error}") from None
     registry = Registry.for_engine(config.swarm.registry or "", client.info(), auths)
-    nodes = {
-        node.name: docker.DockerClient(base_url=node.docker_host) for node in config.swarm.nodes
-    }
+    # A fixed API version: no call at construction (a node's engine may be down at
+    # start-up); ssh:// goes through the `ssh` program (no paramiko).
+    nodes = {}
+    for index, node in enumerate(config.swarm.nodes):
+        try:
+            nodes[node.name] = docker.DockerClient(
+                base_url=node.docker_host,
+                version="1.41",
+                use_ssh_client=node.docker_host.startswith("ssh://"),
+            )
+        except docker.errors.DockerException as error:  # ssh:// without paramiko
+            key = f"swarm.nodes[{index}].docker_host"
+            reason = f"{error} (pip install 'prevu[swarm]')"
+            raise SystemExit(f"prevu: {config.path}: {key}: {reason}") from None
     return SwarmRuntime(
         inner,
         reactor,
