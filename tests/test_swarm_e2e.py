@@ -442,3 +442,50 @@ def test_a_preview_on_the_worker_of_two_nodes(lab: SwarmLab, tmp_path: Path) -> 
         assert not any(left.values()), left
     finally:
         prevu.stop()
+
+
+def test_a_preview_sleeps_and_wakes_on_swarm(lab: SwarmLab, tmp_path: Path) -> None:
+    """Idle: the service is scaled to 0 (no task left); a request wakes it at a new task."""
+    home = lab.home()
+    config = tmp_path / "prevu.toml"
+    config.write_text(
+        CONFIG.format(
+            state=tmp_path / "state",
+            token=TOKEN,
+            host=lab.manager.host,
+            home="prevu-home",
+            registry=REGISTRY,
+        )
+        + '\n[previews]\nsleep_after = "4s"\n'
+    )
+    prevu = Prevu(home, config, tmp_path / "twistd.log")
+    prevu.start()
+    try:
+        repo = tmp_path / "site"
+        repository(repo)
+        sha = commit(repo, "awake\n")
+        body = {"repo": "site", "branch": "main", "sha": sha, "clone_url": repo.as_uri()}
+        answer = api(home, "POST", "/api/previews", body)
+        preview, host = str(answer["id"]), str(answer["host"])
+        wait_status(home, preview, "running", prevu)
+        wait_served(home, host, "awake\n")
+
+        wait_status(home, preview, "sleeping", prevu, timeout=30)
+        (service,) = engine_api(lab.manager, "/services")
+        assert service["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
+        deadline = time.monotonic() + 30
+        running = [0]
+        while running and time.monotonic() < deadline:
+            tasks = engine_api(lab.manager, "/tasks")
+            running = [t for t in tasks if t["Status"]["State"] == "running"]
+            time.sleep(0.3)
+        assert not running, "no task runs while it sleeps"
+
+        first = home.http(PROXY, headers={"Host": host}, timeout=10.0)
+        assert first == (200, "awake\n") or first[0] == 503, first  # held, or "waking" page
+        wait_served(home, host, "awake\n", timeout=60)
+        wait_status(home, preview, "running", prevu)
+        (woken,) = engine_api(lab.manager, "/services")
+        assert woken["ID"] == service["ID"] and woken["Spec"]["Mode"]["Replicated"]["Replicas"] == 1
+    finally:
+        prevu.stop()
