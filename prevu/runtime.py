@@ -5,10 +5,11 @@ A runtime builds an `AppModel` (prevu.appmodel) for one preview revision,
 starts it, probes it, stops and resumes it, runs commands in it, and removes
 everything of a preview. The orchestrator's jobs (prevu.orchestrator.jobs)
 speak only this port; `[docker] runtime` chooses the implementation per server
-("docker": `prevu.adapters.docker_runtime.DockerRuntime`, one host; "swarm"
-is refused by the config for now). A revision whose model differs from the
-serving one is a normal build-start-switch: the runtime starts the new model
-next to the old one and the old is discarded after the route moved.
+("docker": `prevu.adapters.docker_runtime.DockerRuntime`, one host; "swarm":
+`prevu.adapters.swarm_runtime.SwarmRuntime`, Swarm services, docs/scale-out.md).
+A revision whose model differs from the serving one is a normal
+build-start-switch: the runtime starts the new model next to the old one and
+the old is discarded after the route moved.
 
 Contract, for every implementation:
 

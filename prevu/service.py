@@ -30,6 +30,7 @@ from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.git import GitCli
 from prevu.adapters.github_api import GithubApi
 from prevu.adapters.health import NetworkHealthChecker
+from prevu.adapters.swarm_setup import swarm_runtime_for
 from prevu.auth.authority import Authority
 from prevu.auth.gate import AuthGate
 from prevu.auth.revocations import load_revoked
@@ -49,6 +50,7 @@ from prevu.orchestrator import Orchestrator, OrchestratorService, OrchestratorSe
 from prevu.orchestrator.settings import CloneTokenSource
 from prevu.proxy.server import ProxyFactory, ProxySettings
 from prevu.routing import Route, RouteRegistry, Upstream
+from prevu.runtime import Runtime
 from prevu.secretfile import API_TOKEN_FILE, load_or_create_secret
 from prevu.store import SqliteStore
 from prevu.tls.service import build_tls
@@ -251,21 +253,26 @@ def build_previews(
     settings = OrchestratorSettings.from_config(
         config, clone_token_source=_app_clone_tokens(github)
     )
-    # `[docker] runtime` picks the engine; "docker" is the only one so far (config refuses others).
-    runtime = with_compose(
-        DockerRuntime.from_config(
-            docker,
-            NetworkHealthChecker(reactor),
-            config.docker,
-            settings.instance,
-            restart_limit=config.previews.restart_limit,
-        ),
-        reactor,
-        state_dir,
-        config.docker.compose,
-        config.docker.compose_memory,
-        docker_host=config.docker.host,
+    # `[docker] runtime` picks the engine: this host (with Compose), or Docker Swarm (issue 19).
+    inner = DockerRuntime.from_config(
+        docker,
+        NetworkHealthChecker(reactor),
+        config.docker,
+        settings.instance,
+        restart_limit=config.previews.restart_limit,
     )
+    runtime: Runtime
+    if config.docker.runtime == "swarm":
+        runtime = swarm_runtime_for(config, reactor, pool, inner)
+    else:
+        runtime = with_compose(
+            inner,
+            reactor,
+            state_dir,
+            config.docker.compose,
+            config.docker.compose_memory,
+            docker_host=config.docker.host,
+        )
     git = GitCli(reactor, os.path.join(state_dir, "workspaces"), pool)
     orchestrator = Orchestrator(settings, reactor, routes, runtime, git, store)
     feedback, commands = build_forges(

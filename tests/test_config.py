@@ -144,7 +144,7 @@ def test_embedded_defaults_match_the_spec() -> None:
         ("[docker]\npids = true", "docker.pids", "expected a whole number"),
         ('[docker]\nmemory = "1k"', "docker.memory", "at least 6m"),
         ('[docker]\nnetwork = "a b"', "docker.network", "letters, digits"),
-        ('[docker]\nruntime = "swarm"', "docker.runtime", "the swarm runtime is not available yet"),
+        ('[docker]\nruntime = "swarm"', "swarm.registry", "required with [docker] runtime"),
         ('[docker]\nruntime = "podman"', "docker.runtime", 'must be "docker"'),
         ("[docker]\nruntime = 1", "docker.runtime", "expected a string"),
         ('[server]\ncontrol = "tcp:80:colour=blue"', "server.control", "unknown option"),
@@ -247,13 +247,13 @@ def test_docker_runtime_defaults_to_docker_and_accepts_it() -> None:
 
 
 def test_swarm_runtime_error_names_file_and_key() -> None:
-    """The refusal of "swarm" is a ConfigError(path, key, reason), not a generic error."""
+    """"swarm" without a registry is a ConfigError(path, key, reason), not a generic error."""
     with pytest.raises(ConfigError) as caught:
         parse_config({"docker": {"runtime": "swarm"}}, "prevu.toml")
     assert (caught.value.path, caught.value.key, caught.value.reason) == (
         "prevu.toml",
-        "docker.runtime",
-        "the swarm runtime is not available yet",
+        "swarm.registry",
+        'is required with [docker] runtime = "swarm" (nodes pull from it)',
     )
 
 

@@ -72,6 +72,8 @@ PURE: tuple[str, ...] = (
     "prevu.control.views",
     "prevu.control.operators",
     "prevu.proxy.pages",
+    "prevu.swarm",
+    "prevu.swarm.spec",
 )
 """The pure core (docs/architecture.md): add orchestrator planning, proxy policy here."""
 

@@ -65,10 +65,10 @@ def test_a_model_must_name_its_exposed_service() -> None:
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [("swarm", "the swarm runtime is not available yet"), ("k8s", 'must be "docker"')],
+    [("podman", 'must be "docker" or "swarm"'), ("k8s", 'must be "docker" or "swarm"')],
 )
 def test_docker_runtime_setting_refuses_what_does_not_exist(value: str, reason: str) -> None:
-    """`[docker] runtime`: "docker" (the default) works; "swarm" and others are config errors."""
+    """`[docker] runtime`: "docker" (the default) and "swarm" work; others are config errors."""
     assert parse_config({}).docker.runtime == "docker"
     assert parse_config({"docker": {"runtime": "docker"}}).docker.runtime == "docker"
     with pytest.raises(ConfigError) as raised:

@@ -48,6 +48,7 @@ from prevu.config.server import (
     parse_route,
     parse_server,
 )
+from prevu.config.swarm import SwarmConfig, SwarmNode, parse_swarm
 from prevu.config.tls import AcmeConfig, Rfc2136Config, TlsConfig, parse_acme, parse_tls
 from prevu.errors import ConfigError
 from prevu.routing import Access
@@ -71,6 +72,8 @@ __all__ = [
     "Rfc2136Config",
     "ServerConfig",
     "StaticRouteConfig",
+    "SwarmConfig",
+    "SwarmNode",
     "Timeouts",
     "TlsConfig",
     "default_config",
@@ -94,6 +97,7 @@ class Config:
     docker: DockerConfig = field(factory=DockerConfig)
     previews: PreviewsConfig = field(factory=PreviewsConfig)
     routes: tuple[StaticRouteConfig, ...] = field(default=())
+    swarm: SwarmConfig = field(factory=SwarmConfig)
 
     def repo(self, name: str) -> RepoConfig | None:
         """The `[[repos]]` entry for a forge path; None when not listed."""
@@ -139,6 +143,7 @@ def parse_config(
 ) -> Config:
     """Validate already-parsed TOML data into a Config; ConfigError on any problem."""
     root = Table(data, path, "", read_file)
+    docker = parse_docker(root.table("docker"))
     config = Config(
         path=path,
         server=parse_server(root.table("server")),
@@ -148,9 +153,10 @@ def parse_config(
         gitlab=parse_gitlab(root.table("gitlab")),
         repos=tuple(parse_repo(t) for t in root.array_of_tables("repos")),
         auth=parse_auth(root.table("auth")),
-        docker=parse_docker(root.table("docker")),
+        docker=docker,
         previews=parse_previews(root.table("previews")),
         routes=tuple(parse_route(t) for t in root.array_of_tables("routes")),
+        swarm=parse_swarm(root.table("swarm"), docker.runtime),
     )
     root.finish()
     _cross_checks(config)

@@ -13,9 +13,9 @@ from attrs import frozen
 
 from prevu.config.reader import Table
 
-Runtime = Literal["docker"]
-"""The runtimes prevu can run previews on today."""
-RUNTIMES_LATER = ("swarm",)
+Runtime = Literal["docker", "swarm"]
+"""The runtimes prevu can run previews on: one host, or Docker Swarm (issue 19)."""
+RUNTIMES_LATER: tuple[str, ...] = ()
 """Runtimes the key knows of but that are not available yet (a clear error, not "unknown")."""
 
 
@@ -34,7 +34,7 @@ class DockerConfig:
     host: str | None = None
     self_container: str = "auto"
     runtime: Runtime = "docker"
-    """Which engine runs previews (SPEC §6): only "docker" for now; "swarm" is refused."""
+    """Which engine runs previews (SPEC §6): "docker" (this host) or "swarm" (docs/scale-out.md)."""
     cli: str = "auto"
     """The Docker client that builds with BuildKit: "auto" (found at start-up) or its path."""
     registry_auth_file: str | None = None
@@ -65,13 +65,13 @@ class PreviewsConfig:
 
 
 def parse_docker(t: Table) -> DockerConfig:
-    """The `[docker]` table; `runtime = "swarm"` is refused until it exists."""
+    """The `[docker]` table (`runtime = "swarm"` also needs `[swarm] registry`)."""
     d = DockerConfig()
     runtime = t.string("runtime", d.runtime)
     if runtime in RUNTIMES_LATER:
         raise t.error("runtime", f"the {runtime} runtime is not available yet")
-    if runtime != "docker":
-        raise t.error("runtime", f'must be "docker", got {runtime!r}')
+    if runtime not in ("docker", "swarm"):
+        raise t.error("runtime", f'must be "docker" or "swarm", got {runtime!r}')
     network = t.string("network", d.network)
     if not network.replace("-", "").replace("_", "").isalnum():
         raise t.error("network", f"use letters, digits, '-' and '_' only, got {network!r}")
@@ -86,7 +86,7 @@ def parse_docker(t: Table) -> DockerConfig:
         reconcile_interval=t.duration("reconcile_interval", d.reconcile_interval),
         host=t.optional_string("host"),
         self_container=t.string("self_container", d.self_container),
-        runtime="docker",
+        runtime="swarm" if runtime == "swarm" else "docker",
         cli=t.string("cli", d.cli),
         registry_auth_file=t.optional_string("registry_auth_file"),
         build_cache_max=t.size("build_cache_max", 0) if t.has("build_cache_max") else None,
