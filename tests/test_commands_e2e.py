@@ -176,7 +176,7 @@ async def test_gitlab_merge_request_served_then_destroyed_by_command(
     await until(lambda: "Preview removed" in stack.sticky())
     assert "maria `/preview destroy`: removing the preview" in stack.sticky()
     assert [a["name"] for a in stack.fake.awards] == ["thumbsup"]
-    assert (await stack.get(host))[0] == 404
+    assert (await stack.get(host))[0] == 410, "removed: the closed preview's page"
     await stack.settled()
     assert stack.leftovers(docker_client, PREVIEW) == []
     await until(lambda: all(e["state"] == "stopped" for e in stack.fake.environments.values()))

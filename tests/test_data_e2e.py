@@ -171,7 +171,7 @@ async def test_a_failing_on_push_on_the_first_start_fails_the_preview(
         assert stack.reactor.seconds() < deadline, record
         await sleep(0.1)
     assert record.error == "on_push failed (exit 3): migration broke"
-    assert (await stack.get("pr-8-hello-world.localhost"))[0] == 404
+    assert (await stack.get("pr-8-hello-world.localhost"))[0] == 503, "the failed preview's page"
     await stack.settled()
     assert (await stack.pull_request("closed", 8, sha))[0] == 202
     await stack.until("pr-8-hello-world", "stopped")
