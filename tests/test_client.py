@@ -267,7 +267,8 @@ WATCHED_LOG = (
                 "  [system] status failed: old",
                 "  [build] #1 DONE 0.1s",
                 "  [run] no DATABASE_URL",
-                "all of it: prevu logs pr-1-a; try again: prevu redeploy pr-1-a",
+                "all of it: prevu logs pr-1-a; the same commit again: prevu redeploy pr-1-a;"
+                " a fix: commit it, then prevu up (or push)",
             ],
         ),
     ],
