@@ -25,7 +25,11 @@ def check_config(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    top = argparse.ArgumentParser(prog="prevu", description="Pull-request preview environments.")
+    top = argparse.ArgumentParser(
+        prog="prevu",
+        description="Pull-request preview environments.",
+        epilog="--url, --token and --config (-c) of the API commands may also come before COMMAND.",
+    )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = commands.add_parser("check-config", help="validate a server config file")
@@ -38,9 +42,31 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+LEADING = ("--url", "--token", "--config", "-c")
+"""The API commands' options (prevu.client._common) also accepted before the command."""
+
+
+def options_after_command(argv: Sequence[str]) -> list[str]:
+    """
+    `prevu --config x.toml up` as `prevu up --config x.toml`: the leading
+    `LEADING` options (`--opt VALUE` or `--opt=VALUE`) move after the command
+    name, where argparse's subcommands look for them; anything else is kept
+    as given (so a command without them still refuses them, naming them).
+    """
+    rest, moved = list(argv), []
+    while rest and rest[0].split("=", 1)[0] in LEADING:
+        option = rest.pop(0)
+        moved.append(option)
+        if "=" not in option and rest:
+            moved.append(rest.pop(0))
+    if not moved or not rest:
+        return list(argv)
+    return [rest[0], *moved, *rest[1:]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the exit status."""
-    args = parser().parse_args(argv)
+    args = parser().parse_args(options_after_command(sys.argv[1:] if argv is None else argv))
     status: int = args.handler(args)
     return status
 

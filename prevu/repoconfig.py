@@ -10,6 +10,7 @@ but never raise them.
 
 from __future__ import annotations
 
+import difflib
 import posixpath
 import re
 import tomllib
@@ -142,9 +143,17 @@ def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 
 def _only(data: Mapping[str, Any], prefix: str, known: tuple[str, ...]) -> None:
+    """
+    Refuse a key of `data` not in `known`, naming the nearest known one as the
+    server config does (difflib's ratio >= 0.6, prevu.config.reader.unknown_key).
+    """
     for name in data:
         if name not in known:
-            raise RepoConfigError(f"{prefix}{name}", f"unknown key (known: {', '.join(known)})")
+            close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+            hint = f'; did you mean "{close[0]}"?' if close else ""
+            raise RepoConfigError(
+                f"{prefix}{name}", f"unknown key{hint} (known: {', '.join(known)})"
+            )
 
 
 def _leaf(key: str) -> str:

@@ -116,11 +116,16 @@ class Deployed:
 
 @frozen
 class Health:
-    """One probe of a deployment: healthy now, else whether its container still runs."""
+    """
+    One probe of a deployment: healthy now, else whether its container still
+    runs, its engine state ("exited", "restarting", "gone") and, when it
+    exited, its last exit code (None when unknown).
+    """
 
     healthy: bool
     running: bool = True
     state: str = "running"
+    exit_code: int | None = None
 
 
 @frozen

@@ -219,5 +219,10 @@ def watch(
         print(f"last {len(lines[-TAIL:])} log lines:", file=out)
         for line in lines[-TAIL:]:
             print(f"  {brief(line)}", file=out)
-    print(f"all of it: prevu logs {name}; try again: prevu redeploy {name}", file=out)
+    # redeploy builds the same commit: a retry for outside causes, not for a bug in it
+    print(
+        f"all of it: prevu logs {name}; the same commit again: prevu redeploy {name};"
+        " a fix: commit it, then prevu up (or push)",
+        file=out,
+    )
     return 1

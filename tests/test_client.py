@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.threads import deferToThread
 from twisted.web.server import Site
 
-from prevu.cli import main
+from prevu.cli import main, options_after_command, parser
 from prevu.control.api import PreviewsApi
 from prevu.control.app import ControlApp
 from tests.support.git_repos import GIT_ENV
@@ -267,7 +269,8 @@ WATCHED_LOG = (
                 "  [system] status failed: old",
                 "  [build] #1 DONE 0.1s",
                 "  [run] no DATABASE_URL",
-                "all of it: prevu logs pr-1-a; try again: prevu redeploy pr-1-a",
+                "all of it: prevu logs pr-1-a; the same commit again: prevu redeploy pr-1-a;"
+                " a fix: commit it, then prevu up (or push)",
             ],
         ),
     ],
@@ -312,3 +315,37 @@ def test_watch_gives_up_after_the_timeout() -> None:
         building, lambda m, p: building, lambda p: "", stuck, out, timeout=0.05, interval=0.01
     )
     assert result == 1 and out.getvalue() == "pr-1-a: still building after 0.05s\n"
+
+
+# --- options before the command ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--config", "p.toml", "up"], ["up", "--config", "p.toml"]),
+        (["-c", "p.toml", "--url=http://127.0.0.1:1", "ls", "--all"],
+         ["ls", "-c", "p.toml", "--url=http://127.0.0.1:1", "--all"]),
+        (["up", "--config", "p.toml"], ["up", "--config", "p.toml"]),
+        (["--config"], ["--config"]),
+        (["-h"], ["-h"]),
+    ],
+)
+def test_api_options_may_come_before_the_command(argv: list[str], expected: list[str]) -> None:
+    assert options_after_command(argv) == expected
+
+
+@given(st.text(min_size=1).filter(lambda v: not v.startswith("-")))
+def test_leading_config_parses_as_after_the_command(value: str) -> None:
+    """Any config path: `prevu --config P ls` is parsed as `prevu ls --config P`."""
+    before = parser().parse_args(options_after_command(["--config", value, "ls"]))
+    after = parser().parse_args(["ls", "--config", value])
+    assert before.config == after.config == value and before.command == "ls"
+
+
+def test_a_command_without_the_options_still_refuses_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(options_after_command(["--config", "p.toml", "check-config", "x"]))
+    assert "unrecognized arguments: --config" in capsys.readouterr().err

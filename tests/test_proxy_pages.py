@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from prevu.config import Config, ConfigError, RepoConfig, ServerConfig, parse_config
 from prevu.orchestrator import OrchestratorSettings
 from prevu.proxy.pages import PageLinks, crashed_page, robots, signed_in, state_page
+from prevu.proxy.settings import ProxySettings
 from prevu.routing import ROBOTS_HEADER, Route, RouteState, Upstream
 from tests.test_orchestrator import SHAS, Harness
 
@@ -66,6 +67,33 @@ def test_failed_page_for_anyone_else_names_the_state_and_links_to_the_login(
         "http://prevu.example.test:8000/login?next="
         "http%3A%2F%2Fprevu.example.test%3A8000%2Fpreviews%2Fpr-3-shop"
     ]
+
+
+@pytest.mark.parametrize("state", ["failed", "crashed"])
+def test_without_a_way_to_log_in_everyone_gets_the_reason_and_the_logs_not_a_login(
+    state: str,
+) -> None:
+    """No users_file nor [auth.github] (the embedded defaults): the dashboard is open."""
+    open_links = PageLinks("http://prevu.example.test:8000", login_configured=False)
+    if state == "failed":
+        reply = state_page(route("failed", detail="exit code 3"), HOST, None, open_links, 5)
+    else:
+        ready = Route(
+            HOST, Upstream("127.0.0.1", 9), preview="pr-3-shop", repo="a/b", detail="exit code 3"
+        )
+        reply = crashed_page(ready, HOST, None, open_links)
+    assert reply.status == 503
+    assert b"exit code 3" in reply.body
+    assert links_in(reply.body) == ["http://prevu.example.test:8000/previews/pr-3-shop"]
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [("", False), ('[auth]\nusers_file = "/etc/prevu/users"\n', True)],
+)
+def test_the_proxy_settings_know_whether_a_login_is_configured(auth: str, expected: bool) -> None:
+    config = parse_config(tomllib.loads(auth))
+    assert ProxySettings.from_config(config).login_configured is expected
 
 
 @pytest.mark.parametrize("state", ["building", "sleeping"])

@@ -56,8 +56,9 @@ def test_dockerfile_is_relative_to_the_context() -> None:
     ("text", "key", "reason"),
     [
         ("[build\n", "", "invalid TOML"),
-        ("[bulid]\n", "bulid", "unknown key"),
-        ("[run]\nprot = 1\n", "run.prot", "unknown key"),
+        ("[bulid]\n", "bulid", 'unknown key; did you mean "build"? (known: build, run,'),
+        ("[run]\nprot = 1\n", "run.prot", 'unknown key; did you mean "port"? (known: port,'),
+        ("[run]\nzzz = 1\n", "run.zzz", "unknown key (known: port, command,"),
         ("run = 3\n", "run", "expected a table"),
         ("[run]\nport = 0\n", "run.port", "1-65535"),
         ("[run]\nport = 70000\n", "run.port", "1-65535"),

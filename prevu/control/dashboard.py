@@ -72,6 +72,8 @@ class Previews(Operations, Protocol):
 class Sessions(ShareLinks, Protocol):
     """What the dashboard needs of the login (`prevu.control.login.LoginPages`)."""
 
+    login_configured: bool  # users_file or [auth.github]: else nobody can log in
+
     def reviewer(self, request: Request) -> str | None: ...
 
     def csrf_token(self, request: Request) -> str: ...
@@ -140,6 +142,10 @@ class Dashboard:
     def _now(self) -> float:
         # A bare control app (tests of one page) may have no reactor: the wall clock then.
         return float(self.clock.seconds()) if self.clock is not None else time.time()
+
+    def _login(self) -> bool:
+        """Whether anyone can log in (False: the actions are the CLI's, see operators)."""
+        return self.sessions is not None and self.sessions.login_configured
 
     def _user(self, request: Request) -> str | None:
         return self.sessions.reviewer(request) if self.sessions is not None else None
@@ -234,7 +240,7 @@ class Dashboard:
         tail = self._tail(preview, PAGE_LINES)
         frame = self._frame(request, f"{record.id} · prevu")
         refusal = await operator_refusal(
-            frame["user"], record.repo, self.config.auth.admins, self.may_write
+            frame["user"], record.repo, self.config.auth.admins, self.may_write, self._login()
         )
         frame["operator"] = refusal is None
         return self.pages.render(
@@ -391,7 +397,7 @@ class Dashboard:
                 raise RequestRefused("not_found", f"no action {verb!r}")
             user = frame["user"]
             refusal = await operator_refusal(
-                user, record.repo, self.config.auth.admins, self.may_write
+                user, record.repo, self.config.auth.admins, self.may_write, self._login()
             )
             if refusal is not None:
                 raise RequestRefused("forbidden", refusal)

@@ -50,11 +50,21 @@ async def operator_refusal(
     repo: str,
     admins: tuple[str, ...],
     write: WritePermission | None,
+    login_configured: bool = True,
 ) -> str | None:
     """
     None when `user` may act on previews of `repo`, else the reason why not:
     nobody logged in, or neither in `admins` nor a writer of `repo`.
+    `login_configured` False (no `[auth] users_file` nor `[auth.github]`, the
+    embedded defaults): nobody can log in, so the reason points at the CLI
+    (docs/api.md#cli) and at the keys that enable a login (docs/auth.md).
     """
+    if user is None and not login_configured:
+        return (
+            "no login is configured, so nobody acts from here: use the CLI "
+            "(prevu redeploy / prevu destroy NAME), or set [auth] users_file "
+            "and admins (docs/auth.md)"
+        )
     if user is None:
         return "log in as an operator to act on previews ([auth] admins)"
     if user in admins:

@@ -41,7 +41,7 @@ from prevu.orchestrator.settings import OrchestratorSettings
 from prevu.ports import Git, GitSource, LogStream, Store
 from prevu.repoconfig import FILE_NAME, RepoSettings, parse_repo_config
 from prevu.routing import Upstream
-from prevu.runtime import Built, Deployed, Release, Runtime
+from prevu.runtime import Built, Deployed, Health, Release, Runtime
 
 T = TypeVar("T")
 Report = Callable[[lc.Event], None]
@@ -289,7 +289,7 @@ class Jobs:
             if health.healthy:
                 return
             if not health.running:
-                raise Unhealthy(f"container exited before it was healthy ({health.state})")
+                raise Unhealthy(_exited(health))
             if self.clock.seconds() >= deadline:
                 path = deployed.health
                 what = f"GET {path} < 500" if path else "a TCP connection"
@@ -385,6 +385,17 @@ class Jobs:
         slot.built.clear()
         self.note(slot, "system", "torn down: no container, image, network or workspace left")
         return lc.TornDown()
+
+
+def _exited(health: Health) -> str:
+    """
+    Why a container that stopped before its health check passed failed the
+    preview: its exit code when the engine kept one ("container exited with
+    code 3 before it was healthy"), else its state ("gone", ...).
+    """
+    if health.exit_code is not None:
+        return f"container exited with code {health.exit_code} before it was healthy"
+    return f"container exited before it was healthy ({health.state})"
 
 
 def _checked(checkout: str, settings: RepoSettings) -> AppModel:

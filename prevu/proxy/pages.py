@@ -11,7 +11,9 @@ prevu writes itself, after the login gate has let the request through
 - "failed": 503 saying it failed; a signed-in reviewer (one the gate named)
   is shown why (the preview's error) and a link to its logs at
   `<public_url>/previews/{id}`; anyone else (a public preview's visitor, a
-  share link's guest) is told the state and given the login to see more;
+  share link's guest) is told the state and given the login to see more,
+  unless no way to log in is configured (`PageLinks.login_configured`
+  False: the dashboard is open to all, so its reason and logs link are too);
 - "closed": 410 saying the preview was removed (and when);
 - a ready preview whose upstream refuses connections ("crashed"): 503
   saying it is not answering, with the same links as "failed".
@@ -51,10 +53,14 @@ class PageReply:
 class PageLinks:
     """
     Where the pages link to: prevu's control app at `public_url` (no trailing
-    slash; "" when unknown: the pages then carry no links).
+    slash; "" when unknown: the pages then carry no links). `login_configured`
+    False (no `[auth] users_file` nor `[auth.github]`): nobody can log in and
+    the dashboard needs no session (docs/auth.md), so a failed preview's page
+    shows everyone its reason and logs link instead of a login that cannot work.
     """
 
     public_url: str = ""
+    login_configured: bool = True
 
     def logs(self, preview: str | None) -> str | None:
         """The preview's page with its logs (`<public_url>/previews/{id}`), or None."""
@@ -96,7 +102,7 @@ def _subject(route: Route) -> str:
 def _details(route: Route, user: bool, links: PageLinks, logs_text: str) -> str:
     """The reason and logs link for a signed-in reviewer; the login link for anyone else."""
     logs = links.logs(route.preview)
-    if user:
+    if user or not links.login_configured:
         reason = (
             f"<p class=reason id=prevu-reason>{html.escape(route.detail)}</p>"
             if route.detail
@@ -156,7 +162,8 @@ def crashed_page(route: Route, host: str, user: str | None, links: PageLinks) ->
     """
     The 503 for a ready preview whose upstream refuses connections (its app
     stopped or crashed): says so, with the reason and logs link for a
-    signed-in reviewer, the login for anyone else.
+    signed-in reviewer (or anyone, when no login is configured), the login
+    for anyone else.
     """
     body = (
         f"<p id=prevu-state>{_subject(route)} is not answering: its app may have "

@@ -30,6 +30,7 @@ class ProxySettings:
     retry_after: int = 5
     direct_write: bool = True  # prevu.proxy.fastpath; off under TLS by construction
     public_url: str = ""  # prevu's control app: the pages link to its logs and login
+    login_configured: bool = True  # users_file or [auth.github]: else no login link (pages.py)
 
     @classmethod
     def from_config(cls, config: Config, scheme: str = "http") -> ProxySettings:
@@ -41,6 +42,7 @@ class ProxySettings:
             max_body=server.max_body,
             timeouts=Timeouts.from_config(server.timeouts),
             public_url=server.public_url.rstrip("/"),
+            login_configured=bool(config.auth.users_file or config.auth.github),
         )
 
     def policy(
@@ -55,5 +57,5 @@ class ProxySettings:
             max_body=self.max_body,
             retry_after=self.retry_after,
             trusted_proxies=self.trusted_proxies,
-            links=PageLinks(self.public_url.rstrip("/")),
+            links=PageLinks(self.public_url.rstrip("/"), self.login_configured),
         )
