@@ -77,7 +77,13 @@ async def build_compose(rt: SwarmRuntime, model: AppModel, release: Release, log
             dockerfile=service.build.dockerfile,
             args=service.build.args,
             prevu_args=release.env,
-            labels={**release.labels, lb.SHA: revision.sha, lb.PROJECT: project},
+            # A kept service's image carries no per-revision label: the same
+            # sources give the same image (and digest), so its service is left running.
+            labels=(
+                {**release.labels, lb.PROJECT: f"{rt.network_of(release.preview)}-keep"}
+                if service.name in spec.keep
+                else {**release.labels, lb.SHA: revision.sha, lb.PROJECT: project}
+            ),
             memory=rt.inner.memory,
             timeout=rt.inner.build_timeout,
             target=service.build.target,
