@@ -159,6 +159,10 @@ def test_a_compose_preview_on_a_single_node_swarm(lab: SwarmLab, tmp_path: Path)
         value = fetch_db(lab, services["web"]["ID"])
         assert value.startswith("data-"), value
         db_id, web_id = services["db"]["ID"], services["web"]["ID"]
+        node = engine_api(lab.manager, "/nodes")[0]["ID"]
+        pinned = engine_api(lab.manager, f"/services/{db_id}")["Spec"]["TaskTemplate"]
+        assert f"node.id=={node}" in pinned["Placement"]["Constraints"], "pinned to its volume"
+        db_task = running_container(lab, db_id)
 
         # Push: the new web next to the old one, the route moves; db and its data stay.
         stop_file, out = tmp_path / "stop-load", tmp_path / "load.json"
@@ -182,6 +186,7 @@ def test_a_compose_preview_on_a_single_node_swarm(lab: SwarmLab, tmp_path: Path)
         assert services["db"]["ID"] == db_id, "the kept service is left running"
         assert services["web"]["ID"] != web_id, "a new revision's web, the old one removed"
         assert fetch_db(lab, services["web"]["ID"]) == value, "the data survived the push"
+        assert running_container(lab, db_id) == db_task, "db's container was never restarted"
         print(f"compose push: {len(seen)} requests, none failed")
 
         # Close: nothing of this prevu left, its pushed images deleted from the registry.

@@ -13,8 +13,9 @@ the same allowlist, the same refusals), plus one refusal of Swarm's own
   the network alias of its Compose service name (`prevu.swarm.compose`);
 - the kept services (image-only ones and `[compose] keep`) are
   `<network>-keep-<service>`: left running across pushes while their spec
-  (digest label `prevu.swarm.spec`) is the same, else recreated pinned to the
-  node their task ran on (their volumes live there);
+  (digest label `prevu.swarm.spec`) is the same, else recreated on the node
+  their task ran on; one with a volume is pinned (`node.id==`) to the node of
+  its first task once it runs (its volumes live there);
 - the others are `<network>-<sha12>-<serial>-<service>`, one set per
   revision next to the old one; the exposed one carries the deployment
   labels, the rest `prevu.part` and `prevu.compose.project` as on one host.
@@ -173,10 +174,13 @@ async def start_compose(rt: SwarmRuntime, built: Built) -> Deployed:
         ids[service.name] = await _create(rt, service_spec, release.preview, digest if keep else "")
     endpoints: dict[str, Upstream] = {}
     ports = {model.front.name: model.front.port, **spec.expose}
+    stateful = {s.name for s in spec.app.services if any(m.kind == "volume" for m in s.mounts)}
     for service_name, service_id in ids.items():
         state = await rt._wait_running(service_id, network_id)
         if service_name in ports:
             endpoints[service_name] = Upstream(state.address, ports[service_name])
+        if service_name in spec.keep and service_name in stateful and state.node:
+            await _pin(rt, service_id, state.node)
     return Deployed(
         preview=release.preview,
         host=release.host,
@@ -186,6 +190,38 @@ async def start_compose(rt: SwarmRuntime, built: Built) -> Deployed:
         endpoints=endpoints,
         health=model.front.health,
     )
+
+
+async def _pin(rt: SwarmRuntime, service: str, node: str) -> None:
+    """
+    Pin a running stateful service to `node`, where its task runs (its volumes
+    live there): Swarm leaves a task whose node meets the new constraints
+    running. Nothing when already pinned.
+    """
+
+    def pin() -> None:
+        api = rt.client.api
+        info = api.inspect_service(service)
+        spec = info["Spec"]
+        template = dict(spec["TaskTemplate"])
+        placement = dict(template.get("Placement") or {})
+        constraints = list(placement.get("Constraints") or ())
+        if any(c.replace(" ", "").startswith("node.id==") for c in constraints):
+            return
+        placement["Constraints"] = list(pinned(constraints, node))
+        template["Placement"] = placement
+        api.update_service(
+            service,
+            version=info["Version"]["Index"],
+            task_template=template,
+            name=spec["Name"],
+            labels=spec.get("Labels"),
+            mode=spec.get("Mode"),
+            endpoint_spec=spec.get("EndpointSpec"),
+            fetch_current_spec=False,
+        )
+
+    await rt._call("service update", pin)
 
 
 async def _holder(rt: SwarmRuntime, name: str) -> str | None:
