@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hypothesis import given
@@ -9,7 +10,13 @@ from hypothesis import strategies as st
 
 from prevu.adapters.swarm_compose import untagged
 from prevu.compose.check import ComposeApp, ComposeBuild, ComposeService, Mount
-from prevu.swarm.compose import compose_service_spec, spec_digest, swarm_refusal
+from prevu.swarm.compose import (
+    MAX_NAME,
+    compose_service_spec,
+    spec_digest,
+    swarm_name,
+    swarm_refusal,
+)
 
 DB = ComposeService(
     name="db",
@@ -123,3 +130,23 @@ def test_untagged_is_the_same_for_every_tag(name: str, one: str, two: str, diges
     assert first == f"{name}@sha256:{digest}"
     assert untagged(f"{name}:{two}@sha256:{digest}") == first
     assert untagged(f"{name}:{one}") == f"{name}:{one}", "no digest: unchanged"
+
+
+def test_swarm_name_is_the_plain_name_when_valid() -> None:
+    assert swarm_name("prevu-x-pr-1-shop-keep", "db") == "prevu-x-pr-1-shop-keep-db"
+
+
+PREFIX = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,90}[a-z0-9])?", fullmatch=True)
+SERVICE = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,62}", fullmatch=True)
+
+
+@given(PREFIX, SERVICE, SERVICE)
+def test_swarm_name_is_always_a_valid_stable_distinct_swarm_name(
+    prefix: str, one: str, two: str
+) -> None:
+    name = swarm_name(prefix, one)
+    assert len(name) <= MAX_NAME
+    assert re.fullmatch(r"[a-zA-Z0-9](?:[-_]*[a-zA-Z0-9]+)*", name), name
+    assert swarm_name(prefix, one) == name
+    if one != two:
+        assert swarm_name(prefix, two) != name

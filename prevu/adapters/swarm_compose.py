@@ -36,7 +36,13 @@ from prevu.errors import DockerError
 from prevu.ports import BuildRequest, LogSink
 from prevu.routing import Upstream
 from prevu.runtime import Built, Deployed, Release
-from prevu.swarm.compose import SPEC_LABEL, compose_service_spec, spec_digest, swarm_refusal
+from prevu.swarm.compose import (
+    SPEC_LABEL,
+    compose_service_spec,
+    spec_digest,
+    swarm_name,
+    swarm_refusal,
+)
 from prevu.swarm.spec import pinned
 from prevu.swarm.spec import service_state as read_state
 
@@ -130,7 +136,7 @@ async def start_compose(rt: SwarmRuntime, built: Built) -> Deployed:
     for service in ordered:
         keep = service.name in spec.keep
         part_project = f"{base}-keep" if keep else project
-        name = f"{part_project}-{service.name}"
+        name = swarm_name(part_project, service.name)
         labels = {**rt._labels(release.labels), lb.PROJECT: part_project}
         if service.name == model.exposed and not keep:
             labels.update(
@@ -171,16 +177,25 @@ async def start_compose(rt: SwarmRuntime, built: Built) -> Deployed:
             service_spec["Labels"][SPEC_LABEL] = digest
             constraints = pinned(rt.swarm.constraints, holder)
             service_spec["TaskTemplate"]["Placement"]["Constraints"] = list(constraints)
-        ids[service.name] = await _create(rt, service_spec, release.preview, digest if keep else "")
+        try:
+            created = await _create(rt, service_spec, release.preview, digest if keep else "")
+        except BaseException:
+            await _remove_revision(rt, ids, spec.keep)
+            raise
+        ids[service.name] = created
     endpoints: dict[str, Upstream] = {}
     ports = {model.front.name: model.front.port, **spec.expose}
     stateful = {s.name for s in spec.app.services if any(m.kind == "volume" for m in s.mounts)}
-    for service_name, service_id in ids.items():
-        state = await rt._wait_running(service_id, network_id)
-        if service_name in ports:
-            endpoints[service_name] = Upstream(state.address, ports[service_name])
-        if service_name in spec.keep and service_name in stateful and state.node:
-            await _pin(rt, service_id, state.node)
+    try:
+        for service_name, service_id in ids.items():
+            state = await rt._wait_running(service_id, network_id)
+            if service_name in ports:
+                endpoints[service_name] = Upstream(state.address, ports[service_name])
+            if service_name in spec.keep and service_name in stateful and state.node:
+                await _pin(rt, service_id, state.node)
+    except BaseException:
+        await _remove_revision(rt, ids, spec.keep)
+        raise
     return Deployed(
         preview=release.preview,
         host=release.host,
@@ -190,6 +205,14 @@ async def start_compose(rt: SwarmRuntime, built: Built) -> Deployed:
         endpoints=endpoints,
         health=model.front.health,
     )
+
+
+async def _remove_revision(rt: SwarmRuntime, ids: dict[str, str], keep: tuple[str, ...]) -> None:
+    """After a failed start: remove this revision's services (kept ones stay); errors logged."""
+    try:
+        await rt._remove_services([i for name, i in ids.items() if name not in keep])
+    except DockerError as error:
+        rt.log.warn("could not remove a failed revision's services: {error}", error=str(error))
 
 
 async def _pin(rt: SwarmRuntime, service: str, node: str) -> None:

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prevu.compose.check import ComposeApp, ComposeService
 from prevu.swarm.spec import service_spec
 
+MAX_NAME = 63
+"""Swarm service names are DNS labels (swarmkit: at most 63 characters)."""
+_VALID = re.compile(r"^[a-zA-Z0-9](?:[-_]*[a-zA-Z0-9]+)*$")
 SPEC_LABEL = "prevu.swarm.spec"
 """Label of a kept service: the digest of its spec (the same digest: left running)."""
 
@@ -104,6 +108,22 @@ def compose_service_spec(
         container["User"] = service.user
     template["Networks"] = [{"Target": network, "Aliases": [service.name]}]
     return spec
+
+
+def swarm_name(prefix: str, service: str) -> str:
+    """
+    The Swarm service name of Compose service `service` under `prefix`
+    (`<prefix>-<service>`): when that is not a valid swarm name (over 63
+    characters, a dot, a trailing dash) it is cut and ends with 10 hex digits
+    of its sha256 instead, so that it stays unique and the same every time.
+    """
+    name = f"{prefix}-{service}"
+    if len(name) <= MAX_NAME and _VALID.match(name):
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    head = re.sub(r"[^a-zA-Z0-9_-]", "-", name[: MAX_NAME - len(digest) - 1])
+    head = re.sub(r"^[^a-zA-Z0-9]+|[^a-zA-Z0-9]+$", "", head)
+    return f"{head}-{digest}" if head else digest
 
 
 def spec_digest(spec: Mapping[str, Any]) -> str:
