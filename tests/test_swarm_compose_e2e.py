@@ -6,9 +6,10 @@ prevu in its "home" container's namespace as in tests/test_swarm_e2e.py.
 A two-service Compose preview (web built, db built and kept with a volume)
 runs as two Swarm services on the preview's overlay, web reaching db by its
 Compose service name; a push moves the route without a failed request while
-db (its data) stays; close leaves no service, network, secret, config,
-volume, image or pushed tag. The refusal of a privileged compose file is in
-tests/test_swarm_e2e.py (one lab for both).
+db (its data) stays; prevu restarted serves it again without building;
+close leaves no service, network, secret, config, volume, image or pushed
+tag. The refusal of a privileged compose file is in tests/test_swarm_e2e.py
+(one lab for both).
 """
 
 from __future__ import annotations
@@ -188,6 +189,22 @@ def test_a_compose_preview_on_a_single_node_swarm(lab: SwarmLab, tmp_path: Path)
         assert fetch_db(lab, services["web"]["ID"]) == value, "the data survived the push"
         assert running_container(lab, db_id) == db_task, "db's container was never restarted"
         print(f"compose push: {len(seen)} requests, none failed")
+
+        # prevu restarted: the running services are adopted, nothing is built again.
+        prevu.stop()
+        before = engine_api(lab.manager, "/images/json")
+        images = {i["Id"] for i in before}
+        prevu.start()
+        wait_served(home, host, "two\n", timeout=60)
+        wait_status(home, preview, "running", prevu)
+        time.sleep(4.0)  # a reconcile period (3 s) later: nothing replaced
+        assert {n: s["ID"] for n, s in by_service(lab).items()} == {
+            n: s["ID"] for n, s in services.items()
+        }
+        after = engine_api(lab.manager, "/images/json")
+        # Nothing built (the old revision's image may be removed meanwhile: discarded).
+        assert {i["Id"] for i in after} <= images, (before, after)
+        wait_served(home, host, "two\n", timeout=10)
 
         # Close: nothing of this prevu left, its pushed images deleted from the registry.
         assert api(home, "DELETE", f"/api/previews/{preview}")
