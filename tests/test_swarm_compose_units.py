@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prevu.adapters.swarm_compose import untagged
@@ -120,11 +120,20 @@ def test_a_bind_mount_is_refused_on_swarm_with_the_service_and_target() -> None:
     assert "'web'" in reason and "/etc/app.conf" in reason and "not available on Swarm" in reason
 
 
-REFERENCE = st.from_regex(r"[a-z0-9.]{1,12}(:[0-9]{2,5})?(/[a-z0-9-]{1,10}){1,3}", fullmatch=True)
-TAG = st.from_regex(r"[a-z0-9][a-z0-9.-]{0,20}", fullmatch=True)
+ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
+REFERENCE = st.builds(
+    lambda host, port, path: f"{host}{port}/{path}",
+    st.text("abcdefghij.", min_size=1, max_size=12),
+    st.sampled_from(["", ":5000", ":443"]),
+    st.text("abcdefghij-", min_size=1, max_size=10),
+)
+TAG = st.builds(
+    lambda a, rest: a + rest, st.sampled_from(ALNUM), st.text(ALNUM + ".-", max_size=20)
+)
 
 
-@given(REFERENCE, TAG, TAG, st.from_regex(r"[0-9a-f]{64}", fullmatch=True))
+@settings(deadline=None)
+@given(REFERENCE, TAG, TAG, st.text("0123456789abcdef", min_size=64, max_size=64))
 def test_untagged_is_the_same_for_every_tag(name: str, one: str, two: str, digest: str) -> None:
     first = untagged(f"{name}:{one}@sha256:{digest}")
     assert first == f"{name}@sha256:{digest}"
@@ -136,10 +145,18 @@ def test_swarm_name_is_the_plain_name_when_valid() -> None:
     assert swarm_name("prevu-x-pr-1-shop-keep", "db") == "prevu-x-pr-1-shop-keep-db"
 
 
-PREFIX = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,90}[a-z0-9])?", fullmatch=True)
-SERVICE = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,62}", fullmatch=True)
+PREFIX = st.builds(
+    lambda a, m, z: a + m + z,
+    st.sampled_from(ALNUM),
+    st.text(ALNUM + "-", max_size=90),
+    st.sampled_from(ALNUM),
+)
+SERVICE = st.builds(
+    lambda a, rest: a + rest, st.sampled_from(ALNUM), st.text(ALNUM + "_.-", max_size=62)
+)
 
 
+@settings(deadline=None)
 @given(PREFIX, SERVICE, SERVICE)
 def test_swarm_name_is_always_a_valid_stable_distinct_swarm_name(
     prefix: str, one: str, two: str
