@@ -15,6 +15,7 @@ host (no container of its own) is refused at start-up with the reason.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from prevu.compose.check import ComposeRefused, check_model
 from tests.support.docker import HTTPD_DOCKERFILE
 from tests.support.git_repos import git
 from tests.support.netns_dockerd import Netns, missing
@@ -76,6 +78,7 @@ SERVE = HTTPD_DOCKERFILE.replace(
     'CMD ["/bin/busybox", "sh", "-c", "trap \'exit 0\' TERM; '
     '/bin/busybox httpd -p 8080 -h /www; while true; do /bin/busybox sleep 0.2; done"]',
 )
+PRIVILEGED = "services:\n  web:\n    build: .\n    privileged: true\n"
 
 
 @pytest.fixture
@@ -237,11 +240,12 @@ def test_a_preview_on_a_single_node_swarm(lab: SwarmLab, tmp_path: Path) -> None
         catalog = lab.manager.http(f"http://{REGISTRY}/v2/_catalog")
         assert catalog[0] == 200 and f"prevu-{instance}/{preview}" in catalog[1], catalog
 
-        # A Compose repository: refused with the reason (not on Swarm yet), nothing started.
+        # A refused Compose file (privileged): only that preview fails, with the reason the
+        # one-host allowlist gives (the same `check_model`), nothing started.
         compose = tmp_path / "compose-site"
         repository(compose)
         (compose / ".prevu.toml").write_text('[compose]\nservice = "web"\nport = 8080\n')
-        (compose / "compose.yaml").write_text("services:\n  web:\n    build: .\n")
+        (compose / "compose.yaml").write_text(PRIVILEGED)
         sha_c = commit(compose, "compose\n")
         refused = api(
             home,
@@ -251,7 +255,15 @@ def test_a_preview_on_a_single_node_swarm(lab: SwarmLab, tmp_path: Path) -> None
         )
         wait_status(home, str(refused["id"]), "failed", prevu, allow_failed=True)
         failed_preview = api(home, "GET", f"/api/previews/{refused['id']}")
-        assert "does not run Compose previews" in str(failed_preview["error"]), failed_preview
+        with pytest.raises(ComposeRefused) as one_host:
+            check_model(
+                {"services": {"web": {"build": {"context": str(compose)}, "privileged": True}}},
+                str(compose),
+                os.path.realpath,
+            )
+        reason = str(one_host.value.reason)
+        assert "services.web.privileged" in str(failed_preview["error"]), failed_preview
+        assert reason in str(failed_preview["error"]), (reason, failed_preview)
         assert len(engine_api(lab.manager, "/services")) == 1
 
         # Push: a new service next to the old one; the route moves when it is healthy.

@@ -2,9 +2,10 @@
 Docker Swarm: `prevu.runtime.Runtime` across the nodes of a swarm (issue 19,
 docs/scale-out.md).
 
-Single-service (Dockerfile or image) models only, for now; a Compose model
-is refused like on a server without Compose (this runtime has no
-`load_compose`). Per preview:
+Single-service (Dockerfile or image) models, and Compose models
+(`prevu.adapters.swarm_compose`: one Swarm service per Compose service,
+checked by the same allowlist as on one host through `compose.load_compose`).
+Per preview:
 
 - the image is built where prevu runs (the `DockerRuntime` build path,
   BuildKit), tagged `<registry>/prevu-<instance>/<preview>:<sha12>-<serial>`
@@ -48,12 +49,15 @@ from prevu import labels as lb
 from prevu.adapters.docker import _translate
 from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.registry import Registry, RegistryError
+from prevu.adapters.swarm_compose import build_compose, discard_revisions, start_compose
 from prevu.appmodel import APP, AppModel
 from prevu.config.swarm import SwarmConfig
-from prevu.errors import DockerError
+from prevu.errors import DockerError, RepoConfigError
 from prevu.ports import ContainerInfo, ExecResult, LogSink, Managed
+from prevu.repoconfig import RepoSettings
 from prevu.routing import Upstream
 from prevu.runtime import Built, Deployed, Health, Observed, Release, Runtime
+from prevu.swarm.compose import swarm_refusal
 from prevu.swarm.spec import ServiceState, network_spec, pinned, service_spec
 from prevu.swarm.spec import service_state as read_state
 
@@ -87,6 +91,10 @@ class SwarmRuntime:
     registry: Registry | None = None
     """Where closed previews' images are deleted from (None: they stay in the registry)."""
     log: Logger = field(factory=Logger, eq=False)
+    compose: Any = None
+    """A `ComposeRuntime` whose `load_compose` checks Compose files (None: Compose refused)."""
+    compose_memory: int | None = None
+    """The budget of a Compose preview (bytes, `[docker] compose_memory`; None: `memory`)."""
     _digests: dict[str, str] = field(factory=dict, init=False)
     _node_ids: dict[int, str] = field(factory=dict, init=False)
 
@@ -113,13 +121,15 @@ class SwarmRuntime:
         path = (self.swarm.registry or "").rstrip("/").partition("/")[2]
         return "/".join(filter(None, (path, f"prevu-{self.instance}", preview))).lower()
 
-    def reference(self, release: Release) -> str:
-        """Where the release's image is pushed: `<registry>/prevu-<instance>/<preview>:<tag>`."""
+    def reference(self, release: Release, service: str = "") -> str:
+        """
+        Where the release's image is pushed: `<registry>/prevu-<instance>/<preview>:<tag>`,
+        the tag `<sha12>-<serial>` (prefixed `<service>-` for a Compose service's).
+        """
         revision = release.revision
         host = (self.swarm.registry or "").partition("/")[0]
-        return (
-            f"{host}/{self.repository(release.preview)}:{revision.short}-{revision.serial}".lower()
-        )
+        tag = "-".join(filter(None, (service, revision.short, str(revision.serial))))
+        return f"{host}/{self.repository(release.preview)}:{tag}".lower()
 
     def network_of(self, preview: str) -> str:
         return self.inner.network_of(preview)
@@ -129,21 +139,42 @@ class SwarmRuntime:
 
     # --- Runtime ------------------------------------------------------------------------
 
+    async def load_compose(
+        self, checkout: str, settings: RepoSettings, release: Release, log: LogSink
+    ) -> AppModel:
+        """
+        The checked model of the compose file (the same allowlist and refusals
+        as on one host, `ComposeRuntime.load_compose`), refused too when Swarm
+        cannot run it (`prevu.swarm.compose.swarm_refusal`). RepoConfigError.
+        """
+        if self.compose is None:
+            raise RepoConfigError("compose", "this prevu server does not run Compose previews")
+        model: AppModel = await self.compose.load_compose(checkout, settings, release, log)
+        assert model.compose is not None
+        refusal = swarm_refusal(model.compose.app)
+        if refusal is not None:
+            raise RepoConfigError("compose", refusal)
+        return model
+
     async def build(self, model: AppModel, release: Release, log: LogSink) -> Built:
-        if model.compose is not None or len(model.services) != 1:
-            raise DockerError(
-                "run", "the swarm runtime runs single-service previews; Compose is not available"
-            )
+        if model.compose is not None:
+            return await build_compose(self, model, release, log)
+        if len(model.services) != 1:
+            raise DockerError("run", "the swarm runtime runs one service or a Compose model")
         built = await self.inner.build(model, release, log)
         if model.front.build is None:
             return built  # an image to pull: every node pulls it itself
-        reference = self.reference(release)
+        await self.push(built.image, self.reference(release), log)
+        return built
+
+    async def push(self, image: str, reference: str, log: LogSink) -> str:
+        """Tag local `image` as `reference`, push it; `reference@digest` (remembered per image)."""
         repository, _, tag = reference.rpartition(":")
         log(f"pushing {reference}")
 
         def push() -> str:
             api = self.client.api
-            api.tag(built.image, repository, tag)
+            api.tag(image, repository, tag)
             digest = ""
             for chunk in api.push(repository, tag, stream=True, decode=True):
                 if "error" in chunk:
@@ -152,8 +183,8 @@ class SwarmRuntime:
                 digest = aux.get("Digest", digest)
             return f"{reference}@{digest}" if digest else reference
 
-        self._digests[built.image] = await self._call("push", push)
-        return built
+        self._digests[image] = pushed = await self._call("push", push)
+        return pushed
 
     async def _network(self, release: Release) -> str:
         """Create (or find) the preview's overlay network; its id. prevu's container joins it."""
@@ -234,8 +265,10 @@ class SwarmRuntime:
 
     async def start(self, built: Built) -> Deployed:
         model = built.model
-        if model.compose is not None or len(model.services) != 1:
-            raise DockerError("run", "the swarm runtime runs single-service previews")
+        if model.compose is not None:
+            return await start_compose(self, built)
+        if len(model.services) != 1:
+            raise DockerError("run", "the swarm runtime runs one service or a Compose model")
         release, service = built.release, model.front
         revision, image = release.revision, built.image
         network_id = await self._network(release)
@@ -396,7 +429,7 @@ class SwarmRuntime:
     async def discard(
         self, containers: Sequence[str], images: Sequence[str], networks: Sequence[str] = ()
     ) -> None:
-        await self._remove_services(containers)
+        await self._remove_services(await discard_revisions(self, list(containers)))
         for image in images:
             await self.inner.docker.remove_image(image)
         for network in networks:

@@ -7,6 +7,7 @@ this prevu run it here (`check_host`), and the `SwarmRuntime` of the config
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import Any
 
@@ -15,6 +16,7 @@ import docker.auth
 import docker.errors
 from twisted.python.threadpool import ThreadPool
 
+from prevu.adapters.compose_runtime import with_compose
 from prevu.adapters.docker import in_container_marker
 from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.registry import Registry
@@ -106,4 +108,13 @@ def swarm_runtime_for(
         own_container=own,
         nodes=nodes,
         registry=registry,
+        compose=with_compose(
+            inner,
+            reactor,
+            os.path.abspath(config.server.state_dir),
+            config.docker.compose,
+            config.docker.compose_memory,
+            docker_host=config.docker.host,
+        ),
+        compose_memory=config.docker.compose_memory,
     )
