@@ -216,6 +216,41 @@ class _Installation:
     renew_at: float
 
 
+async def send_json(
+    http: HTTPClient,
+    reactor: Any,
+    timeout: float,
+    method: str,
+    url: str,
+    headers: dict[bytes | str, list[bytes | str]],
+    body: Any,
+) -> tuple[int, Any, Any]:
+    """
+    One forge API call (GitHub's and GitLab's clients): `body` sent as JSON
+    when not None, the request and the reading of the answer each bounded by
+    `timeout` seconds (`reactor` runs the timers). Answers (status code,
+    response headers, the decoded JSON body or None when empty or not JSON).
+
+    :raises twisted.internet.defer.TimeoutError: past `timeout`.
+    :raises Exception: what treq raises for a connection that fails.
+    """
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers[b"content-type"] = [b"application/json"]
+    requested: Deferred[Any] = http.request(method, url, headers=headers, data=data)
+    requested.addTimeout(timeout, reactor)
+    response = await requested
+    content: Deferred[bytes] = response.content()
+    content.addTimeout(timeout, reactor)
+    raw = await content
+    try:
+        decoded = json.loads(raw) if raw else None
+    except ValueError:
+        decoded = None
+    return int(response.code), response.headers, decoded
+
+
 def retry_delay(headers: Any, body: Any, status: int, now: float) -> float | None:
     """
     Seconds the forge asks to wait (None: no say), for a retryable answer:
@@ -410,23 +445,9 @@ class GithubApi:
             b"user-agent": [b"prevu"],
             b"authorization": [authorization.encode()],
         }
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers[b"content-type"] = [b"application/json"]
-        requested: Deferred[Any] = self._http.request(
-            method, self.api_url + path, headers=headers, data=data
+        return await send_json(
+            self._http, self.reactor, self.timeout, method, self.api_url + path, headers, body
         )
-        requested.addTimeout(self.timeout, self.reactor)
-        response = await requested
-        content: Deferred[bytes] = response.content()
-        content.addTimeout(self.timeout, self.reactor)
-        raw = await content
-        try:
-            decoded = json.loads(raw) if raw else None
-        except ValueError:
-            decoded = None
-        return int(response.code), response.headers, decoded
 
     async def _wait(self, delay: float) -> None:
         await deferLater(self.clock, delay, lambda: None)

@@ -34,14 +34,12 @@ found no note the failed attempt made; errors (`ForgeApiError` with forge
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from attrs import define, field
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -53,6 +51,7 @@ from prevu.adapters.github_api import (
     ForgeUnavailable,
     retry_delay,
     retryable,
+    send_json,
 )
 from prevu.backoff import BackoffPolicy, exponential
 from prevu.forge.commands import may_write_gitlab
@@ -156,23 +155,8 @@ class GitlabApi:
             b"user-agent": [b"prevu"],
             b"private-token": [self.token.encode()],
         }
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers[b"content-type"] = [b"application/json"]
-        requested: Deferred[Any] = self._http.request(
-            method, f"{self.url}/api/v4{path}", headers=headers, data=data
-        )
-        requested.addTimeout(self.timeout, self.reactor)
-        response = await requested
-        content: Deferred[bytes] = response.content()
-        content.addTimeout(self.timeout, self.reactor)
-        raw = await content
-        try:
-            decoded = json.loads(raw) if raw else None
-        except ValueError:
-            decoded = None
-        return int(response.code), response.headers, decoded
+        url = f"{self.url}/api/v4{path}"
+        return await send_json(self._http, self.reactor, self.timeout, method, url, headers, body)
 
     async def _wait(self, delay: float) -> None:
         await deferLater(self.clock, delay, lambda: None)
