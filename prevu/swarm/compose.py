@@ -27,7 +27,7 @@ from prevu.swarm.spec import service_spec
 
 MAX_NAME = 63
 """Swarm service names are DNS labels (swarmkit: at most 63 characters)."""
-_VALID = re.compile(r"^[a-zA-Z0-9](?:[-_]*[a-zA-Z0-9]+)*$")
+_VALID = re.compile(r"^[a-zA-Z0-9](?:[-_]*[a-zA-Z0-9])*$")
 SPEC_LABEL = "prevu.swarm.spec"
 """Label of a kept service: the digest of its spec (the same digest: left running)."""
 
