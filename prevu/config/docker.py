@@ -15,8 +15,6 @@ from prevu.config.reader import Table
 
 Runtime = Literal["docker", "swarm"]
 """The runtimes prevu can run previews on: one host, or Docker Swarm (issue 19)."""
-RUNTIMES_LATER: tuple[str, ...] = ()
-"""Runtimes the key knows of but that are not available yet (a clear error, not "unknown")."""
 
 
 @frozen
@@ -68,8 +66,6 @@ def parse_docker(t: Table) -> DockerConfig:
     """The `[docker]` table (`runtime = "swarm"` also needs `[swarm] registry`)."""
     d = DockerConfig()
     runtime = t.string("runtime", d.runtime)
-    if runtime in RUNTIMES_LATER:
-        raise t.error("runtime", f"the {runtime} runtime is not available yet")
     if runtime not in ("docker", "swarm"):
         raise t.error("runtime", f'must be "docker" or "swarm", got {runtime!r}')
     network = t.string("network", d.network)
