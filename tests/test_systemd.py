@@ -313,15 +313,24 @@ def test_execstart_under_the_units_user_groups_and_capability_binds_80_and_reach
     finally:
         no_group.stop()
 
-    # And without the capability: the control app starts, port 80 is refused.
+    # And without the capability: port 80 is refused and start-up stops with the one line
+    # naming the key and the reason (before the start-up work it kept running with the
+    # control port alone, which is what a service manager cannot see as a failure).
     no_caps = UnitProcess(installed, caps=False)
     try:
         deadline = time.monotonic() + 30
-        while "Permission denied" not in no_caps.output():
+        while no_caps.process.poll() is None:
             assert time.monotonic() < deadline, no_caps.output()[-3000:]
             time.sleep(0.2)
-        with socket.create_connection(("127.0.0.1", no_caps.control), 5):
-            pass
+        output = no_caps.output()
+        assert no_caps.process.returncode == 1, output[-3000:]
+        lines = [line for line in output.splitlines() if "cannot listen" in line]
+        expected = (
+            "prevu: cannot listen on port 80 (server.http = 'tcp:80:interface=127.0.0.1'): "
+            "Permission denied"
+        )
+        assert len(lines) == 1 and lines[0].endswith(expected), output[-3000:]
+        assert "Traceback" not in output and "Unhandled Error" not in output, output[-3000:]
         assert port_80_is_free()
     finally:
         no_caps.stop()
