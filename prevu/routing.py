@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 from attrs import define, field, frozen
 
 Access = Literal["private", "public"]
-RouteState = Literal["ready", "building", "sleeping", "failed", "closed"]
+RouteState = Literal["ready", "building", "sleeping", "failed", "closed", "awaiting"]
 """What the proxy does for a route: forward ("ready"), wake and wait ("sleeping"),
-or answer a page saying so ("building", "failed", "closed"; `prevu.proxy.pages`)."""
+or answer a page saying so ("building", "failed", "closed", "awaiting";
+`prevu.proxy.pages`)."""
 
 ROBOTS_HEADER = b"X-Robots-Tag: noindex\r\n"
 """The response header line of a `noindex` route, encoded once."""
@@ -58,9 +59,11 @@ class Route:
     built or woken from sleep ("building", "sleeping"), a 503 naming the
     failure ("failed", with the preview's error as `detail`), a 410 saying
     the preview was removed ("closed", `since` the close, seconds since the
-    epoch). `preview` names the preview behind the route, if any; `repo` its
-    repository (for per-repo access checks). Only a `trusted` route (prevu's
-    control app) is sent the reviewer's session cookie.
+    epoch), a 503 saying a fork's commit awaits a maintainer's approval
+    before it is built ("awaiting", `commit` that commit's SHA). `preview`
+    names the preview behind the route, if any; `repo` its repository (for
+    per-repo access checks). Only a `trusted` route (prevu's control app) is
+    sent the reviewer's session cookie.
 
     `noindex` routes (previews, unless their `[[repos]]` entry says
     `noindex = false`; never `[[routes]]`) get `X-Robots-Tag: noindex` on
@@ -78,6 +81,7 @@ class Route:
     detail: str | None = None  # why a "failed" route failed (the preview's error)
     since: float | None = None  # when a "closed" route's preview was closed (epoch seconds)
     noindex: bool = False  # X-Robots-Tag: noindex on every response
+    commit: str | None = None  # the fork commit an "awaiting" route's preview waits on (SHA)
     response_headers: bytes = field(init=False, default=b"", eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:

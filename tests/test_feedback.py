@@ -5,6 +5,7 @@ sticky comment, statuses and deployments, converging when the forge comes back.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
+from prevu import lifecycle as lc
 from prevu.adapters.github_api import GithubApi
 from prevu.backoff import constant
 from prevu.feedback.comment import marker
 from prevu.feedback.memory import FILE_NAME, FeedbackMemory
 from prevu.feedback.publisher import Publisher
 from prevu.masking import masker
+from prevu.orchestrator import records
 from prevu.ports import PreviewRecord
 from prevu.testing.fake_github import FakeGithub, FakeUser, listen
 from tests.support.timeouts import sleep
@@ -242,6 +245,52 @@ async def test_a_superseded_sha_says_by_which(
     assert "Supersedes the build of `aaaaaaa`" in fake.comments_on(REPO, 7)[0]["body"]
     by_sha = {d["sha"]: d["_state"] for d in fake.deployments.values()}
     assert by_sha == {A: "inactive", B: "in_progress"}
+
+
+def held(error: str, status: str = "running") -> PreviewRecord:
+    """B's `[data] on_push` failed while A serves: status running, error set, `held`."""
+    serving = lc.Deployment(lc.Revision(A, "f", 1), "c1", "i1", "10.0.0.1", 8080)
+    state = lc.Preview(
+        target=lc.Revision(B, "f", 2),
+        failed=lc.Revision(B, "f", 2),
+        serving=serving,
+        error=error,
+        held=True,
+        clean=False,
+        asleep=status == "sleeping",
+    )
+    data = {"clean": "0", "state": json.dumps(records.state_to_json(state))}
+    return record(status, B, error=error, data=data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_on_push_says_not_deployed_and_the_old_deployment_is_active_again(
+    fake: FakeGithub, clock: Clock, tmp_path: Path
+) -> None:
+    """Not "ready": the comment names the error and A serving, B fails, A's deployment is back."""
+    feed = publisher(fake, clock, tmp_path, read_tail=lambda preview, n: ["migrating 0042"])
+    await feed_all(clock, feed, "building", "running")
+    await feed_all(clock, feed, "building", sha=B)
+    feed.on_record(held("on_push failed (exit 3): relation exists"))
+    clock.advance(1)
+    await settle(clock, feed)
+    body = fake.comments_on(REPO, 7)[0]["body"]
+    assert "New commit not deployed" in body and "Preview ready" not in body
+    assert "`bbbbbbb` was **not deployed**" in body and "keeps serving `aaaaaaa`" in body
+    assert "on_push failed (exit 3): relation exists" in body and "migrating 0042" in body
+    assert states(fake, B) == ["pending", "failure"]
+    status = fake.statuses[-1]
+    assert status["description"].startswith("Not deployed, aaaaaaa still serves: on_push")
+    assert status["target_url"] == f"{PUBLIC}/previews/pr-7/logs"
+    by_sha = {d["sha"]: d["_state"] for d in fake.deployments.values()}
+    assert by_sha == {A: "success", B: "failure"}
+    # Sleeping and waking A change nothing shown: no edit, no new status.
+    edits, published = fake.comments_on(REPO, 7)[0]["_edits"], len(fake.statuses)
+    for status in ("sleeping", "running"):
+        feed.on_record(held("on_push failed (exit 3): relation exists", status))
+        clock.advance(1)
+        await settle(clock, feed)
+    assert fake.comments_on(REPO, 7)[0]["_edits"] == edits and len(fake.statuses) == published
 
 
 @pytest_twisted.ensureDeferred

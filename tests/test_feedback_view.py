@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from prevu import lifecycle as lc
 from prevu.feedback import comment as cm
+from prevu.feedback.memory import PrFeedback
 from prevu.feedback.view import (
     View,
     commit_status,
@@ -17,7 +21,10 @@ from prevu.feedback.view import (
     next_view,
     superseded_status,
 )
-from prevu.ports import PreviewRecord
+from prevu.orchestrator import records
+from prevu.ports import ExecResult, PreviewRecord
+from tests.test_data import DATA_TOML
+from tests.test_orchestrator import SHAS, Harness
 
 A = "a" * 40
 B = "b" * 40
@@ -106,6 +113,7 @@ def test_a_fork_awaiting_approval() -> None:
         ("awaiting", "pending", None),
         ("running", "success", "success"),
         ("failed", "failure", "failure"),
+        ("held", "failure", "failure"),
         ("removed", "success", "inactive"),
         ("expired", "success", "inactive"),
     ],
@@ -166,3 +174,119 @@ def _changes(shown: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
     # The build time is left out: the replay's clock moves with each record.
     plain = [s[:4] + s[5:] for s in shown]
     return [s for i, s in enumerate(plain) if i == 0 or plain[i - 1] != s]
+
+
+# --- a failed `[data] on_push`: the head is not deployed, the previous commit serves --------
+
+ERROR = "on_push failed (exit 3): relation exists"
+
+
+def stored(**fields: Any) -> dict[str, str]:
+    """A record's `data` holding the lifecycle state `fields` (as the orchestrator writes it)."""
+    return {"clean": "0", "state": json.dumps(records.state_to_json(lc.Preview(**fields)))}
+
+
+def held_record(status: str = "running", **fields: Any) -> PreviewRecord:
+    """B's on_push failed while A serves: the record the orchestrator writes (docs/data.md)."""
+    serving = lc.Deployment(lc.Revision(A, "f", 1), "c1", "i1", "10.0.0.1", 8080)
+    values: dict[str, Any] = {
+        "target": lc.Revision(B, "f", 2),
+        "failed": lc.Revision(B, "f", 2),
+        "serving": serving,
+        "error": ERROR,
+        "held": True,
+        "clean": False,
+    }
+    values.update(fields)
+    return record(status, B, error=ERROR, data=stored(**values))
+
+
+def test_a_failed_on_push_is_held_not_ready() -> None:
+    """Status running with error and `held`: the view says B was not deployed and A serves."""
+    views = replay(record("running"), record("building", B), held_record())
+    view = views[-1]
+    assert (view.state, view.sha, view.serving, view.reason) == ("held", B, A, ERROR)
+    assert view.duration is None and view.superseded is None
+    assert commit_status(view) == ("failure", f"Not deployed, aaaaaaa still serves: {ERROR}")
+    assert deployment_state(view) == "failure"
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, "held"),
+        ({"held": False}, "running"),  # not an on_push failure: running as it says
+        ({"serving": None}, "running"),  # nothing serves: not held (the status says the rest)
+        ({"failed": lc.Revision(A, "f", 1)}, "running"),  # the target itself did not fail
+    ],
+)
+def test_only_a_held_target_with_a_serving_commit_is_shown_held(
+    fields: dict[str, Any], expected: str
+) -> None:
+    assert visible(held_record(**fields))[-1] == expected
+
+
+def test_a_held_preview_asleep_or_waking_stays_held() -> None:
+    """Sleep and wake of the commit still serving change nothing visible: no comment edit."""
+    job = lc.Job("resume", lc.Revision(A, "f", 1))
+    views = replay(
+        held_record(),
+        held_record("sleeping", asleep=True),
+        held_record("starting", asleep=True, job=job),
+        held_record(),
+    )
+    assert {v.shown() for v in views} == {views[0].shown()}
+
+
+def test_the_next_push_after_a_held_commit_builds_and_runs_as_usual() -> None:
+    views = replay(held_record(), record("queued", "c" * 40), record("running", "c" * 40))
+    assert [v.state for v in views] == ["held", "queued", "running"]
+    assert views[1].superseded is None and views[-1].serving is None
+
+
+def test_a_held_description_names_the_serving_commit_within_githubs_limit() -> None:
+    state, description = commit_status(View("held", B, URL, reason="x" * 500, serving=A))
+    assert state == "failure" and len(description) <= 140
+    assert description.startswith("Not deployed, aaaaaaa still serves: xxx")
+
+
+def test_the_held_comment_says_not_deployed_why_what_serves_and_links_the_logs() -> None:
+    links = cm.Links.for_preview("https://prevu.example.com", "pr-7")
+    view = next_view(held_record(), None, 1000.0)
+    text = cm.render(view, links, "<!-- m -->")
+    assert "### ⚠️ New commit not deployed" in text and "Preview ready" not in text
+    assert "`bbbbbbb` was **not deployed**" in text
+    assert "keeps serving `aaaaaaa`" in text and "(serving `aaaaaaa`)" in text
+    assert f"**Reason:** {ERROR}" in text
+    assert f"[logs]({links.logs})" in text and "/preview redeploy" in text
+    with_tail = cm.render(view, links, "<!-- m -->", ["migrating", "relation exists"])
+    assert "<summary>Last log lines</summary>" in with_tail and "relation exists" in with_tail
+
+
+def test_a_view_remembered_before_serving_existed_still_loads() -> None:
+    """feedback.json written by an earlier release has views without `serving`."""
+    item = PrFeedback("github", "acme/shop", 7, "pr-7", view=View("running", A, URL))
+    data = item.to_json()
+    del data["view"]["serving"]
+    assert PrFeedback.from_json(data).view == View("running", A, URL)
+
+
+def test_the_orchestrators_records_of_a_failed_on_push_show_held(tmp_path: Path) -> None:
+    """Through the real orchestrator (fakes): every record it writes, replayed as feedback."""
+    h = Harness(tmp_path)
+    written: list[PreviewRecord] = []
+    h.orchestrator.watch(written.append)
+    h.publish(1, SHAS[0], {".prevu.toml": DATA_TOML})
+    h.deploy(1, SHAS[0])
+    h.settle()
+    broken = DATA_TOML.replace('["./migrate"]', '["./migrate", "--broken"]')
+    h.docker.exec_answers[("./migrate", "--broken")] = ExecResult(3, "relation exists\n")
+    h.publish(1, SHAS[1], {".prevu.toml": broken})
+    h.deploy(1, SHAS[1])
+    h.settle()
+    views = replay(*written)
+    assert written[-1].status == "running" and written[-1].error is not None
+    assert [v.state for v in views if v.sha == SHAS[1]][-1] == "held"
+    assert "running" not in [v.state for v in views if v.sha == SHAS[1]]
+    assert views[-1].serving == SHAS[0] and views[-1].reason == written[-1].error
+    assert commit_status(views[-1])[0] == "failure"

@@ -370,7 +370,8 @@ async def test_fork_waits_for_approval_then_runs(stack: Stack) -> None:
     await sleep(1.0)
     record = stack.store.get("pr-5-hello-world")
     assert record is not None and record.status == "queued" and not record.container
-    assert (await stack.get("pr-5-hello-world.localhost"))[0] == 404
+    code, page = await stack.get("pr-5-hello-world.localhost")  # a public preview
+    assert code == 503 and b"awaits a maintainer's approval" in page  # not the generic 404
     comment = json.loads((FIXTURES / "github/issue_comment-created.json").read_text())
     comment["issue"]["number"] = 5
     comment["issue"]["pull_request"] = {"url": "https://api.github.com/repos/x/y/pulls/5"}

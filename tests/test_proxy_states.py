@@ -167,6 +167,24 @@ async def test_closed_preview_says_it_was_removed(stack: Stack) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_fork_preview_awaiting_approval_says_so_not_404(stack: Stack) -> None:
+    """Anonymous: the login as before. Signed in: 503, the command with the commit, the page."""
+    commit = "3f2a9c1" + "0" * 33
+    stack.put("pr-1.preview.test", "awaiting", commit=commit, repo="acme/<shop>")
+    status, headers, _ = await stack.get(b"pr-1.preview.test", b"Accept: text/html")
+    assert status == 302 and robots(headers) == [b"noindex"]
+    status, headers, body = await stack.get(b"pr-1.preview.test", stack.cookie)
+    assert status == 503 and robots(headers) == [b"noindex"]
+    assert b"No preview or route" not in body and b"acme/&lt;shop&gt;" in body
+    assert b"awaits a maintainer's approval" in body and b"/preview approve 3f2a9c1" in body
+    assert b'href="' + LOGS + b'"' in body
+    assert b"retry-after" not in headers and b"http-equiv=refresh" not in body
+    stack.put("pr-2.preview.test", "awaiting", commit=commit, access="public")
+    status, _, body = await stack.get(b"pr-2.preview.test")
+    assert status == 503 and b"/preview approve</code>" in body and b"/login?next=" in body
+
+
+@pytest_twisted.ensureDeferred
 async def test_crashed_preview_gets_the_honest_page_not_a_bare_502(stack: Stack) -> None:
     """A ready preview whose container refuses connections: 503 saying it does not answer."""
     probe = stack.reactor.listenTCP(0, Site(Hello()), interface="127.0.0.1")

@@ -19,6 +19,7 @@ _TITLES = {
     "building": "🔨 Building the preview",
     "running": "✅ Preview ready",
     "failed": "❌ Preview failed",
+    "held": "⚠️ New commit not deployed",
     "superseded": "⏭️ Preview superseded",
     "awaiting": "✋ Preview awaits approval",
     "expired": "💤 Preview expired",
@@ -59,7 +60,9 @@ def render(
 ) -> str:
     """
     The comment's Markdown for `view`. `log_tail` (already masked) is shown on
-    failure when given; otherwise the logs link stands in for it. `replies`,
+    failure (and for a "held" commit, whose `on_push` failed) when given;
+    otherwise the logs link stands in for it. A "held" view says the commit
+    was not deployed, why, and which commit the preview still serves. `replies`,
     the answers to the last `/preview` commands, close it; with no view (a
     command on a pull request without a preview) they are all it shows.
     """
@@ -69,6 +72,12 @@ def render(
     rows = [("Commit", f"`{view.short}`")]
     if view.state == "running":
         rows.insert(0, ("Preview", f"[{view.url}]({view.url})"))
+    if view.state == "held":
+        serves = f" (serving `{view.serving[:7]}`)" if view.serving else ""
+        rows = [
+            ("Preview", f"[{view.url}]({view.url}){serves}"),
+            ("Commit", f"`{view.short}` (not deployed)"),
+        ]
     if view.duration is not None and view.state == "running":
         rows.append(("Build", _duration(view.duration)))
     rows.append(("Details", f"[page]({links.page}) · [logs]({links.logs})"))
@@ -81,7 +90,15 @@ def render(
             "This pull request comes from a fork. A maintainer may start its preview by"
             f" commenting `/preview approve {view.short}`."
         )
-    if view.state == "failed":
+    if view.state == "held":
+        still = f"`{view.serving[:7]}`" if view.serving else "the previous commit"
+        lines.append(
+            f"`{view.short}` was **not deployed**: its `on_push` command failed, so the"
+            f" preview keeps serving {still}. Push a fix, or comment `/preview redeploy`"
+            " to try again."
+        )
+        lines.append("")
+    if view.state in ("failed", "held"):
         lines.append(f"**Reason:** {_inline(view.reason or 'unknown')}")
         if log_tail:
             lines += ["", "<details><summary>Last log lines</summary>", "", "```"]

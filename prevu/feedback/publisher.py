@@ -91,7 +91,7 @@ class Publisher:
         if before is not None and before.shown() == view.shown():
             return
         links = cm.Links.for_preview(self.public_url, record.id)
-        if view.state == "failed":
+        if view.state in ("failed", "held"):
             item.tail = [self.mask(line) for line in self.read_tail(record.id, TAIL_LINES)]
         if view.sha:
             self._want_commit(item, view, links, before)
@@ -127,6 +127,11 @@ class Publisher:
         deployment = vw.deployment_state(view)
         if deployment is not None and (deployment != "inactive" or view.sha in item.deployments):
             item.deployments[view.sha] = deployment
+        serving = view.serving
+        if view.state == "held" and serving in item.deployments and serving != view.sha:
+            # The head was not deployed: the commit still served is the active deployment
+            # again (it was made inactive when the head started building).
+            item.deployments[serving] = "success"
 
     def reply(self, forge: str, repo: str, number: int, preview: str, line: str) -> None:
         """
@@ -267,7 +272,7 @@ class Publisher:
         view = item.view
         links = cm.Links.for_preview(self.public_url, item.preview)
         tail: list[str] | None = None
-        if view is not None and view.state == "failed" and item.tail:
+        if view is not None and view.state in ("failed", "held") and item.tail:
             show = self.comment_logs(item.repo)
             if show is None:
                 show = await self.api.repository_private(item.repo)

@@ -3,9 +3,16 @@ What a pull request shows about its preview, decided from the stored record
 (pure: attrs and the standard library; `now` is passed in).
 
 The rule that keeps feedback quiet: the sticky comment is edited only when the
-*visible* state changes (queued, building, running, failed, superseded,
+*visible* state changes (queued, building, running, failed, held, superseded,
 awaiting approval, expired, removed). Sleeping, waking and restarts by
-self-healing keep a running preview "running"; they edit nothing.
+self-healing keep a running preview "running" (and a held one "held"); they
+edit nothing.
+
+"held": the head commit was *not deployed* because its `[data] on_push`
+failed, and the previous commit keeps serving (docs/data.md). The preview's
+status is then `running` with `error` set, but the pull request must not say
+"ready" for a commit that never served: the view names the error and the
+commit still serving, the commit status is a failure.
 
 `next_view(record, previous, now)` is the whole rule; `commit_status` and
 `deployment_state` map a view to what GitHub's statuses and deployments API
@@ -22,7 +29,15 @@ from attrs import frozen
 from prevu.ports import PreviewRecord
 
 Visible = Literal[
-    "queued", "building", "running", "failed", "superseded", "awaiting", "expired", "removed"
+    "queued",
+    "building",
+    "running",
+    "failed",
+    "held",
+    "superseded",
+    "awaiting",
+    "expired",
+    "removed",
 ]
 StatusState = Literal["pending", "success", "failure", "error"]
 DeploymentState = Literal["queued", "in_progress", "success", "failure", "error", "inactive"]
@@ -38,8 +53,9 @@ class View:
     `since` is when the current SHA started building (seconds since the
     epoch, for the duration) and `duration` the seconds its build and start
     took, known once running. `superseded` is the earlier SHA this one
-    replaced before that one ran; `reason` why a build failed or a preview
-    was removed.
+    replaced before that one ran; `reason` why a build failed, why a "held"
+    commit was not deployed (its `on_push` error), or why a preview was
+    removed; `serving` the SHA still serving while `sha` is "held" (else None).
     """
 
     state: Visible
@@ -49,6 +65,7 @@ class View:
     since: float | None = None
     duration: float | None = None
     superseded: str | None = None
+    serving: str | None = None
 
     @property
     def short(self) -> str:
@@ -57,7 +74,15 @@ class View:
 
     def shown(self) -> tuple[object, ...]:
         """What the comment shows of this view: two views that show the same edit nothing."""
-        return (self.state, self.sha, self.url, self.reason, self.duration, self.superseded)
+        return (
+            self.state,
+            self.sha,
+            self.url,
+            self.reason,
+            self.duration,
+            self.superseded,
+            self.serving,
+        )
 
 
 def _stored_state(record: PreviewRecord) -> dict[str, Any]:
@@ -69,6 +94,22 @@ def _stored_state(record: PreviewRecord) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
+def _held_serving(record: PreviewRecord) -> str | None:
+    """
+    The SHA still serving when the record's target was not deployed because
+    its `on_push` failed (the lifecycle's `held`, `Preview.holding`), else None.
+    """
+    state = _stored_state(record)
+    serving = state.get("serving")
+    if not state.get("held") or not isinstance(serving, dict):
+        return None
+    if state.get("failed") is None or state.get("failed") != state.get("target"):
+        return None
+    revision = serving.get("revision")
+    sha = revision.get("sha") if isinstance(revision, dict) else None
+    return sha if isinstance(sha, str) and sha else None
+
+
 def _visible(record: PreviewRecord, previous: View | None) -> Visible:
     if record.closed:
         note = (record.data.get("detail") or "").lower()
@@ -76,6 +117,9 @@ def _visible(record: PreviewRecord, previous: View | None) -> Visible:
     # Records of release 7ee9a63 kept `awaiting` flat; later ones in the state JSON.
     if "awaiting" in record.data or _stored_state(record).get("awaiting"):
         return "awaiting"
+    # Running (or asleep, or waking) on the previous commit: the head was not deployed.
+    if _held_serving(record) is not None:
+        return "held"
     same_sha = previous is not None and previous.sha == record.sha
     was_running = same_sha and previous is not None and previous.state == "running"
     match record.status:
@@ -106,7 +150,8 @@ def next_view(record: PreviewRecord, previous: View | None, now: float) -> View:
     """
     state = _visible(record, previous)
     sha = record.sha or (previous.sha if previous else "")
-    reason = record.error if state == "failed" else None
+    reason = record.error if state in ("failed", "held") else None
+    serving = _held_serving(record) if state == "held" else None
     if state in ("removed", "expired"):
         reason = record.data.get("detail")
     if previous is None or previous.sha != sha:
@@ -115,7 +160,7 @@ def next_view(record: PreviewRecord, previous: View | None, now: float) -> View:
             superseded = previous.sha
         since = now if state == "building" else None
         # A SHA first seen running (adopted after a restart) has no known build time.
-        return View(state, sha, record.url, reason, since, None, superseded)
+        return View(state, sha, record.url, reason, since, None, superseded, serving)
     since = previous.since
     duration = previous.duration
     if state == "building" and since is None:
@@ -124,7 +169,7 @@ def next_view(record: PreviewRecord, previous: View | None, now: float) -> View:
         duration = max(0.0, now - since) if since is not None else None
     if state in ("building", "queued"):
         duration = None
-    return View(state, sha, record.url, reason, since, duration, previous.superseded)
+    return View(state, sha, record.url, reason, since, duration, previous.superseded, serving)
 
 
 def commit_status(view: View) -> tuple[StatusState, str]:
@@ -140,6 +185,9 @@ def commit_status(view: View) -> tuple[StatusState, str]:
             return "success", "Preview ready"
         case "failed":
             return "failure", _clip(f"Preview failed: {view.reason or 'unknown reason'}")
+        case "held":
+            still = f", {view.serving[:7]} still serves" if view.serving else ""
+            return "failure", _clip(f"Not deployed{still}: {view.reason or 'on_push failed'}")
         case "superseded":
             return "error", "Preview superseded"
         case "expired":
@@ -159,7 +207,7 @@ def deployment_state(view: View) -> DeploymentState | None:
             return "in_progress"
         case "running":
             return "success"
-        case "failed":
+        case "failed" | "held":
             return "failure"
         case "removed" | "expired" | "superseded":
             return "inactive"

@@ -158,6 +158,7 @@ class Driver:
         state: RouteState,
         detail: str | None = None,
         since: float | None = None,
+        commit: str | None = None,
     ) -> Route:
         repo = slot.identity.repo
         return Route(
@@ -170,14 +171,18 @@ class Driver:
             detail=detail,
             since=since,
             noindex=self.settings.repo_noindex.get(repo.lower(), True),
+            commit=commit,
         )
 
     def _publish_state(self, slot: Slot) -> None:
         """
         Where no container serves the preview, put a route saying why, for the
         proxy's pages (`prevu.proxy.pages`): "building" while a job (build,
-        start) is on its way, "failed" with its error, "closed" for `history`
-        seconds after it was closed. A route with an upstream is left alone.
+        start) is on its way, "awaiting" while a fork's commit waits for a
+        maintainer's approval (`/preview approve`) and nothing is built,
+        "failed" with its error, "closed" for `history` seconds after it was
+        closed. A route with an upstream is left alone: a preview serving an
+        approved commit keeps serving while a newer fork commit awaits.
         """
         host = slot.name.host
         current = self.routes.get(ROUTE_SOURCE, host)
@@ -194,6 +199,8 @@ class Driver:
             wanted = self._route_value(slot, None, "failed", detail=state.error)
         elif state.job is not None:  # queued for a build slot, built or started
             wanted = self._route_value(slot, None, "building", detail=state.detail)
+        elif state.awaiting is not None:
+            wanted = self._route_value(slot, None, "awaiting", commit=state.awaiting.sha)
         else:
             wanted = None
         if wanted == current:

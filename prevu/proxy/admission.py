@@ -353,7 +353,7 @@ def _not_ready(
     policy: Policy,
     user: str | None,
 ) -> LocalReply:
-    """The page of a preview that is built, woken, failed or removed (`prevu.proxy.pages`)."""
+    """The page of a preview built, woken, failed, removed or awaiting approval (`pages`)."""
     reply = state_page(route, host, user, policy.links, policy.retry_after)
     close = must_close(head)
     data = simple_response(

@@ -15,6 +15,11 @@ prevu writes itself, after the login gate has let the request through
   unless no way to log in is configured (`PageLinks.login_configured`
   False: the dashboard is open to all, so its reason and logs link are too);
 - "closed": 410 saying the preview was removed (and when);
+- "awaiting": 503 saying a fork's commit awaits a maintainer's approval
+  before prevu builds it, and how a maintainer approves (the
+  `/preview approve` command on the pull request); a signed-in reviewer is
+  shown the exact command (with the commit) and a link to the preview's
+  page, anyone else the login (see `awaiting_page` for the status chosen);
 - a ready preview whose upstream refuses connections ("crashed"): 503
   saying it is not answering, with the same links as "failed".
 
@@ -155,7 +160,46 @@ def state_page(
             "was closed or the preview was destroyed.</p>"
         )
         return PageReply(410, headers, html_page(410, "Preview removed", body, host))
+    if state == "awaiting":
+        return awaiting_page(route, host, user, links)
     raise ValueError(f"no page for a {state!r} route: {route.host}")
+
+
+APPROVE = "/preview approve"
+"""The pull request command that approves a fork's commit (`prevu.forge.commands`)."""
+
+
+def awaiting_page(route: Route, host: str, user: str | None, links: PageLinks) -> PageReply:
+    """
+    The page of a fork pull request's preview whose commit awaits approval.
+
+    503 Service Unavailable, like the other pages of a preview that exists
+    but cannot answer yet: the address is right (not 404) and the preview
+    is not gone (not 410), so monitors and crawlers treat it as temporary and
+    cache nothing. No `Retry-After` and no self-refresh: the wait depends on a
+    maintainer, not on a build, and a page reloading itself for hours would
+    only load the proxy. A signed-in reviewer (or anyone, when no login is
+    configured) is shown the exact command, `/preview approve <sha>` (the
+    commit's first 7 hex digits, as the pull request comment shows it), and
+    the link to the preview's page; anyone else the plain command and the login.
+    """
+    logs = links.logs(route.preview)
+    reviewer = signed_in(user) or not links.login_configured
+    command = APPROVE
+    if reviewer and route.commit:
+        command = f"{APPROVE} {route.commit[:7]}"
+    body = (
+        f"<p id=prevu-state>{_subject(route)} awaits a maintainer's approval: its pull "
+        "request comes from a fork, and prevu builds no fork code until a maintainer "
+        "has reviewed it.</p>"
+        "<p>To approve it, a maintainer comments "
+        f"<code id=prevu-command>{html.escape(command)}</code> on the pull request.</p>"
+    )
+    if reviewer:
+        body += _link(logs, "See the preview's page")
+    else:
+        body += _link(links.login(logs), "Log in to see the preview's page")
+    return PageReply(503, robots(route), html_page(503, "Preview awaits approval", body, host))
 
 
 def crashed_page(route: Route, host: str, user: str | None, links: PageLinks) -> PageReply:
