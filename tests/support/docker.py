@@ -103,6 +103,10 @@ def remove_test_objects(client: Any, filters: Mapping[str, str], older_than: flo
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 api.remove_image(image["Id"], force=True)
     for volume in (api.volumes(filters=dict(filters)) or {}).get("Volumes") or []:
+        # volumes name their time `CreatedAt`; without the cutoff a session's start-up
+        # sweep removed a concurrent session's volume in the moment no container held it
+        if _created({"Created": volume.get("CreatedAt", 0)}) > cutoff:
+            continue
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             api.remove_volume(volume["Name"], force=True)
 
