@@ -41,7 +41,7 @@ from twisted.internet.defer import FirstError, ensureDeferred, gatherResults
 from prevu import labels as lb
 from prevu.adapters.compose import ComposeCli, find_compose
 from prevu.adapters.docker_runtime import DockerRuntime
-from prevu.appmodel import AppModel, from_compose
+from prevu.appmodel import AppModel, Service, from_compose
 from prevu.compose.check import ComposeApp, check_env_files, check_model, inside
 from prevu.compose.write import (
     DoesNotFit,
@@ -63,6 +63,43 @@ PER_REVISION = frozenset({"PREVU_SHA", "PREVU_BRANCH"})
 """Values not given to kept services: they would recreate them on every push."""
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
+
+
+async def build_compose_service(
+    inner: DockerRuntime,
+    release: Release,
+    service: Service,
+    labels: Mapping[str, str],
+    log: LogSink,
+) -> str:
+    """
+    The image of Compose service `service` of `release`: its `image` when it
+    has no `build`, else the id of the image `inner` builds (BuildKit, the
+    `[docker]` memory and build timeout, the release's build args and
+    secrets), tagged `prevu/<instance>/<preview>/<service>:<sha12>-<serial>`
+    and labelled `labels`. Used on one host and on Swarm.
+
+    :raises DockerError: the build failed.
+    """
+    if service.build is None:
+        assert service.image is not None
+        return service.image
+    revision = release.revision
+    request = BuildRequest(
+        context=service.build.context,
+        tag=f"prevu/{inner.instance}/{release.preview}/{service.name}:"
+        f"{revision.short}-{revision.serial}",
+        dockerfile=service.build.dockerfile,
+        args=service.build.args,
+        prevu_args=release.env,
+        labels=labels,
+        memory=inner.memory,
+        timeout=inner.build_timeout,
+        target=service.build.target,
+        secrets=release.build_secrets,
+    )
+    log(f"building {service.name}: {request.tag}")
+    return (await inner.docker.build(request, log)).id
 
 
 @define
@@ -138,27 +175,11 @@ class ComposeRuntime:
             return await self.inner.build(model, release, log)
         revision = release.revision
         project = self._revision_project(release)
-        images: dict[str, str] = {}
-        for service in model.services:
-            if service.build is None:
-                assert service.image is not None
-                images[service.name] = service.image
-                continue
-            request = BuildRequest(
-                context=service.build.context,
-                tag=f"prevu/{self.inner.instance}/{release.preview}/{service.name}:"
-                f"{revision.short}-{revision.serial}",
-                dockerfile=service.build.dockerfile,
-                args=service.build.args,
-                prevu_args=release.env,
-                labels={**release.labels, lb.SHA: revision.sha, PROJECT: project},
-                memory=self.inner.memory,
-                timeout=self.inner.build_timeout,
-                target=service.build.target,
-                secrets=release.build_secrets,
-            )
-            log(f"building {service.name}: {request.tag}")
-            images[service.name] = (await self.inner.docker.build(request, log)).id
+        labels = {**release.labels, lb.SHA: revision.sha, PROJECT: project}
+        images = {
+            service.name: await build_compose_service(self.inner, release, service, labels, log)
+            for service in model.services
+        }
         files = self._dir(release.preview, f"{revision.short}-{revision.serial}", "files")
         binds = {m.source for s in spec.app.services for m in s.mounts if m.kind == "bind"}
         for source in sorted(binds):

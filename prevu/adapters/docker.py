@@ -122,6 +122,49 @@ def _translate(operation: str, error: Exception) -> Exception:
     return DockerError(operation, f"{type(error).__name__}: {error}")
 
 
+async def on_pool(
+    reactor: Any, pool: ThreadPool, operation: str, function: Callable[..., T], *args: Any
+) -> T:
+    """
+    `function(*args)` run on `pool` (blocking SDK calls), its result back on
+    the reactor thread.
+
+    :raises DockerError: what the SDK raised, translated (`DockerUnavailable`
+        when the engine cannot be reached), naming `operation`.
+    """
+    try:
+        return await deferToThreadPool(reactor, pool, function, *args)
+    except Exception as error:
+        raise _translate(operation, error) from error
+
+
+def force_remove_container(api: Any, container: str) -> None:
+    """
+    Remove `container` and its anonymous volumes, running or not (a worker
+    thread; `api` is an SDK `APIClient`). One already gone, or being removed
+    already (by Swarm, say), is no error.
+    """
+    try:
+        api.remove_container(container, force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as error:
+        if "already in progress" not in str(error.explanation or error):
+            raise
+
+
+def force_remove_image(api: Any, image: str) -> None:
+    """Remove `image`, even when tagged or used (a worker thread); one already gone is no error."""
+    with contextlib.suppress(docker.errors.NotFound):
+        api.remove_image(image, force=True)
+
+
+def force_remove_volume(api: Any, name: str) -> None:
+    """Remove volume `name` (a worker thread); one already gone is no error."""
+    with contextlib.suppress(docker.errors.NotFound):
+        api.remove_volume(name, force=True)
+
+
 def in_container_marker() -> bool:
     """True when this process runs inside a container (`/.dockerenv` exists)."""
     return os.path.exists("/.dockerenv")
@@ -188,11 +231,8 @@ class DockerEngine:
         return self._client
 
     async def _call(self, operation: str, function: Callable[..., T], *args: Any) -> T:
-        """Run `function(*args)` on the pool; SDK errors become DockerError."""
-        try:
-            return await deferToThreadPool(self.reactor, self.pool, function, *args)
-        except Exception as error:
-            raise _translate(operation, error) from error
+        """Run `function(*args)` on the pool; SDK errors become DockerError (`on_pool`)."""
+        return await on_pool(self.reactor, self.pool, operation, function, *args)
 
     def _own_container(self, client: Any) -> str | None:
         """prevu's own container id when it runs in one (not with host networking)."""
@@ -446,23 +486,12 @@ class DockerEngine:
         await self._call("stop", stop)
 
     async def remove_container(self, container: str) -> None:
-        def remove() -> None:
-            try:
-                self._get_client().api.remove_container(container, force=True, v=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as error:
-                if "already in progress" not in str(error.explanation or error):
-                    raise
-
-        await self._call("container remove", remove)
+        await self._call(
+            "container remove", lambda: force_remove_container(self._get_client().api, container)
+        )
 
     async def remove_image(self, image: str) -> None:
-        def remove() -> None:
-            with contextlib.suppress(docker.errors.NotFound):
-                self._get_client().api.remove_image(image, force=True)
-
-        await self._call("image remove", remove)
+        await self._call("image remove", lambda: force_remove_image(self._get_client().api, image))
 
     async def remove_network(self, name: str) -> None:
         def remove() -> None:
@@ -527,11 +556,7 @@ class DockerEngine:
         return await self._call("volume create", create)
 
     async def remove_volume(self, name: str) -> None:
-        def remove() -> None:
-            with contextlib.suppress(docker.errors.NotFound):
-                self._get_client().api.remove_volume(name, force=True)
-
-        await self._call("volume remove", remove)
+        await self._call("volume remove", lambda: force_remove_volume(self._get_client().api, name))
 
     async def container_logs(self, container: str, tail: int = 200) -> list[str]:
         def logs() -> list[str]:

@@ -12,7 +12,8 @@ before it expires. The installation of a repository is remembered when a
 webhook names it (`remember_installation`), else looked up with
 `GET /repos/{owner}/{repo}/installation`.
 
-Retries (docs/forge.md): every call is retried on 5xx, 429, GitHub's
+Retries (docs/forge.md; the loop, shared with GitLab's client, is
+`prevu.adapters.forge_http.ForgeHttp`): every call is retried on 5xx, 429, GitHub's
 secondary rate limits (403 with `Retry-After` or a "secondary rate limit"
 message) and exhausted primary limits (`X-RateLimit-Remaining: 0`), waiting
 what the forge says (`Retry-After` seconds, else until `X-RateLimit-Reset`)
@@ -29,7 +30,6 @@ JWT: tokens never reach logs, errors or prevu's API.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Awaitable, Callable
@@ -41,14 +41,13 @@ import jwt
 from attrs import define, field, frozen
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from treq.client import HTTPClient
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
 
+from prevu.adapters.forge_http import ForgeApiError as ForgeApiError  # re-exported: feedback's
+from prevu.adapters.forge_http import ForgeHttp, Headers
+from prevu.adapters.forge_http import ForgeUnavailable as ForgeUnavailable  # errors are here
 from prevu.backoff import BackoffPolicy, exponential
-from prevu.errors import ConfigError, PrevuError
+from prevu.errors import ConfigError
 from prevu.forge.commands import may_write_github
 
 API_VERSION = "2022-11-28"
@@ -58,25 +57,6 @@ JWT_LIFETIME = 540.0
 """Seconds from now to `exp`; GitHub refuses more than 600."""
 TOKEN_MARGIN = 300.0
 """An installation token is renewed this many seconds before it expires."""
-
-
-@frozen(auto_exc=True)
-class ForgeApiError(PrevuError):
-    """The forge refused a call (`status` 0: no answer at all). Carries no credential."""
-
-    method: str
-    path: str
-    status: int
-    reason: str
-    forge: str = "GitHub"
-
-    def __str__(self) -> str:
-        answer = self.status or "no answer"
-        return f"{self.forge} {self.method} {self.path}: {answer} {self.reason}"
-
-
-class ForgeUnavailable(ForgeApiError):
-    """The forge did not answer usefully after every retry (down, rate limited): try later."""
 
 
 @frozen
@@ -216,86 +196,6 @@ class _Installation:
     renew_at: float
 
 
-async def send_json(
-    http: HTTPClient,
-    reactor: Any,
-    timeout: float,
-    method: str,
-    url: str,
-    headers: dict[bytes | str, list[bytes | str]],
-    body: Any,
-) -> tuple[int, Any, Any]:
-    """
-    One forge API call (GitHub's and GitLab's clients): `body` sent as JSON
-    when not None, the request and the reading of the answer each bounded by
-    `timeout` seconds (`reactor` runs the timers). Answers (status code,
-    response headers, the decoded JSON body or None when empty or not JSON).
-
-    :raises twisted.internet.defer.TimeoutError: past `timeout`.
-    :raises Exception: what treq raises for a connection that fails.
-    """
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers[b"content-type"] = [b"application/json"]
-    requested: Deferred[Any] = http.request(method, url, headers=headers, data=data)
-    requested.addTimeout(timeout, reactor)
-    response = await requested
-    content: Deferred[bytes] = response.content()
-    content.addTimeout(timeout, reactor)
-    raw = await content
-    try:
-        decoded = json.loads(raw) if raw else None
-    except ValueError:
-        decoded = None
-    return int(response.code), response.headers, decoded
-
-
-def retry_delay(headers: Any, body: Any, status: int, now: float) -> float | None:
-    """
-    Seconds the forge asks to wait (None: no say), for a retryable answer:
-    `Retry-After`, else the reset of an exhausted rate limit (GitHub's
-    `X-RateLimit-*`, GitLab's `RateLimit-*`: both epoch seconds).
-    """
-    after = headers.getRawHeaders(b"retry-after") or []
-    if after:
-        try:
-            return max(0.0, float(after[0].decode()))
-        except ValueError:
-            pass
-    remaining = (
-        headers.getRawHeaders(b"x-ratelimit-remaining")
-        or headers.getRawHeaders(b"ratelimit-remaining")
-        or []
-    )
-    reset = (
-        headers.getRawHeaders(b"x-ratelimit-reset")
-        or headers.getRawHeaders(b"ratelimit-reset")
-        or []
-    )
-    if remaining and remaining[0] == b"0" and reset:
-        try:
-            return max(0.0, float(reset[0].decode()) - now)
-        except ValueError:
-            pass
-    return None
-
-
-def retryable(status: int, headers: Any, body: Any) -> bool:
-    """True for an answer worth retrying: 5xx, 429, and GitHub's rate-limit 403s."""
-    if status >= 500 or status == 429:
-        return True
-    if status == 403:
-        message = str(body.get("message", "")).lower() if isinstance(body, dict) else ""
-        remaining = headers.getRawHeaders(b"x-ratelimit-remaining") or []
-        return (
-            "rate limit" in message
-            or bool(headers.getRawHeaders(b"retry-after"))
-            or (bool(remaining) and remaining[0] == b"0")
-        )
-    return False
-
-
 def _reason(body: Any) -> str:
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return str(body["message"])[:200]
@@ -323,7 +223,7 @@ class GithubApi:
     attempts: int = 5
     timeout: float = 30.0
     log: Logger = field(factory=Logger)
-    _http: HTTPClient = field(init=False)
+    _http: ForgeHttp = field(init=False)
     _installations: dict[str, int] = field(factory=dict, init=False)
     _tokens: dict[int, _Installation] = field(factory=dict, init=False, repr=False)
     _identity: str | None = field(default=None, init=False)
@@ -332,11 +232,11 @@ class GithubApi:
     def __attrs_post_init__(self) -> None:
         if (self.token is None) == (self.app is None):
             raise ValueError("GithubApi needs exactly one of a token and an App")
-        pool = HTTPConnectionPool(self.reactor, persistent=True)
-        pool.maxPersistentPerHost = 4
-        agent: Any = Agent(self.reactor, pool=pool)  # an IAgent (zope, not a Protocol)
-        self._http = HTTPClient(agent)
         self.api_url = self.api_url.rstrip("/")
+        self._http = ForgeHttp(
+            self.reactor, self.clock, "GitHub", self.api_url, _reason,
+            self.backoff, self.attempts, self.timeout, self.log,
+        )  # fmt: skip
 
     # --- authentication ---------------------------------------------------------
 
@@ -394,63 +294,29 @@ class GithubApi:
         recover: Callable[[], Awaitable[Any]] | None = None,
     ) -> tuple[int, Any]:
         """
-        One API call with retries; answers (status, decoded JSON or None).
+        One API call with retries (`ForgeHttp.call`) as the App for `as_app`,
+        else with the token for `repo`; answers (status, decoded JSON or None).
         A status in `absent` is returned rather than raised (404 on a lookup).
         """
-        failures = 0
-        while True:
-            if failures and recover is not None:
-                found = await recover()
-                if found is not None:
-                    return 200, found
+
+        async def headers() -> Headers:
             authorization = await self._authorization(repo, as_app)
-            try:
-                status, headers, decoded = await self._send(method, path, body, authorization)
-            except Exception as error:  # connection refused, reset, timeout: retry
-                failures += 1
-                reason = type(error).__name__
-                if failures >= self.attempts:
-                    raise ForgeUnavailable(method, path, 0, reason) from None
-                await self._wait(self.backoff(failures))
-                continue
-            if status in ok or status in absent:
-                return status, decoded
-            if status == 401 and self.app is not None and not as_app and failures == 0:
-                self._tokens.clear()  # revoked or expired early: one fresh token
-                failures += 1
-                continue
-            if not retryable(status, headers, decoded):
-                raise ForgeApiError(method, path, status, _reason(decoded))
-            failures += 1
-            if failures >= self.attempts:
-                raise ForgeUnavailable(method, path, status, _reason(decoded))
-            said = retry_delay(headers, decoded, status, self.clock.seconds())
-            delay = said if said is not None else self.backoff(failures)
-            self.log.warn(
-                "GitHub {method} {path} answered {status}; retry {failures} in {delay:.1f}s",
-                method=method,
-                path=path,
-                status=status,
-                failures=failures,
-                delay=delay,
-            )
-            await self._wait(delay)
+            return {
+                b"accept": [b"application/vnd.github+json"],
+                b"x-github-api-version": [API_VERSION.encode()],
+                b"user-agent": [b"prevu"],
+                b"authorization": [authorization.encode()],
+            }
 
-    async def _send(
-        self, method: str, path: str, body: Any, authorization: str
-    ) -> tuple[int, Any, Any]:
-        headers: dict[bytes | str, list[bytes | str]] = {
-            b"accept": [b"application/vnd.github+json"],
-            b"x-github-api-version": [API_VERSION.encode()],
-            b"user-agent": [b"prevu"],
-            b"authorization": [authorization.encode()],
-        }
-        return await send_json(
-            self._http, self.reactor, self.timeout, method, self.api_url + path, headers, body
+        def renew(status: int) -> bool:
+            if status != 401 or self.app is None or as_app:
+                return False
+            self._tokens.clear()  # revoked or expired early: one fresh token
+            return True
+
+        return await self._http.call(
+            method, path, body, headers, ok=ok, absent=absent, recover=recover, renew=renew
         )
-
-    async def _wait(self, delay: float) -> None:
-        await deferLater(self.clock, delay, lambda: None)
 
     # --- ForgeApi -----------------------------------------------------------------------
 

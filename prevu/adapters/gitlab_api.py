@@ -39,20 +39,10 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from attrs import define, field
-from treq.client import HTTPClient
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
 
-from prevu.adapters.github_api import (
-    Comment,
-    ForgeApi,
-    ForgeApiError,
-    ForgeUnavailable,
-    retry_delay,
-    retryable,
-    send_json,
-)
+from prevu.adapters.forge_http import ForgeApiError, ForgeHttp, Headers
+from prevu.adapters.github_api import Comment, ForgeApi
 from prevu.backoff import BackoffPolicy, exponential
 from prevu.forge.commands import may_write_gitlab
 
@@ -90,16 +80,16 @@ class GitlabApi:
     attempts: int = 5
     timeout: float = 30.0
     log: Logger = field(factory=Logger)
-    _http: HTTPClient = field(init=False)
+    _http: ForgeHttp = field(init=False)
     _identity: str | None = field(default=None, init=False)
     _private: dict[str, bool] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
-        pool = HTTPConnectionPool(self.reactor, persistent=True)
-        pool.maxPersistentPerHost = 4
-        agent: Any = Agent(self.reactor, pool=pool)  # an IAgent (zope, not a Protocol)
-        self._http = HTTPClient(agent)
         self.url = self.url.rstrip("/")
+        self._http = ForgeHttp(
+            self.reactor, self.clock, "GitLab", f"{self.url}/api/v4", _reason,
+            self.backoff, self.attempts, self.timeout, self.log,
+        )  # fmt: skip
 
     # --- the request loop -----------------------------------------------------------
 
@@ -113,53 +103,20 @@ class GitlabApi:
         absent: tuple[int, ...] = (),
         recover: Callable[[], Awaitable[Any]] | None = None,
     ) -> tuple[int, Any]:
-        """One call with retries; (status, decoded JSON or None). `absent` statuses are answers."""
-        failures = 0
-        while True:
-            if failures and recover is not None:
-                found = await recover()
-                if found is not None:
-                    return 200, found
-            try:
-                status, headers, decoded = await self._send(method, path, body)
-            except Exception as error:  # connection refused, reset, timeout: retry
-                failures += 1
-                if failures >= self.attempts:
-                    raise ForgeUnavailable(
-                        method, path, 0, type(error).__name__, "GitLab"
-                    ) from None
-                await self._wait(self.backoff(failures))
-                continue
-            if status in ok or status in absent:
-                return status, decoded
-            if not retryable(status, headers, decoded):
-                raise ForgeApiError(method, path, status, _reason(decoded), "GitLab")
-            failures += 1
-            if failures >= self.attempts:
-                raise ForgeUnavailable(method, path, status, _reason(decoded), "GitLab")
-            said = retry_delay(headers, decoded, status, self.clock.seconds())
-            delay = said if said is not None else self.backoff(failures)
-            self.log.warn(
-                "GitLab {method} {path} answered {status}; retry {failures} in {delay:.1f}s",
-                method=method,
-                path=path,
-                status=status,
-                failures=failures,
-                delay=delay,
-            )
-            await self._wait(delay)
+        """
+        One call with retries (`ForgeHttp.call`); (status, decoded JSON or None).
+        `absent` statuses are answers.
+        """
+        return await self._http.call(
+            method, path, body, self._headers, ok=ok, absent=absent, recover=recover
+        )
 
-    async def _send(self, method: str, path: str, body: Any) -> tuple[int, Any, Any]:
-        headers: dict[bytes | str, list[bytes | str]] = {
+    async def _headers(self) -> Headers:
+        return {
             b"accept": [b"application/json"],
             b"user-agent": [b"prevu"],
             b"private-token": [self.token.encode()],
         }
-        url = f"{self.url}/api/v4{path}"
-        return await send_json(self._http, self.reactor, self.timeout, method, url, headers, body)
-
-    async def _wait(self, delay: float) -> None:
-        await deferLater(self.clock, delay, lambda: None)
 
     def _notes(self, repo: str, number: int) -> str:
         return f"/projects/{project(repo)}/merge_requests/{number}/notes"

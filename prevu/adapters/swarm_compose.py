@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 import docker.errors
 
 from prevu import labels as lb
+from prevu.adapters.compose_runtime import build_compose_service
 from prevu.appmodel import AppModel
 from prevu.compose.write import DoesNotFit, service_host, split_limits, urls
 from prevu.errors import DockerError
-from prevu.ports import BuildRequest, LogSink
+from prevu.ports import LogSink
 from prevu.routing import Upstream
 from prevu.runtime import Built, Deployed, Release
 from prevu.swarm.compose import (
@@ -73,32 +74,16 @@ async def build_compose(rt: SwarmRuntime, model: AppModel, release: Release, log
     project = f"{rt.network_of(release.preview)}-{revision.short}-{revision.serial}"
     images: dict[str, str] = {}
     for service in model.services:
-        if service.build is None:
-            assert service.image is not None
-            images[service.name] = service.image
-            continue
-        request = BuildRequest(
-            context=service.build.context,
-            tag=f"prevu/{rt.instance}/{release.preview}/{service.name}:"
-            f"{revision.short}-{revision.serial}",
-            dockerfile=service.build.dockerfile,
-            args=service.build.args,
-            prevu_args=release.env,
-            # A kept service's image carries no per-revision label: the same
-            # sources give the same image (and digest), so its service is left running.
-            labels=(
-                {**release.labels, lb.PROJECT: f"{rt.network_of(release.preview)}-keep"}
-                if service.name in spec.keep
-                else {**release.labels, lb.SHA: revision.sha, lb.PROJECT: project}
-            ),
-            memory=rt.inner.memory,
-            timeout=rt.inner.build_timeout,
-            target=service.build.target,
-            secrets=release.build_secrets,
+        # A kept service's image carries no per-revision label: the same
+        # sources give the same image (and digest), so its service is left running.
+        labels = (
+            {**release.labels, lb.PROJECT: f"{rt.network_of(release.preview)}-keep"}
+            if service.name in spec.keep
+            else {**release.labels, lb.SHA: revision.sha, lb.PROJECT: project}
         )
-        log(f"building {service.name}: {request.tag}")
-        image = (await rt.inner.docker.build(request, log)).id
-        await rt.push(image, rt.reference(release, service.name), log)
+        image = await build_compose_service(rt.inner, release, service, labels, log)
+        if service.build is not None:
+            await rt.push(image, rt.reference(release, service.name), log)
         images[service.name] = image
     return Built(release, model, images)
 

@@ -39,14 +39,19 @@ from typing import Any, TypeVar
 import docker
 import docker.auth
 import docker.errors
-from attrs import define, field
+from attrs import define, evolve, field
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from prevu import labels as lb
-from prevu.adapters.docker import _translate
+from prevu.adapters.docker import (
+    force_remove_container,
+    force_remove_image,
+    force_remove_volume,
+    on_pool,
+)
 from prevu.adapters.docker_runtime import DockerRuntime
 from prevu.adapters.registry import Registry, RegistryError
 from prevu.adapters.swarm_compose import build_compose, discard_revisions, start_compose
@@ -101,10 +106,7 @@ class SwarmRuntime:
     # --- plumbing -------------------------------------------------------------------
 
     async def _call(self, operation: str, function: Callable[..., T], *args: Any) -> T:
-        try:
-            return await deferToThreadPool(self.reactor, self.pool, function, *args)
-        except Exception as error:
-            raise _translate(operation, error) from error
+        return await on_pool(self.reactor, self.pool, operation, function, *args)
 
     async def _sleep(self) -> None:
         await deferLater(self.reactor, self.poll, lambda: None)
@@ -386,15 +388,7 @@ class SwarmRuntime:
             state = await self._wait_running(service, network_id, before)
             port = endpoints[name].port if name in endpoints else 8080
             endpoints[name] = Upstream(state.address, port)
-        return Deployed(
-            deployed.preview,
-            deployed.host,
-            deployed.exposed,
-            deployed.containers,
-            deployed.images,
-            endpoints,
-            deployed.health,
-        )
+        return evolve(deployed, endpoints=endpoints)
 
     async def _network_id(self, preview: str) -> str:
         name = self.network_of(preview)
@@ -626,22 +620,14 @@ def _node_cleanup(client: Any, instance: str, preview: str, data: bool) -> None:
     label = f"{lb.PREVIEW}={preview}"
     for container in api.containers(all=True, filters={"label": label}):
         if lb.owned(container.get("Labels") or {}, instance) == preview:
-            try:
-                api.remove_container(container["Id"], force=True, v=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as error:  # Swarm is removing it too
-                if "already in progress" not in str(error.explanation or error):
-                    raise
+            force_remove_container(api, container["Id"])  # Swarm may be removing it too
     for image in api.images(filters={"label": label}):
         if lb.owned(image.get("Labels") or {}, instance) == preview:
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_image(image["Id"], force=True)
+            force_remove_image(api, image["Id"])
     if data:
         for volume in (api.volumes(filters={"label": label}) or {}).get("Volumes") or ():
             if lb.owned(volume.get("Labels") or {}, instance) == preview:
-                with contextlib.suppress(docker.errors.NotFound):
-                    api.remove_volume(volume["Name"], force=True)
+                force_remove_volume(api, volume["Name"])
 
 
 def _conforms(runtime: SwarmRuntime) -> Runtime:
