@@ -399,7 +399,9 @@ async def test_sigkill_during_compose_up_then_restart_converges(
         env=env,
         stdout=subprocess.PIPE,
     )
-    wanted = {"label": [f"{lb.PREVIEW}={preview}", "com.docker.compose.service=db"]}
+    # this session's objects only: another session on the engine may run this test too
+    session = f"prevu.test.session={TEST_SESSION}"
+    wanted = {"label": [f"{lb.PREVIEW}={preview}", "com.docker.compose.service=db", session]}
     try:
         deadline = time.monotonic() + 90
         while not docker_client.api.containers(all=True, filters=wanted):
@@ -427,7 +429,7 @@ async def test_sigkill_during_compose_up_then_restart_converges(
         await stack.orchestrator.reconcile()
         await stack.settled(timeout=60)
         assert await stack.get(f"{preview}.localhost") == (200, b"web five\n")
-        everything = {"label": [f"{lb.PREVIEW}={preview}"]}
+        everything = {"label": [f"{lb.PREVIEW}={preview}", session]}
         names = sorted(
             c["Labels"].get("com.docker.compose.service", "?")
             for c in docker_client.api.containers(all=True, filters=everything)
