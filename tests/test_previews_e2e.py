@@ -51,6 +51,16 @@ SLOW_DOCKERFILE = HTTPD_DOCKERFILE.replace(
 )
 
 
+def slow_dockerfile() -> str:
+    """
+    SLOW_DOCKERFILE whose sleep step is new to the engine's build cache: the cached
+    step of an earlier run (same content) takes no time, so a close "during the
+    build" came after it and three "rapid" pushes could each finish building.
+    """
+    step = f'RUN ["/bin/busybox", "sh", "-c", "sleep 4 # {uuid.uuid4().hex}"]\n'
+    return SLOW_DOCKERFILE.replace('RUN ["/bin/busybox", "sleep", "4"]\n', step)
+
+
 def site_files(index: str, dockerfile: str = HTTPD_DOCKERFILE, **extra: str) -> dict[str, Any]:
     return {"Dockerfile": dockerfile, "www/index.html": index, **extra}
 
@@ -322,7 +332,7 @@ async def test_pull_request_lifecycle_end_to_end(stack: Stack, docker_client: An
 @pytest_twisted.ensureDeferred
 async def test_closed_during_build_leaves_nothing(stack: Stack, docker_client: Any) -> None:
     """A pull request closed while its image builds ends with nothing left."""
-    sha = push(stack.forge, 2, site_files("slow\n", SLOW_DOCKERFILE))
+    sha = push(stack.forge, 2, site_files("slow\n", slow_dockerfile()))
     assert (await stack.pull_request("opened", 2, sha))[0] == 202
     await stack.until("pr-2-hello-world", "building")
     await sleep(1.0)
@@ -342,7 +352,7 @@ async def test_rapid_pushes_and_a_bad_repo_config(stack: Stack, docker_client: A
     assert (await stack.pull_request("opened", 4, bad))[0] == 202
     shas = []
     for n in range(3):
-        shas.append(push(stack.forge, 3, site_files(f"push {n}\n", SLOW_DOCKERFILE)))
+        shas.append(push(stack.forge, 3, site_files(f"push {n}\n", slow_dockerfile())))
         assert (await stack.pull_request("synchronize" if n else "opened", 3, shas[-1]))[0] == 202
         await sleep(0.3)
     await stack.until("pr-3-hello-world", "running", timeout=120)

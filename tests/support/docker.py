@@ -4,13 +4,21 @@ Docker test fixtures, shared by every Docker test (registered in tests/conftest.
 No image can be pulled, so images are built `FROM scratch` with Debian's static
 busybox copied into the build context (`apt-get install busybox-static`).
 Every object a test creates must carry `TEST_LABELS`; the session fixture
-`docker_cleanup` removes everything labelled `prevu.test=true` at the end (and
-at the start, in case an earlier run was killed).
+`docker_cleanup` removes this run's objects at its end, and at its start every
+`prevu.test=true` object made over an hour ago (an earlier run was killed).
+
+"Made" is not always the engine's `Created`: a BuildKit image whose steps were
+all cached carries the `Created` of the cached step, however old, so an image
+built a second ago can look a day old, and another run starting on the same
+engine would remove it between its build and its container ("No such image").
+An image counts from its last tagging too (`Metadata.LastTagTime`), a volume
+from its `CreatedAt` (`made_at`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import time
 import uuid
@@ -31,6 +39,8 @@ TEST_LABELS: Mapping[str, str] = {
 }
 SESSION_FILTER = {"label": f"prevu.test.session={TEST_SESSION}"}
 STALE_AFTER = 3600.0
+NEVER = "0001-01-01T00:00:00"
+"""The engine's zero time (Go's): an image never tagged has it as `LastTagTime`."""
 
 HTTPD_DOCKERFILE = """\
 FROM scratch
@@ -67,16 +77,35 @@ def make_busybox_context(
     return directory
 
 
-def _created(attrs: Mapping[str, Any]) -> float:
-    created = attrs.get("Created", 0)
-    if isinstance(created, int | float):
-        return float(created)
+def _seconds(value: Any) -> float:
+    """Unix seconds of an engine time: a number or an RFC 3339 string (now if unreadable)."""
+    if isinstance(value, int | float):
+        return float(value)
     from datetime import datetime
 
-    try:  # networks report an RFC 3339 string with nanoseconds
-        return datetime.fromisoformat(str(created)[:26].rstrip("Z") + "+00:00").timestamp()
+    try:  # networks, volumes and tag times are RFC 3339 strings with nanoseconds
+        return datetime.fromisoformat(str(value)[:26].rstrip("Z") + "+00:00").timestamp()
     except ValueError:
         return time.time()
+
+
+def made_at(attrs: Mapping[str, Any], inspected: Mapping[str, Any] | None = None) -> float:
+    """
+    When the engine object described by `attrs` (a listing's entry) was made, in
+    Unix seconds: its `Created` (`CreatedAt` for a volume), or for an image (its
+    `inspect_image` as `inspected`) the later of `Created` and its last tagging,
+    `Metadata.LastTagTime`: a fully cached BuildKit build keeps an old `Created`.
+    A tagged image without a tag time is being built right now (the engine
+    names it, then sets the time a moment later): infinity, never stale.
+    """
+    made = _seconds(attrs.get("Created", attrs.get("CreatedAt", 0)))
+    if inspected is None:
+        return made
+    tagged = str((inspected.get("Metadata") or {}).get("LastTagTime") or NEVER)
+    if not tagged.startswith(NEVER):
+        return max(made, _seconds(tagged))
+    names = [tag for tag in inspected.get("RepoTags") or () if tag != "<none>:<none>"]
+    return math.inf if names else made
 
 
 def remove_test_objects(client: Any, filters: Mapping[str, str], older_than: float = 0) -> None:
@@ -86,11 +115,11 @@ def remove_test_objects(client: Any, filters: Mapping[str, str], older_than: flo
     cutoff = time.time() - older_than
     api = client.api
     for container in api.containers(all=True, filters=dict(filters)):
-        if _created(container) <= cutoff:
+        if made_at(container) <= cutoff:
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 api.remove_container(container["Id"], force=True, v=True)
     for network in api.networks(filters=dict(filters)):
-        if _created(network) > cutoff:
+        if made_at(network) > cutoff:
             continue
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             details = api.inspect_network(network["Id"])
@@ -99,14 +128,12 @@ def remove_test_objects(client: Any, filters: Mapping[str, str], older_than: flo
                     api.disconnect_container_from_network(attached, network["Id"], force=True)
             api.remove_network(network["Id"])
     for image in api.images(filters=dict(filters)):
-        if _created(image) <= cutoff:
-            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            if made_at(image, api.inspect_image(image["Id"])) <= cutoff:
                 api.remove_image(image["Id"], force=True)
     for volume in (api.volumes(filters=dict(filters)) or {}).get("Volumes") or []:
-        # volumes name their time `CreatedAt`; without the cutoff a session's start-up
-        # sweep removed a concurrent session's volume in the moment no container held it
-        if _created({"Created": volume.get("CreatedAt", 0)}) > cutoff:
-            continue
+        if made_at(volume) > cutoff:
+            continue  # another run's volume, maybe made but not yet mounted
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             api.remove_volume(volume["Name"], force=True)
 
