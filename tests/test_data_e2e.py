@@ -177,7 +177,9 @@ async def test_a_failing_on_push_on_the_first_start_fails_the_preview(
     await stack.until("pr-8-hello-world", "stopped")
     await stack.settled()
     assert stack.leftovers(docker_client, "pr-8-hello-world") == []
-    ours = {"label": [f"{lb.PREVIEW}=pr-8-hello-world"]}
+    ours = {
+        "label": [f"{lb.PREVIEW}=pr-8-hello-world", f"{lb.INSTANCE}={stack.orchestrator.instance}"]
+    }
     assert (docker_client.api.volumes(filters=ours) or {}).get("Volumes") in (None, [])
 
 
