@@ -13,6 +13,7 @@ import pytest_twisted
 import treq
 from twisted.internet.defer import CancelledError, Deferred
 
+from prevu.adapters.buildkit import BuildKitCli
 from prevu.adapters.docker import DockerEngine, build_args, declared_build_args
 from prevu.errors import DockerError, DockerUnavailable
 from prevu.ports import BuildRequest, RunRequest
@@ -227,6 +228,39 @@ async def test_cancelled_build_stops_and_tags_nothing(
             break
         await sleep(0.1)
     assert sleeping_build_containers(docker_client) == []
+    assert not docker_client.images.list(name=request.tag.split(":")[0])
+
+
+class StalledPrune(BuildKitCli):
+    """The real BuildKit client whose build-cache prune never ends (`pruning`: it began)."""
+
+    def __init__(self, real: BuildKitCli) -> None:
+        super().__init__(real.reactor, real.cli, real.environment)
+        self.pruning: Deferred[None] = Deferred()
+
+    async def prune(self, keep_storage: int) -> bool:
+        # fired on the next turn: by then the build's coroutine waits here, so the
+        # test's cancel reaches this Deferred
+        self.reactor.callLater(0, self.pruning.callback, None)
+        await Deferred()  # cancelled with the build
+        return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_build_cancelled_while_the_cache_is_pruned_leaves_no_tag(
+    engine: DockerEngine, busybox_context: BusyboxContext, docker_client: Any
+) -> None:
+    """A superseded build cancelled after it tagged, during `[docker] build_cache_max`'s
+    prune, removes its tag (before, the image stayed tagged with nobody to discard it)."""
+    stalled = StalledPrune(await within(engine._cli(), 60))
+    engine.builder, engine.build_cache_max = stalled, 1 << 30
+    request = build_request(busybox_context())
+    building = Deferred.fromCoroutine(engine.build(request, lambda _: None))
+    await within(stalled.pruning, 120)
+    assert docker_client.images.list(name=request.tag.split(":")[0]), "tagged before the prune"
+    building.cancel()
+    with pytest.raises(CancelledError):
+        await within(building, 30)
     assert not docker_client.images.list(name=request.tag.split(":")[0])
 
 

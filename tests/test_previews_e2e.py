@@ -362,7 +362,9 @@ async def test_rapid_pushes_and_a_bad_repo_config(stack: Stack, docker_client: A
     assert metrics.value("prevu_builds_total", result="cancelled") >= 1
     ours = [f"{lb.PREVIEW}=pr-3-hello-world", f"{lb.INSTANCE}={stack.orchestrator.instance}"]
     images = docker_client.api.images(filters={"label": ours})
-    assert {image["Labels"][lb.SHA] for image in images} == {shas[2]}
+    lines = [x.line for x in stack.store.read_logs("pr-3-hello-world")]
+    found = {image["Labels"][lb.SHA]: image["RepoTags"] for image in images}
+    assert set(found) == {shas[2]}, (shas, found, lines[-40:])
 
     record = stack.store.get("pr-4-hello-world")
     assert record is not None and record.status == "failed"

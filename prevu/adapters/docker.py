@@ -329,13 +329,13 @@ class DockerEngine:
             image_id = await cli.build(spec, on_log)
             if request.cache_tag is not None:
                 await self._refresh_cache(cli, spec, request)
+            if self.build_cache_max is not None and not await cli.prune(self.build_cache_max):
+                self.log.warn("docker builder prune --keep-storage failed")
         except CancelledError:
-            # Cancelled as the build finished, or while the cache image was refreshed:
-            # nothing may stay tagged.
+            # Cancelled as the build finished, while the cache image was refreshed or
+            # while the build cache was pruned: nothing may stay tagged.
             await self.remove_image(request.tag)
             raise
-        if self.build_cache_max is not None and not await cli.prune(self.build_cache_max):
-            self.log.warn("docker builder prune --keep-storage failed")
         return Image(id=image_id, tag=request.tag)
 
     async def _refresh_cache(self, cli: BuildKitCli, spec: CliBuild, request: BuildRequest) -> None:
