@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from prevu.adapters.buildkit import (
     BuilderCli,
     BuildKitCli,
     CliBuild,
+    _kill_group,
     build_argv,
     candidates,
     clean_environment,
@@ -289,6 +292,39 @@ async def test_cancel_ends_the_build_process_group_and_tags_nothing(
     assert docker_client.api.images(name=build.tag.split(":")[0]) == []
     processes = os.popen("ps -eo args").read()
     assert build.tag not in processes
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_at_once_ends_the_build_before_its_client_made_a_group(
+    builder: BuildKitCli, busybox_context: BusyboxContext, docker_client: Any, reactor: Any
+) -> None:
+    """Cancelled in the turn it started (a push superseding it at once), before the child
+    ran setsid: the child is killed, so the build ends at once. Before, the TERM went to a
+    group not made yet (or to the fork of prevu, which caught it) and was lost; the KILL
+    5 s later cut the client off mid-build, and a build near its end was tagged by the
+    engine after prevu untagged it (a closed preview's image left behind, seen under load)."""
+    build = spec(busybox_context(dockerfile=SLOW_DOCKERFILE))
+    running = ensureDeferred(builder.build(build, lambda line: None))
+    started = reactor.seconds()
+    running.cancel()
+    with pytest.raises(CancelledError):
+        await within(running, 30)
+    assert reactor.seconds() - started < 4.0, "ended by the KILL after the grace, not the TERM"
+    await sleep(1.0)
+    assert docker_client.api.images(name=build.tag.split(":")[0]) == []
+    assert build.tag not in os.popen("ps -eo args").read()
+
+
+def test_kill_group_kills_a_child_that_has_no_group_yet() -> None:
+    """A child still in prevu's process group (before its setsid, so it started no
+    client; maybe a fork of prevu, whose SIGTERM handler it still has) is killed."""
+    child = subprocess.Popen(["/bin/sleep", "30"])
+    try:
+        _kill_group(child.pid, signal.SIGTERM)
+        assert child.wait(5) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest_twisted.ensureDeferred

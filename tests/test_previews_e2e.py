@@ -340,7 +340,9 @@ async def test_closed_during_build_leaves_nothing(stack: Stack, docker_client: A
     await stack.until("pr-2-hello-world", "stopped")
     await stack.settled()
     await sleep(1.0)
-    assert stack.leftovers(docker_client, "pr-2-hello-world") == []
+    left = stack.leftovers(docker_client, "pr-2-hello-world")
+    lines = [x.line for x in stack.store.read_logs("pr-2-hello-world")]
+    assert left == [], (left, lines[-30:])
     assert (await stack.get("pr-2-hello-world.localhost"))[0] == 410  # "removed"
 
 

@@ -269,10 +269,25 @@ class BuilderReactor(Protocol):
 
 
 def _kill_group(pid: int | None, sig: int) -> None:
+    """
+    Send `sig` to the process group a client process made (`_SETSID`). With
+    no such group yet, the child has not run setsid, so it started no client:
+    it is killed with SIGKILL. It may still be the fork of prevu, which
+    catches SIGTERM with prevu's own handler until it execs. A TERM sent then
+    was lost, and the build ran on. The KILL 5 s later cut its client off,
+    sometimes during the export, and the engine tagged the image after prevu
+    had untagged it. That is how an image of a closed preview was left behind
+    under load.
+    """
     if pid is None:
         return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    try:
         os.killpg(pid, sig)
+    except ProcessLookupError:  # no group yet: the child has not run setsid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    except PermissionError:
+        pass
 
 
 class BuildKitCli:
