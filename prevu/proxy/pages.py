@@ -104,10 +104,16 @@ def _subject(route: Route) -> str:
     return "This preview"
 
 
-def _details(route: Route, user: bool, links: PageLinks, logs_text: str) -> str:
+def _shows_details(user: str | None, links: PageLinks) -> bool:
+    """Whether a page shows the reason, logs link or exact command: to a signed-in
+    reviewer, or to anyone when no login is configured (`PageLinks.login_configured`)."""
+    return signed_in(user) or not links.login_configured
+
+
+def _details(route: Route, user: str | None, links: PageLinks, logs_text: str) -> str:
     """The reason and logs link for a signed-in reviewer; the login link for anyone else."""
     logs = links.logs(route.preview)
-    if user or not links.login_configured:
+    if _shows_details(user, links):
         reason = (
             f"<p class=reason id=prevu-reason>{html.escape(route.detail)}</p>"
             if route.detail
@@ -147,7 +153,7 @@ def state_page(
         )
     if state == "failed":
         body = f"<p id=prevu-state>{_subject(route)} failed.</p>" + _details(
-            route, signed_in(user), links, "See its build and run logs"
+            route, user, links, "See its build and run logs"
         )
         return PageReply(503, headers, html_page(503, "Preview failed", body, host))
     if state == "closed":
@@ -184,7 +190,7 @@ def awaiting_page(route: Route, host: str, user: str | None, links: PageLinks) -
     the link to the preview's page; anyone else the plain command and the login.
     """
     logs = links.logs(route.preview)
-    reviewer = signed_in(user) or not links.login_configured
+    reviewer = _shows_details(user, links)
     command = APPROVE
     if reviewer and route.commit:
         command = f"{APPROVE} {route.commit[:7]}"
@@ -212,6 +218,6 @@ def crashed_page(route: Route, host: str, user: str | None, links: PageLinks) ->
     body = (
         f"<p id=prevu-state>{_subject(route)} is not answering: its app may have "
         "stopped or crashed.</p>"
-        + _details(route, signed_in(user), links, "See its run logs")
+        + _details(route, user, links, "See its run logs")
     )
     return PageReply(503, robots(route), html_page(503, "Preview not answering", body, host))
